@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny dataset built once per test session from the real embedded data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keep the renderer's preprocessing cache inside the test session."""
+    path = tmp_path_factory.mktemp("xrg-cache")
+    os.environ["XRG_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from xrg.data.build import DataBuildConfig
+
+    return DataBuildConfig(image_size=32, volume_size=64, max_reports=12, seed=0, workers=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Path:
+    """A 12-case dataset rendered from real Open-i reports through the real CT."""
+    from xrg.data.build import build_dataset
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    build_dataset(out, tiny_config, progress=False)
+    return out

@@ -1,0 +1,41 @@
+"""The xrg command line: help, the phantom command, and clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from xrg.cli import main
+from xrg.data.images import load_grayscale
+
+
+def test_help_lists_the_commands():
+    result = subprocess.run([sys.executable, "-m", "xrg.cli", "--help"], capture_output=True, text=True, check=True)
+    for command in ("data", "phantom", "bench", "book"):
+        assert command in result.stdout
+
+
+def test_phantom_renders_a_typed_report(tmp_path, capsys):
+    args = ["phantom", "--seed", "3", "--size", "32", "--out"]
+    assert main(args + [str(tmp_path / "a"), "--report", "Large right pleural effusion."]) == 0
+    assert main(args + [str(tmp_path / "b"), "--report", "No pleural effusion."]) == 0
+    with_effusion = load_grayscale(tmp_path / "a" / "frontal.png", expected_size=32)
+    without = load_grayscale(tmp_path / "b" / "frontal.png", expected_size=32)
+    lateral = load_grayscale(tmp_path / "a" / "lateral.png", expected_size=32)
+    assert lateral.shape == (32, 32)
+    diff = np.abs(with_effusion - without)
+    # A right effusion shows on the viewer's left of the frontal (patient's right), low down.
+    assert diff[:, :16].sum() > 5 * diff[:, 16:].sum()
+    assert diff[16:].sum() > diff[:16].sum()
+    out = capsys.readouterr().out
+    assert "pleural" in out
+
+
+def test_bad_input_gives_exit_2_and_a_message(tmp_path, capsys):
+    assert main(["data", "build", "--profile", "nonexistent"]) == 2
+    assert "nonexistent" in capsys.readouterr().err
+    assert main(["phantom", "--report", "   ", "--out", str(tmp_path)]) == 2
+    assert "empty" in capsys.readouterr().err.lower()
+    assert main(["phantom", "--report-file", str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2

@@ -1,0 +1,392 @@
+"""XRayGAN modules (xrg.models): encoder masking, MSCGAN stages and blend, conditioning, WGAN-GP, VCN."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xrg.errors import ConfigError
+from xrg.models.encoder import AdditiveAttention, EncoderConfig, FlatEncoder, HierarchicalEncoder, build_encoder, run_bilstm
+from xrg.models.vcn import ViewConsistencyNet, freeze
+from xrg.models.xraygan import (
+    BasicGenerator,
+    MultiScaleGenerator,
+    PatchDiscriminator,
+    SingleShotGenerator,
+    XRayGANConfig,
+    XRayGANDiscriminators,
+    XRayGANGenerator,
+    gradient_penalty,
+    to_image_range,
+    to_model_range,
+)
+
+VOCAB_SIZE = 40
+TINY = XRayGANConfig(
+    cond_dim=16, base_size=8, num_stages=3, gen_channels=8, disc_channels=8, cond_channels=4, max_channels=32
+)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _section(sentence_lengths: list[int], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One section as ``[S, W]`` ids and mask: random real word ids, PAD (0) after each sentence."""
+    width = max(sentence_lengths, default=0)
+    ids = torch.zeros(len(sentence_lengths), width, dtype=torch.long)
+    for row, length in enumerate(sentence_lengths):
+        ids[row, :length] = torch.randint(2, VOCAB_SIZE, (length,), generator=generator)
+    return ids, ids != 0
+
+
+def _pad(sections: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack sections into ``[B, S, W]`` padded to the largest, at least ``[B, 1, 1]``."""
+    num_sentences = max(1, *(ids.shape[0] for ids, _ in sections))
+    num_words = max(1, *(ids.shape[1] for ids, _ in sections))
+    ids = torch.zeros(len(sections), num_sentences, num_words, dtype=torch.long)
+    for b, (section_ids, _) in enumerate(sections):
+        ids[b, : section_ids.shape[0], : section_ids.shape[1]] = section_ids
+    return ids, ids != 0
+
+
+def _reports(shapes: list[tuple[list[int], list[int]]], seed: int = 0) -> list[tuple[tuple, tuple]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [(_section(findings, generator), _section(impression, generator)) for findings, impression in shapes]
+
+
+def _batch(reports: list[tuple[tuple, tuple]]) -> tuple[torch.Tensor, ...]:
+    findings_ids, findings_mask = _pad([findings for findings, _ in reports])
+    impression_ids, impression_mask = _pad([impression for _, impression in reports])
+    return findings_ids, findings_mask, impression_ids, impression_mask
+
+
+def _encoder(kind: str, **overrides) -> nn.Module:
+    torch.manual_seed(0)
+    config = EncoderConfig(vocab_size=VOCAB_SIZE, embed_dim=12, hidden=8, kind=kind, **overrides)
+    return build_encoder(config).eval()
+
+
+# --------------------------------------------------------------------------------------
+# Encoders (§2.1)
+# --------------------------------------------------------------------------------------
+
+
+def test_attention_weights_cover_real_positions_only_and_empty_rows_give_zero():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(6, 5)
+    states = torch.randn(2, 3, 7, 6, requires_grad=True)
+    mask = torch.rand(2, 3, 7) > 0.4
+    mask[0, 1] = False  # an empty row
+    mask[1, 2] = True
+    context, weights = attention(states, mask)
+    assert context.shape == (2, 3, 6) and weights.shape == (2, 3, 7)
+    assert (weights[~mask] == 0).all()
+    has_words = mask.any(-1)
+    torch.testing.assert_close(weights.sum(-1)[has_words], torch.ones(int(has_words.sum())))
+    assert (weights[0, 1] == 0).all() and (context[0, 1] == 0).all()
+    context.sum().backward()
+    assert torch.isfinite(states.grad).all()
+
+
+def test_run_bilstm_ignores_where_the_padding_sits():
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 4, batch_first=True, bidirectional=True)
+    words = torch.randn(3, 3)
+    inputs = torch.zeros(2, 5, 3)
+    inputs[0, [0, 1, 2]] = words
+    inputs[1, [0, 2, 4]] = words
+    inputs[1, [1, 3]] = 9.0  # garbage under the mask
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 0, 1]], dtype=torch.bool)
+    states, final = run_bilstm(lstm, inputs, mask)
+    torch.testing.assert_close(states[1, [0, 2, 4]], states[0, [0, 1, 2]])
+    torch.testing.assert_close(final[1], final[0])
+    assert (states[~mask] == 0).all()
+
+
+ALONE = ([3, 5], [4])
+LONGER = ([9, 2, 7, 4], [6, 6])
+
+
+@pytest.mark.parametrize("kind, pooling", [("hierarchical", "mean"), ("flat", "mean"), ("flat", "last")])
+def test_padding_in_a_batch_does_not_change_the_encoding(kind, pooling):
+    encoder = _encoder(kind, flat_pooling=pooling)
+    report, longer, other = _reports([ALONE, LONGER, ([2], [1, 3, 8])])
+    with torch.no_grad():
+        alone = encoder(*_batch([report]))
+        batched = encoder(*_batch([longer, report, other]))
+    assert batched.c.shape == (3, 4 * 8)
+    torch.testing.assert_close(batched.c[1], alone.c[0], atol=1e-5, rtol=0)
+    if kind == "hierarchical":
+        words = batched.findings.word_weights[1]
+        torch.testing.assert_close(words[:2, :5], alone.findings.word_weights[0], atol=1e-5, rtol=0)
+        assert (words[2:] == 0).all() and (words[:, 5:] == 0).all()
+        torch.testing.assert_close(batched.findings.sentence_weights[1, :2].sum(), torch.tensor(1.0))
+
+
+def test_attention_weights_sum_to_one_over_real_words():
+    encoder = _encoder("hierarchical")
+    batch = _batch(_reports([ALONE, LONGER]))
+    with torch.no_grad():
+        findings = encoder(*batch).findings
+    mask = batch[1]
+    assert (findings.word_weights[~mask] == 0).all()
+    sentences = mask.any(-1)
+    torch.testing.assert_close(findings.word_weights.sum(-1)[sentences], torch.ones(int(sentences.sum())))
+    assert (findings.sentence_weights[~sentences] == 0).all()
+    torch.testing.assert_close(findings.sentence_weights.sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("kind", ["hierarchical", "flat"])
+def test_an_empty_section_encodes_to_a_finite_zero_vector(kind):
+    encoder = _encoder(kind)
+    findings_ids, findings_mask, _, _ = _batch(_reports([ALONE, LONGER]))
+    empty_ids, empty_mask = torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(2, 1, 1, dtype=torch.bool)
+    encoding = encoder(findings_ids, findings_mask, empty_ids, empty_mask)
+    assert torch.isfinite(encoding.c).all()
+    if kind == "hierarchical":
+        assert (encoding.impression.vector == 0).all() and (encoding.findings.vector != 0).any()
+    nothing = encoder(empty_ids, empty_mask, empty_ids, empty_mask)
+    assert (nothing.c == 0).all()
+    encoding.c.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in encoder.parameters() if p.grad is not None)
+
+
+def test_encoder_sizes_and_shared_embedding():
+    config = EncoderConfig(vocab_size=VOCAB_SIZE)
+    assert config.cond_dim == 512
+    shared = HierarchicalEncoder(config)
+    assert shared.findings.embedding is shared.impression.embedding
+    separate = HierarchicalEncoder(dataclasses.replace(config, share_embedding=False))
+    assert separate.findings.embedding is not separate.impression.embedding
+    assert isinstance(build_encoder(dataclasses.replace(config, kind="flat")), FlatEncoder)
+    with torch.no_grad():
+        for encoder in (shared, FlatEncoder(config)):
+            assert encoder(*_batch(_reports([ALONE]))).c.shape == (1, 512)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("vocab_size", 2), ("hidden", 0), ("dropout", 1.0), ("kind", "tree"), ("flat_pooling", "max")]
+)
+def test_encoder_config_is_validated(field, value):
+    with pytest.raises(ConfigError, match=field):
+        EncoderConfig(**{"vocab_size": VOCAB_SIZE, field: value})
+
+
+# --------------------------------------------------------------------------------------
+# MSCGAN (§2.2)
+# --------------------------------------------------------------------------------------
+
+
+def _tiny_generator(config: XRayGANConfig = TINY) -> MultiScaleGenerator:
+    torch.manual_seed(0)
+    return MultiScaleGenerator(config).eval()
+
+
+def test_generator_stage_shapes_and_range():
+    generator = XRayGANGenerator(TINY).eval()
+    with torch.no_grad():
+        images = generator(torch.randn(2, 16))
+        first = generator(torch.randn(2, 16), upto_stage=0)
+    assert set(images) == {"frontal", "lateral"}
+    assert [tuple(x.shape) for x in images["frontal"]] == [(2, 1, 8, 8), (2, 1, 16, 16), (2, 1, 32, 32)]
+    assert all(x.abs().max() <= 1 for x in images["lateral"])
+    assert [x.shape[-1] for x in first["frontal"]] == [8]
+    assert not torch.equal(images["frontal"][0], images["lateral"][0]), "views have separate weights"
+    with pytest.raises(ConfigError, match="upto_stage"):
+        generator(torch.randn(2, 16), upto_stage=3)
+
+
+def test_paper_config_cascade_shapes():
+    config = XRayGANConfig()
+    assert config.stage_sizes == (32, 64, 128, 256)
+    with torch.no_grad():
+        images = MultiScaleGenerator(config).eval()(torch.randn(1, 512))
+    assert [tuple(x.shape) for x in images] == [(1, 1, 32, 32), (1, 1, 64, 64), (1, 1, 128, 128), (1, 1, 256, 256)]
+
+
+def test_each_stage_blends_half_generated_half_upsampled():
+    generator = _tiny_generator()
+    raw: list[torch.Tensor] = []
+    for stage in generator.progressive:
+        stage.register_forward_hook(lambda module, inputs, output: raw.append(output))
+    with torch.no_grad():
+        images = generator(torch.randn(3, 16))
+    for n in (1, 2):
+        upsampled = F.interpolate(images[n - 1], scale_factor=2, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(images[n] - 0.5 * upsampled, 0.5 * raw[n - 1])
+
+
+def test_conditioning_changes_every_stage():
+    generator = _tiny_generator()
+    c = torch.randn(2, 16)
+    with torch.no_grad():
+        first, second = generator(c), generator(c + torch.randn(2, 16))
+        previous = torch.rand(2, 1, 8, 8) * 2 - 1
+        progressive = generator.progressive[0]
+        direct = progressive(previous, c), progressive(previous, -c)
+    for a, b in zip(first, second):
+        assert (a - b).abs().max() > 1e-4
+    assert (direct[0] - direct[1]).abs().max() > 1e-4
+
+
+def test_noise_input_when_configured():
+    config = dataclasses.replace(TINY, noise_dim=3)
+    generator = _tiny_generator(config)
+    c, noise = torch.randn(2, 16), torch.randn(2, 3)
+    with torch.no_grad():
+        same = generator(c, noise)[-1], generator(c, noise)[-1]
+        other = generator(c, torch.randn(2, 3))[-1]
+    torch.testing.assert_close(same[0], same[1])
+    assert (same[0] - other).abs().max() > 1e-4
+
+
+def test_single_shot_generator_matches_the_cascade_in_size():
+    for config in (XRayGANConfig(), TINY):
+        single, cascade = SingleShotGenerator(config), MultiScaleGenerator(config)
+        assert 0.75 <= _count(single) / _count(cascade) <= 1.25, config
+    with torch.no_grad():
+        assert SingleShotGenerator(TINY).eval()(torch.randn(2, 16)).shape == (2, 1, 32, 32)
+
+
+def test_discriminators_are_conditional_patch_critics():
+    torch.manual_seed(0)
+    discriminators = XRayGANDiscriminators(TINY)
+    assert set(discriminators) == {"frontal", "lateral"} and len(discriminators["frontal"]) == 3
+    for stage, size in enumerate(TINY.stage_sizes):
+        critic = discriminators["lateral"][stage]
+        image = torch.rand(2, 1, size, size) * 2 - 1
+        c = torch.randn(2, 16, requires_grad=True)
+        scores = critic(image, c)
+        assert scores.shape == (2, 1, critic.output_size, critic.output_size)
+        with torch.no_grad():
+            assert (critic(image, c + torch.randn(2, 16)) - scores).abs().max() > 1e-4
+        (grad,) = torch.autograd.grad(scores.sum(), c)
+        assert grad.abs().sum() > 0
+    assert [PatchDiscriminator(s, 512).output_size for s in (32, 64, 128, 256)] == [8, 8, 8, 16]
+
+
+class _LinearCritic(nn.Module):
+    """``D(x) = <w, x>`` with a fixed weight of the given norm over the image."""
+
+    def __init__(self, size: int, norm: float) -> None:
+        super().__init__()
+        weight = torch.randn(1, size, size)
+        self.weight = nn.Parameter(weight * norm / weight.norm())
+
+    def forward(self, image: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return (image * self.weight).sum(dim=(1, 2, 3)).reshape(-1, 1, 1, 1) + c.sum(dim=1).reshape(-1, 1, 1, 1)
+
+
+def test_gradient_penalty_of_linear_critics():
+    torch.manual_seed(0)
+    real, fake, c = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8), torch.randn(4, 3)
+    assert gradient_penalty(_LinearCritic(8, 1.0), real, fake, c).item() < 1e-10
+    torch.testing.assert_close(gradient_penalty(_LinearCritic(8, 3.0), real, fake, c), torch.tensor(4.0))
+
+
+def test_gradient_penalty_trains_the_critic():
+    torch.manual_seed(0)
+    critic = PatchDiscriminator(16, 16, channels=8, cond_channels=4)
+    fake = torch.rand(3, 1, 16, 16, requires_grad=True)
+    penalty = gradient_penalty(critic, torch.rand(3, 1, 16, 16), fake, torch.randn(3, 16))
+    assert penalty.ndim == 0 and torch.isfinite(penalty)
+    penalty.backward()
+    output_bias = critic.joint[-1].bias  # shifts every score alike, so it has no gradient in x
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in critic.parameters() if p is not output_bias)
+    assert fake.grad is None, "the interpolates are detached from the generator"
+
+
+def test_range_conversions_round_trip():
+    image = torch.rand(2, 1, 4, 4)
+    model = to_model_range(image)
+    assert model.min() >= -1 and model.max() <= 1
+    torch.testing.assert_close(to_image_range(model), image)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("base_size", 12), ("base_size", 4), ("num_stages", 0), ("num_stages", 9), ("alpha", 0.0), ("noise_dim", -1),
+     ("gen_channels", 0), ("views", ("frontal", "frontal"))],
+)
+def test_gan_config_is_validated(field, value):
+    with pytest.raises(ConfigError):
+        XRayGANConfig(**{field: value})
+
+
+# --------------------------------------------------------------------------------------
+# VCN (§2.3)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_vcn_shapes(size):
+    torch.manual_seed(0)
+    vcn = ViewConsistencyNet().eval()
+    frontal, lateral = torch.rand(2, 1, size, size), torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        embedding = vcn.embed(frontal)
+        probability = vcn.prob(frontal, lateral)
+    assert embedding.shape == (2, 128)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.full((2,), 10.0))
+    assert vcn(frontal, lateral).shape == probability.shape == (2,)
+    assert ((probability > 0) & (probability < 1)).all()
+
+
+def test_frozen_vcn_stays_frozen_and_passes_gradients_to_images():
+    class Trainer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.generator = BasicGenerator(16, out_size=32, channels=4)
+            self.vcn = freeze(ViewConsistencyNet())
+
+    trainer = Trainer().train()
+    assert not trainer.vcn.training and trainer.generator.training
+    assert all(not m.training for m in trainer.vcn.modules())
+    assert not any(p.requires_grad for p in trainer.vcn.parameters())
+    images = trainer.generator(torch.randn(2, 16))
+    trainer.vcn.prob(images, images.flip(-1)).sum().backward()
+    assert all(p.grad is not None for p in trainer.generator.parameters())
+    assert all(p.grad is None for p in trainer.vcn.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# Together
+# --------------------------------------------------------------------------------------
+
+
+def _encoder_and_generator(seed: int) -> tuple[HierarchicalEncoder, BasicGenerator]:
+    torch.manual_seed(seed)
+    encoder = HierarchicalEncoder(EncoderConfig(vocab_size=VOCAB_SIZE, embed_dim=16, hidden=16))
+    return encoder, BasicGenerator(64, out_size=16, channels=16, max_channels=64)
+
+
+def test_same_seed_same_weights_and_outputs():
+    batch = _batch(_reports([ALONE, LONGER]))
+    outputs = []
+    for _ in range(2):
+        encoder, generator = _encoder_and_generator(seed=3)
+        with torch.no_grad():
+            outputs.append((generator.eval()(encoder.eval()(*batch).c), encoder.state_dict(), generator.state_dict()))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], atol=0, rtol=0)
+    for first, second in ((outputs[0][1], outputs[1][1]), (outputs[0][2], outputs[1][2])):
+        assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_encoder_and_basic_generator_overfit_four_pairs():
+    encoder, generator = _encoder_and_generator(seed=0)
+    batch = _batch(_reports([ALONE, LONGER, ([2, 6], [3]), ([4], [5, 2])], seed=1))
+    targets = to_model_range(torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(2)))
+    optimizer = torch.optim.Adam([*encoder.parameters(), *generator.parameters()], lr=2e-3)
+    losses = []
+    for _ in range(100):
+        loss = F.mse_loss(generator(encoder(*batch).c), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])

@@ -1,0 +1,76 @@
+"""Notebooks: jupytext pairs in sync, and a papermill smoke run of each with tiny parameters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from xrg.book import NOTEBOOKS_DIR, execute_notebook, notebook_names, notebook_parameters
+
+PAIRS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.py"))
+
+
+def _cells(notebook) -> list[tuple[str, str]]:
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+
+@pytest.mark.parametrize("script", PAIRS, ids=[p.stem for p in PAIRS])
+def test_py_and_ipynb_pairs_agree(script: Path):
+    paired = script.with_suffix(".ipynb")
+    assert paired.is_file(), f"{script.name} has no paired .ipynb; run `jupytext --sync {script}`"
+    from_py = jupytext.read(script)
+    from_ipynb = nbformat.read(paired, as_version=4)
+    assert _cells(from_py) == _cells(from_ipynb), f"{script.name} and {paired.name} disagree; run jupytext --sync"
+    tags = [cell.metadata.get("tags", []) for cell in from_ipynb.cells]
+    assert sum("parameters" in t for t in tags) == 1, "exactly one papermill parameters cell"
+    for cell in from_ipynb.cells:
+        assert not cell.get("outputs"), f"{paired.name} is committed with outputs; commit it unexecuted"
+
+
+def test_every_notebook_has_a_smoke_test():
+    assert set(notebook_names()) == {"01_data"}, "add a smoke test for each new notebook"
+
+
+def glued(notebook_path: Path) -> dict[str, object]:
+    """Values a notebook glued with myst-nb, by key."""
+    values = {}
+    for cell in nbformat.read(notebook_path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            meta = output.get("metadata", {}).get("scrapbook")
+            if meta:
+                values[meta["name"]] = output["data"].get(meta.get("mime_prefix", "") + "text/plain")
+    return values
+
+
+def errors(notebook_path: Path) -> list[str]:
+    return [
+        output.get("ename", "")
+        for cell in nbformat.read(notebook_path, as_version=4).cells
+        for output in cell.get("outputs", [])
+        if output.get("output_type") == "error"
+    ]
+
+
+@pytest.mark.slow
+def test_01_data_runs_with_tiny_parameters(tiny_data, tmp_path):
+    params = notebook_parameters("tiny", "01_data")
+    params.update(data_dir=str(tiny_data), gallery_size=32, agreement_reports=60)
+    executed = execute_notebook("01_data", params, output_dir=tmp_path)
+    assert not errors(executed)
+    values = glued(executed)
+    assert int(values["n_reports"]) > 3300  # the whole embedded Open-i corpus is read
+    assert int(values["n_cases"]) == 12
+    assert 0.0 <= float(values["labeller_micro_f1"]) <= 1.0
+
+
+def test_bad_notebook_parameters_fail_at_once(tmp_path):
+    import papermill
+
+    params = notebook_parameters("tiny", "01_data")
+    params.update(data_dir=str(tmp_path / "missing"))
+    with pytest.raises(papermill.PapermillExecutionError, match="data_dir"):
+        execute_notebook("01_data", params, output_dir=tmp_path)

@@ -1,0 +1,7 @@
+"""xrg: chest X-ray generation from radiology reports.
+
+The library behind the xrg book: data (real Open-i reports rendered through a real CT),
+models (XRayGAN and friends), training, evaluation and generation pipelines.
+"""
+
+__version__ = "0.1.0"

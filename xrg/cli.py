@@ -1,0 +1,297 @@
+"""The ``xrg`` command line.
+
+    xrg data build --profile cpu --out data/cpu        # the embedded default dataset
+    xrg data import-openi --reports R --images I --out D
+    xrg data import-mimic --root MIMIC --out D
+    xrg phantom --report "Small left pleural effusion." --seed 3 --out OUT
+    xrg bench data                                      # renderer throughput
+    xrg train xraygan --profile cpu --data data/cpu --out runs/cpu [--resume]
+    xrg train vcn --profile cpu --data data/cpu --out runs/cpu
+    xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
+    xrg bench train --profile cpu                       # training images/s per stage
+    xrg bench generate --profile cpu [--checkpoint runs/cpu]
+    xrg book run --profile cpu                          # data + notebooks (papermill)
+    xrg book build                                      # Jupyter Book HTML
+
+Errors that come from bad input (:class:`xrg.errors.XrgError`) are printed as one clear
+line and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from xrg.errors import XrgError
+
+
+def _cmd_data_build(args: argparse.Namespace) -> None:
+    from xrg.data.build import DataBuildConfig, build_dataset
+    from xrg.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    config = DataBuildConfig.from_profile(
+        profile.data,
+        seed=profile.seed if args.seed is None else args.seed,
+        workers=args.workers,
+        max_reports=args.max_reports,
+        image_size=args.image_size,
+    )
+    out = Path(args.out or f"data/{profile.name}")
+    print(f"building the {profile.name} dataset into {out}: {config}")
+    summary = build_dataset(out, config, reports_source=args.reports, progress=not args.quiet)
+    print(summary)
+
+
+def _cmd_import_openi(args: argparse.Namespace) -> None:
+    from xrg.data.importers import import_openi
+
+    print(import_openi(args.reports, args.images, args.out, size=args.size, seed=args.seed, metadata_csv=args.metadata))
+
+
+def _cmd_import_mimic(args: argparse.Namespace) -> None:
+    from xrg.data.importers import import_mimic
+
+    print(import_mimic(args.root, args.out, size=args.size, seed=args.seed, subset=args.subset or None))
+
+
+def _cmd_phantom(args: argparse.Namespace) -> None:
+    from xrg.data.phantom import render_report
+
+    if args.report_file:
+        path = Path(args.report_file)
+        if not path.is_file():
+            raise XrgError(f"report file {path} does not exist")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    else:
+        text = args.report
+    result = render_report(text, seed=args.seed, size=args.size, out=args.out)
+    print(result)
+
+
+def _cmd_bench_data(args: argparse.Namespace) -> None:
+    from xrg.bench import bench_data
+
+    bench_data(sizes=tuple(args.sizes), n_pairs=args.pairs, workers=args.workers)
+
+
+def _report_text(args: argparse.Namespace) -> str:
+    if args.report_file:
+        path = Path(args.report_file)
+        if not path.is_file():
+            raise XrgError(f"report file {path} does not exist")
+        return path.read_text(encoding="utf-8", errors="replace")
+    return args.report
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    options = "".join(f" --set {item}" for item in args.set or []) + "".join(f" --vcn-set {item}" for item in args.vcn_set or [])
+    return f"xrg train xraygan --profile {args.profile} --data {args.data} --out {args.out}{options} --resume"
+
+
+def _cmd_train_xraygan(args: argparse.Namespace) -> int:
+    from xrg.profiles import load_profile
+    from xrg.train.config import parse_overrides
+    from xrg.train.vcn import VCNTrainConfig
+    from xrg.train.xraygan import XRayGANTrainConfig, XRayGANTrainer
+
+    profile = load_profile(args.profile)
+    config = XRayGANTrainConfig.from_profile(profile, parse_overrides(args.set))
+    vcn_config = VCNTrainConfig.from_profile(profile, image_size=config.base_size, overrides=parse_overrides(args.vcn_set))
+    print(f"XRayGAN run {args.out} on {args.data}: {config}")
+    trainer = XRayGANTrainer(
+        config, args.data, args.out, vcn_config, device=args.device, resume=args.resume, progress=not args.quiet
+    )
+    for size, vcn in sorted(trainer.vcns.items()):
+        print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
+    result = trainer.train(max_steps=args.max_steps)
+    if result.finished:
+        print(f"finished after {result.step} steps: {result.checkpoint}; metrics in {trainer.metrics_path}")
+        return 0
+    print(f"stopped ({result.stopped_by}) after step {result.step}; checkpoint saved to {result.checkpoint}")
+    print(f"resume with: {_resume_command(args)}")
+    return 130 if result.stopped_by in ("SIGINT", "SIGTERM") else 0
+
+
+def _cmd_train_vcn(args: argparse.Namespace) -> None:
+    from xrg.data.datasets import XRayPairDataset
+    from xrg.profiles import load_profile
+    from xrg.train.config import parse_overrides
+    from xrg.train.vcn import VCNTrainConfig, ensure_vcns
+    from xrg.train.xraygan import XRayGANTrainConfig
+
+    profile = load_profile(args.profile)
+    sizes = args.sizes or XRayGANTrainConfig.from_profile(profile).vcn_sizes
+    if not sizes:
+        raise XrgError(f"profile {profile.name!r} trains XRayGAN without a VCN (vc_weight 0); pass --sizes")
+    overrides = parse_overrides(args.set)
+    configs = [VCNTrainConfig.from_profile(profile, image_size=size, overrides=overrides) for size in sizes]
+    vocabulary = XRayPairDataset(args.data, "train").vocab
+    for size, vcn in ensure_vcns(args.out, args.data, configs, vocabulary, args.device, progress=not args.quiet).items():
+        print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from xrg.pipelines import XRayGANPipeline, save_pair
+
+    pipe = XRayGANPipeline.from_checkpoint(args.checkpoint, device=args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    output = pipe(_report_text(args), generator=generator)
+    paths = save_pair(output, args.out)
+    print(f"wrote {paths['frontal']} and {paths['lateral']} ({pipe.image_size}px) with {pipe}")
+    if output.unknown_words:
+        print(f"{output.num_unknown_words} words not in the vocabulary (read as <unk>): {', '.join(output.unknown_words)}")
+    for note in output.warnings:
+        print(f"warning: {note}")
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> None:
+    from xrg.train.benchmarks import bench_train
+
+    bench_train(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases)
+
+
+def _cmd_bench_generate(args: argparse.Namespace) -> None:
+    from xrg.train.benchmarks import bench_generate
+
+    bench_generate(args.profile, checkpoint=args.checkpoint, n=args.n)
+
+
+def _cmd_book_run(args: argparse.Namespace) -> None:
+    from xrg.book import run_book
+
+    run_book(args.profile, params_file=args.params, only=args.only, force=args.force)
+
+
+def _cmd_book_build(args: argparse.Namespace) -> None:
+    from xrg.book import build_html
+
+    build_html(strict=not args.no_strict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xrg", description="Chest X-ray generation from radiology reports.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="build or import datasets").add_subparsers(dest="data_command", required=True)
+    build = data.add_parser("build", help="render the Open-i reports through the CT phantom")
+    build.add_argument("--profile", default="cpu", help="tiny | cpu | paper | path to a profile YAML (default cpu)")
+    build.add_argument("--out", help="output directory (default data/<profile>)")
+    build.add_argument("--reports", help="Open-i reports (directory or .tgz); default: the copy inside torchxrayvision")
+    build.add_argument("--workers", type=int, help="rendering processes (default from the profile)")
+    build.add_argument("--max-reports", type=int, help="render a seeded sample of this many reports")
+    build.add_argument("--image-size", type=int, help="stored resolution (default from the profile)")
+    build.add_argument("--seed", type=int, help="anatomy, sample and split seed (default from the profile)")
+    build.add_argument("--quiet", action="store_true", help="no progress bar")
+    build.set_defaults(func=_cmd_data_build)
+
+    openi = data.add_parser("import-openi", help="import the real Open-i images and reports")
+    openi.add_argument("--reports", required=True, help="directory or .tgz of Open-i report XML")
+    openi.add_argument("--images", required=True, help="directory of Open-i PNGs (CXR<n>_IM-....png)")
+    openi.add_argument("--out", required=True, help="output data directory")
+    openi.add_argument("--metadata", help="view metadata CSV (default: the one shipped in torchxrayvision)")
+    openi.add_argument("--size", type=int, default=256, help="stored resolution (default 256)")
+    openi.add_argument("--seed", type=int, default=0, help="split seed")
+    openi.set_defaults(func=_cmd_import_openi)
+
+    mimic = data.add_parser("import-mimic", help="import MIMIC-CXR-JPG studies")
+    mimic.add_argument("--root", required=True, help="MIMIC-CXR-JPG root (metadata CSV, files/p10/...)")
+    mimic.add_argument("--out", required=True, help="output data directory")
+    mimic.add_argument("--size", type=int, default=256, help="stored resolution (default 256)")
+    mimic.add_argument("--seed", type=int, default=0, help="split seed")
+    mimic.add_argument("--subset", default="p10", help="patient folder group to import, '' for all (default p10)")
+    mimic.set_defaults(func=_cmd_import_mimic)
+
+    phantom = commands.add_parser("phantom", help="render frontal.png and lateral.png for a report you type")
+    source = phantom.add_mutually_exclusive_group(required=True)
+    source.add_argument("--report", help="report text, e.g. 'Mild cardiomegaly. Small left pleural effusion.'")
+    source.add_argument("--report-file", help="file holding the report text")
+    phantom.add_argument("--seed", type=int, default=0, help="patient seed: the same seed is the same body")
+    phantom.add_argument("--size", type=int, default=256, help="image size, 32..256 (default 256)")
+    phantom.add_argument("--out", default="phantom_out", help="output directory (default phantom_out)")
+    phantom.set_defaults(func=_cmd_phantom)
+
+    bench = commands.add_parser("bench", help="benchmarks that print their figures").add_subparsers(
+        dest="bench_command", required=True
+    )
+    bench_data = bench.add_parser("data", help="phantom rendering throughput (pairs/s)")
+    bench_data.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="image sizes (default 128 256)")
+    bench_data.add_argument("--pairs", type=int, default=40, help="pairs rendered per size (default 40)")
+    bench_data.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    bench_data.set_defaults(func=_cmd_bench_data)
+    bench_train = bench.add_parser("train", help="XRayGAN training images/s per stage (synthetic batches)")
+    bench_train.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
+    bench_train.add_argument("--steps", type=int, default=3, help="timed steps per phase (default 3)")
+    bench_train.add_argument("--train-cases", type=int, default=2700,
+                             help="train split size for the epoch-time estimate (default 2700, the cpu dataset)")
+    bench_train.add_argument("--device", help="cpu | cuda (default cuda when available)")
+    bench_train.set_defaults(func=_cmd_bench_train)
+    bench_generate = bench.add_parser("generate", help="report → frontal/lateral pair latency")
+    bench_generate.add_argument("--profile", default="cpu", help="profile of the untrained model timed without --checkpoint")
+    bench_generate.add_argument("--checkpoint", help="a run directory or XRayGAN checkpoint file")
+    bench_generate.add_argument("--n", type=int, default=20, help="reports timed per device (default 20)")
+    bench_generate.set_defaults(func=_cmd_bench_generate)
+
+    train = commands.add_parser("train", help="train XRayGAN or its view-consistency networks").add_subparsers(
+        dest="train_command", required=True
+    )
+    xraygan = train.add_parser("xraygan", help="train XRayGAN stage by stage (trains missing VCNs first)")
+    vcn = train.add_parser("vcn", help="train the view-consistency networks of every stage size")
+    for sub in (xraygan, vcn):
+        sub.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
+        sub.add_argument("--data", required=True, help="data directory (xrg data build / import)")
+        sub.add_argument("--out", required=True, help="run directory")
+        sub.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    xraygan.add_argument("--set", action="append", metavar="KEY=VALUE",
+                         help="override an xraygan setting, e.g. --set vc_weight=0 (repeatable)")
+    xraygan.add_argument("--vcn-set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
+    xraygan.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    xraygan.add_argument("--max-steps", type=int, help="stop with a checkpoint once the run has done this many steps")
+    xraygan.set_defaults(func=_cmd_train_xraygan)
+    vcn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
+    vcn.add_argument("--sizes", type=int, nargs="+", help="resolutions (default: the profile's XRayGAN stage sizes)")
+    vcn.set_defaults(func=_cmd_train_vcn)
+
+    generate = commands.add_parser("generate", help="generate frontal.png and lateral.png from a report")
+    source = generate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--report", help="report text, e.g. 'FINDINGS: Mild cardiomegaly. IMPRESSION: ...'")
+    source.add_argument("--report-file", help="file holding the report text")
+    generate.add_argument("--checkpoint", required=True, help="a run directory or an XRayGAN checkpoint file")
+    generate.add_argument("--out", default="generated", help="output directory (default generated)")
+    generate.add_argument("--seed", type=int, default=0, help="noise seed (only for models with noise_dim > 0)")
+    generate.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    generate.set_defaults(func=_cmd_generate)
+
+    book = commands.add_parser("book", help="execute and render the book").add_subparsers(dest="book_command", required=True)
+    run = book.add_parser("run", help="build the data and execute the notebooks with papermill")
+    run.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
+    run.add_argument("--params", help="YAML file of notebook parameters overriding the profile's")
+    run.add_argument("--only", action="append", help="execute only this notebook (repeatable), e.g. 01_data")
+    run.add_argument("--force", action="store_true", help="re-execute even when results are up to date")
+    run.set_defaults(func=_cmd_book_run)
+    html = book.add_parser("build", help="render the executed notebooks and pages with Jupyter Book")
+    html.add_argument("--no-strict", action="store_true", help="do not turn warnings into errors")
+    html.set_defaults(func=_cmd_book_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        status = args.func(args)
+    except XrgError as exc:
+        print(f"xrg: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xrg: interrupted", file=sys.stderr)
+        return 130
+    return status or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: reports, structured findings, the CT phantom renderer, dataset builds and loaders."""

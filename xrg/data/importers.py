@@ -1,0 +1,468 @@
+"""Importers: real chest X-ray archives into the shared data-directory format.
+
+A user who has the Open-i images (``NLMCXR_png.tgz``) or MIMIC-CXR-JPG can turn them into
+the same ``manifest.jsonl`` + ``vocab.json`` + ``images/`` directory the phantom build
+writes (:mod:`xrg.data.manifest`), so every model trains on real radiographs unchanged.
+As in XRayGAN's data (Open-i, MIMIC-CXR), each case pairs one report with one frontal and
+one lateral view; the split is by patient. Bad inputs (a corrupt image, a colour image, a
+report without text, a study lacking a view) are refused one by one, with a count per
+reason and a message per file, and the import goes on.
+
+:func:`safe_extract` unpacks user archives without letting any member escape the target.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import csv
+import gzip
+import os
+import re
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from xrg.data.images import load_grayscale, resize, save_png
+from xrg.data.manifest import VOCAB_NAME, Case, patient_split, write_manifest
+from xrg.data.reports import Vocabulary, load_openi_reports, split_report_text
+from xrg.errors import ArchiveError, ConfigError, DataDirError, EmptyReportError, ImageError, ReportError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+#: Open-i ``View Position`` values, best first within each view.
+OPENI_FRONTAL = ("PA", "AP")
+OPENI_LATERAL = ("LL", "LATERAL", "LARGE LATERAL", "RL")
+#: MIMIC-CXR ``ViewPosition`` values, best first within each view.
+MIMIC_FRONTAL = ("PA", "AP")
+MIMIC_LATERAL = ("LATERAL", "LL")
+MIMIC_METADATA = "mimic-cxr-2.0.0-metadata.csv"
+
+
+@dataclass
+class ImportSummary:
+    """What an import wrote and what it refused.
+
+    ``skipped`` counts refused cases (reports or studies) by reason, ``refused_files``
+    lists ``(file, message)`` for every file that could not be used.
+    """
+
+    n_cases: int
+    skipped: collections.Counter[str]
+    refused_files: list[tuple[str, str]]
+    out: Path
+    splits: collections.Counter[str] = field(default_factory=collections.Counter)
+    unmapped_terms: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def __str__(self) -> str:
+        splits = ", ".join(f"{name} {self.splits[name]}" for name in ("train", "val", "test") if self.splits[name])
+        lines = [f"imported {self.n_cases} cases into {self.out}" + (f" ({splits})" if splits else "")]
+        if self.skipped:
+            lines.append(f"skipped {sum(self.skipped.values())}:")
+            lines += [f"  {count:>6}  {reason}" for reason, count in self.skipped.most_common()]
+        if self.refused_files:
+            lines.append(f"refused files: {len(self.refused_files)}, e.g.")
+            lines += [f"  {name}: {message}" for name, message in self.refused_files[:5]]
+        if self.unmapped_terms:
+            lines.append("most frequent unmapped terms: " + ", ".join(
+                f"{term} ({count})" for term, count in self.unmapped_terms.most_common(8)
+            ))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Safe archive extraction
+# --------------------------------------------------------------------------------------
+
+
+def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
+    """Extract a ``.tar``/``.tgz``/``.tar.gz``/``.zip`` archive into ``target``.
+
+    Every member is checked before anything is written: absolute paths, ``..`` escapes,
+    symbolic and hard links, devices and FIFOs are refused with an :class:`ArchiveError`
+    naming the member, so a refused archive writes nothing. Tar archives are additionally
+    extracted with ``filter="data"``. Returns the extracted regular files, sorted.
+    """
+    archive = Path(archive)
+    target = Path(target)
+    if not archive.is_file():
+        raise ArchiveError(f"archive {archive} does not exist")
+    if zipfile.is_zipfile(archive):
+        return _extract_zip(archive, target)
+    if _is_tar(archive):
+        return _extract_tar(archive, target)
+    raise ArchiveError(f"archive {archive} is neither a tar nor a zip archive (or it is corrupted)")
+
+
+def _is_tar(path: Path) -> bool:
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, tarfile.TarError, EOFError, zlib.error):
+        return False
+
+
+def _checked_destination(archive: Path, name: str, root: Path) -> Path:
+    """Where member ``name`` would land under ``root``; refuses names that would escape."""
+    posix = name.replace("\\", "/")
+    if not posix or "\x00" in posix:
+        raise ArchiveError(f"archive {archive}: member {name!r} has an empty or invalid name")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        raise ArchiveError(f"archive {archive}: member {name!r} has an absolute path")
+    if ".." in PurePosixPath(posix).parts:
+        raise ArchiveError(f"archive {archive}: member {name!r} escapes the target directory with '..'")
+    destination = (root / posix).resolve()
+    if destination != root and root not in destination.parents:
+        raise ArchiveError(f"archive {archive}: member {name!r} would be written outside {root} (via a link)")
+    return destination
+
+
+def _extract_tar(archive: Path, target: Path) -> list[Path]:
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = tar.getmembers()
+            root = target.resolve()
+            files: list[Path] = []
+            for member in members:
+                destination = _checked_destination(archive, member.name, root)
+                if member.issym() or member.islnk():
+                    kind = "symbolic" if member.issym() else "hard"
+                    raise ArchiveError(
+                        f"archive {archive}: member {member.name!r} is a {kind} link (to {member.linkname!r}); "
+                        "links are refused"
+                    )
+                if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+                    raise ArchiveError(f"archive {archive}: member {member.name!r} is a device or FIFO; refused")
+                if not (member.isreg() or member.isdir()):
+                    raise ArchiveError(f"archive {archive}: member {member.name!r} has unsupported type {member.type!r}")
+                if member.isreg():
+                    files.append(destination)
+            root.mkdir(parents=True, exist_ok=True)
+            tar.extractall(root, members=members, filter="data")
+    except ArchiveError:
+        raise
+    except tarfile.FilterError as exc:
+        raise ArchiveError(f"archive {archive}: refused by the tar data filter: {exc}") from exc
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise ArchiveError(f"archive {archive} is unreadable or truncated: {exc}") from exc
+    return sorted(files)
+
+
+def _extract_zip(archive: Path, target: Path) -> list[Path]:
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            infos = zipped.infolist()
+            root = target.resolve()
+            plan: list[tuple[zipfile.ZipInfo, Path]] = []
+            for info in infos:
+                destination = _checked_destination(archive, info.filename, root)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise ArchiveError(f"archive {archive}: member {info.filename!r} is a symbolic link; links are refused")
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+                    raise ArchiveError(f"archive {archive}: member {info.filename!r} is a device or FIFO; refused")
+                plan.append((info, destination))
+            root.mkdir(parents=True, exist_ok=True)
+            files: list[Path] = []
+            for info, destination in plan:
+                if info.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with zipped.open(info) as source, open(destination, "wb") as sink:
+                    shutil.copyfileobj(source, sink)
+                files.append(destination)
+    except ArchiveError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
+        raise ArchiveError(f"archive {archive} is unreadable or corrupted: {exc}") from exc
+    return sorted(files)
+
+
+# --------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------
+
+
+def _check_size(size: int) -> None:
+    if not isinstance(size, int) or size < 8:
+        raise ConfigError(f"image size must be an integer of at least 8 pixels, got {size!r}")
+
+
+def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a (possibly gzipped) CSV, keeping ``columns``; refuses a file lacking them."""
+    if not path.is_file():
+        raise DataDirError(f"metadata file {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+            reader = csv.DictReader(handle)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataDirError(f"metadata file {path} lacks the columns {missing}")
+            return [{c: (row[c] or "").strip() for c in columns} for row in reader]
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
+        raise DataDirError(f"metadata file {path} is unreadable: {exc}") from exc
+
+
+def _load_first(
+    candidates: Sequence[Path | str], size: int, refused: list[tuple[str, str]], where: Path
+) -> np.ndarray | str:
+    """Load and resize the first usable image; a string says why none was usable.
+
+    ``candidates`` are paths, or ids of images not found under ``where``. Every unusable
+    file gets a message in ``refused``.
+    """
+    unreadable = False
+    for candidate in candidates:
+        if isinstance(candidate, str) or not candidate.is_file():
+            refused.append((str(candidate), f"image file not found in {where}"))
+            continue
+        try:
+            return resize(load_grayscale(candidate), size)
+        except ImageError as exc:
+            refused.append((str(candidate), str(exc)))
+            unreadable = True
+    return "image unreadable" if unreadable else "image file missing"
+
+
+def _finish(cases: list[Case], out: Path, seed: int, summary: ImportSummary) -> ImportSummary:
+    """Split by patient, write the manifest and the vocabulary of the train split."""
+    if not cases:
+        raise DataDirError(f"no usable case to import into {out}:\n{summary}")
+    assignment = patient_split([case.patient_id for case in cases], seed=seed)
+    for case in cases:
+        case.split = assignment[case.patient_id]
+    train_texts = [text for case in cases if case.split == "train" for text in (case.findings, case.impression)]
+    Vocabulary.build(train_texts).save(out / VOCAB_NAME)
+    write_manifest(out, cases)
+    summary.n_cases = len(cases)
+    summary.splits = collections.Counter(case.split for case in cases)
+    return summary
+
+
+def _save_pair(out: Path, case_id: str, frontal: np.ndarray, lateral: np.ndarray) -> tuple[str, str]:
+    """Write both views of a case (both were loaded first, so no half-written pair)."""
+    frontal_path, lateral_path = f"images/{case_id}_frontal.png", f"images/{case_id}_lateral.png"
+    save_png(out / frontal_path, frontal)
+    save_png(out / lateral_path, lateral)
+    return frontal_path, lateral_path
+
+
+# --------------------------------------------------------------------------------------
+# Open-i
+# --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _image_directory(images: Path, out: Path) -> Iterator[Path]:
+    """``images`` itself when it is a directory; an archive is extracted to a temporary one."""
+    if images.is_dir():
+        yield images
+        return
+    if not images.exists():
+        raise DataDirError(f"image directory {images} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".extract-", dir=out) as temporary:
+        safe_extract(images, temporary)
+        yield Path(temporary)
+
+
+def _index_images(directory: Path) -> dict[str, Path]:
+    """Image files below ``directory`` by file stem (``CXR1000_IM-0003-1001``)."""
+    index: dict[str, Path] = {}
+    for path in sorted(directory.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            index.setdefault(path.stem, path)
+    return index
+
+
+def _ranked(image_ids: Sequence[str], views: dict[str, str], preferred: Sequence[str]) -> list[str]:
+    """The ids whose view is in ``preferred``, best view first, then report order."""
+    ranked = [(preferred.index(views[i]), n, i) for n, i in enumerate(image_ids) if views.get(i) in preferred]
+    return [image_id for _, _, image_id in sorted(ranked)]
+
+
+def import_openi(
+    reports: str | os.PathLike,
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    size: int = 256,
+    seed: int = 0,
+    metadata_csv: str | os.PathLike | None = None,
+) -> ImportSummary:
+    """Import Open-i: report XMLs (directory or ``.tgz``) and PNGs (directory or archive).
+
+    Each report is paired with one frontal (PA preferred over AP) and one lateral image,
+    the views read from the DICOM metadata CSV shipped in ``torchxrayvision`` (or
+    ``metadata_csv``); its structured findings come from the report's MeSH terms. Writes
+    ``out/manifest.jsonl``, ``out/images/<case_id>_{frontal,lateral}.png`` at ``size`` pixels
+    and ``out/vocab.json`` built from the train split only.
+    """
+    from xrg.data.findings import mesh_to_findings  # written alongside; imported when used
+
+    _check_size(size)
+    out, images = Path(out), Path(images)
+    if metadata_csv is None:
+        from xrg.resources import openi_dicom_metadata_csv
+
+        metadata_csv = openi_dicom_metadata_csv()
+    rows = _read_csv_columns(Path(metadata_csv), ("imageid", "View Position"))
+    views = {row["imageid"]: row["View Position"].upper() for row in rows}
+    collection = load_openi_reports(reports)
+    summary = ImportSummary(
+        n_cases=0, skipped=collections.Counter(collection.skipped), refused_files=list(collection.errors), out=out
+    )
+    cases: list[Case] = []
+    with _image_directory(images, out) as image_dir:
+        files = _index_images(image_dir)
+        for report in collection.reports:
+            frontal_ids = _ranked(report.image_ids, views, OPENI_FRONTAL)
+            lateral_ids = _ranked(report.image_ids, views, OPENI_LATERAL)
+            if not frontal_ids:
+                summary.skipped["no frontal view"] += 1
+                continue
+            if not lateral_ids:
+                summary.skipped["no lateral view"] += 1
+                continue
+            frontal = _load_first([files.get(i, i) for i in frontal_ids], size, summary.refused_files, images)
+            if isinstance(frontal, str):
+                summary.skipped[frontal] += 1
+                continue
+            lateral = _load_first([files.get(i, i) for i in lateral_ids], size, summary.refused_files, images)
+            if isinstance(lateral, str):
+                summary.skipped[lateral] += 1
+                continue
+            structured, unmapped = mesh_to_findings(report.mesh)
+            summary.unmapped_terms.update(unmapped)
+            case_id = f"openi-{report.report_id}"
+            frontal_path, lateral_path = _save_pair(out, case_id, frontal, lateral)
+            cases.append(
+                Case(
+                    id=case_id,
+                    patient_id=report.report_id,  # Open-i has one study per patient
+                    split="train",  # assigned by patient in _finish
+                    findings=report.findings,
+                    impression=report.impression,
+                    structured_findings=list(structured),
+                    frontal=frontal_path,
+                    lateral=lateral_path,
+                    source="openi",
+                    mesh=list(report.mesh),
+                )
+            )
+    return _finish(cases, out, seed, summary)
+
+
+# --------------------------------------------------------------------------------------
+# MIMIC-CXR-JPG
+# --------------------------------------------------------------------------------------
+
+
+def _mimic_metadata(root: Path) -> Path:
+    for name in (MIMIC_METADATA, MIMIC_METADATA + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DataDirError(f"MIMIC-CXR directory {root} has no {MIMIC_METADATA} or {MIMIC_METADATA}.gz")
+
+
+def _first_of(views: Sequence[tuple[str, str]], preferred: Sequence[str]) -> list[str]:
+    """dicom ids with a preferred view: all of the best view first, in metadata order."""
+    return [dicom for position in preferred for dicom, view in views if view == position]
+
+
+def import_mimic(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    size: int = 256,
+    seed: int = 0,
+    subset: str | None = "p10",
+) -> ImportSummary:
+    """Import MIMIC-CXR-JPG: one frontal (PA, else AP) and one lateral (LATERAL, else LL) per study.
+
+    Expects ``root/mimic-cxr-2.0.0-metadata.csv[.gz]``, images at
+    ``root/files/p10/p10000032/s50414267/<dicom_id>.jpg`` and reports at
+    ``root/files/p10/p10000032/s50414267.txt`` or ``root/reports/files/...``. ``subset``
+    (``"p10"`` ... ``"p19"``) limits the import to one patient group; ``None`` imports all.
+    Findings come from the FINDINGS/IMPRESSION text via the rule-based labeller; the split
+    is by ``subject_id``.
+    """
+    from xrg.data.findings import label_text  # written alongside; imported when used
+
+    _check_size(size)
+    root, out = Path(root), Path(out)
+    if not root.is_dir():
+        raise DataDirError(f"MIMIC-CXR directory {root} does not exist")
+    if subset is not None and not re.fullmatch(r"p1\d", subset):
+        raise ConfigError(f"MIMIC-CXR subset must be one of p10 ... p19 or None, got {subset!r}")
+    rows = _read_csv_columns(_mimic_metadata(root), ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    studies: dict[tuple[str, str], list[tuple[str, str]]] = collections.defaultdict(list)
+    for row in rows:
+        subject, study = row["subject_id"], row["study_id"]
+        if not subject.isdigit() or not study.isdigit():
+            raise DataDirError(f"MIMIC-CXR metadata: subject_id {subject!r} / study_id {study!r} are not numbers")
+        if subset is None or f"p{subject[:2]}" == subset:
+            studies[subject, study].append((row["dicom_id"], row["ViewPosition"].upper()))
+
+    summary = ImportSummary(n_cases=0, skipped=collections.Counter(), refused_files=[], out=out)
+    cases: list[Case] = []
+    for (subject, study), views in sorted(studies.items(), key=lambda item: (int(item[0][0]), int(item[0][1]))):
+        relative = Path(f"p{subject[:2]}", f"p{subject}", f"s{study}")
+        frontal_ids = _first_of(views, MIMIC_FRONTAL)
+        lateral_ids = _first_of(views, MIMIC_LATERAL)
+        if not frontal_ids:
+            summary.skipped["no frontal view"] += 1
+            continue
+        if not lateral_ids:
+            summary.skipped["no lateral view"] += 1
+            continue
+        report_file = next(
+            (p for p in (root / "files" / f"{relative}.txt", root / "reports" / "files" / f"{relative}.txt") if p.is_file()),
+            None,
+        )
+        if report_file is None:
+            summary.skipped["report missing"] += 1
+            summary.refused_files.append((str(root / "files" / f"{relative}.txt"), "report file not found"))
+            continue
+        try:
+            findings, impression = split_report_text(report_file.read_text(encoding="utf-8"))
+        except EmptyReportError as exc:
+            summary.skipped["empty report"] += 1
+            summary.refused_files.append((str(report_file), str(exc)))
+            continue
+        except (OSError, UnicodeDecodeError, ReportError) as exc:
+            summary.skipped["report unreadable"] += 1
+            summary.refused_files.append((str(report_file), f"unreadable report: {exc}"))
+            continue
+        study_dir = root / "files" / relative
+        frontal = _load_first([study_dir / f"{d}.jpg" for d in frontal_ids], size, summary.refused_files, study_dir)
+        if isinstance(frontal, str):
+            summary.skipped[frontal] += 1
+            continue
+        lateral = _load_first([study_dir / f"{d}.jpg" for d in lateral_ids], size, summary.refused_files, study_dir)
+        if isinstance(lateral, str):
+            summary.skipped[lateral] += 1
+            continue
+        case_id = f"mimic-s{study}"
+        frontal_path, lateral_path = _save_pair(out, case_id, frontal, lateral)
+        cases.append(
+            Case(
+                id=case_id,
+                patient_id=subject,
+                split="train",  # assigned by patient in _finish
+                findings=findings,
+                impression=impression,
+                structured_findings=list(label_text(f"{findings} {impression}".strip())),
+                frontal=frontal_path,
+                lateral=lateral_path,
+                source="mimic",
+            )
+        )
+    return _finish(cases, out, seed, summary)
