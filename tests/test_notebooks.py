@@ -32,7 +32,9 @@ def test_py_and_ipynb_pairs_agree(script: Path):
 
 
 def test_every_notebook_has_a_smoke_test():
-    assert set(notebook_names()) == {"01_data"}, "add a smoke test for each new notebook"
+    assert set(notebook_names()) == {"01_data", "02_encoder", "03_vcn", "04_xraygan"}, (
+        "add a smoke test for each new notebook"
+    )
 
 
 def glued(notebook_path: Path) -> dict[str, object]:
@@ -74,3 +76,31 @@ def test_bad_notebook_parameters_fail_at_once(tmp_path):
     params.update(data_dir=str(tmp_path / "missing"))
     with pytest.raises(papermill.PapermillExecutionError, match="data_dir"):
         execute_notebook("01_data", params, output_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_data, tmp_path_factory):
+    """The tiny profile's XRayGAN run (VCNs included) on the 12-case dataset."""
+    from xrg.train.runs import ensure_xraygan_run
+
+    run_dir = tmp_path_factory.mktemp("tiny-run")
+    ensure_xraygan_run("tiny", tiny_data, run_dir, progress=False)
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", ["02_encoder", "03_vcn", "04_xraygan"])
+def test_xraygan_notebooks_run_with_tiny_parameters(notebook, tiny_data, tiny_run, tmp_path):
+    params = notebook_parameters("tiny", notebook)
+    params.update(data_dir=str(tiny_data), run_dir=str(tiny_run))
+    executed = execute_notebook(notebook, params, output_dir=tmp_path)
+    assert not errors(executed)
+    values = glued(executed)
+    if notebook == "02_encoder":
+        assert float(values["encoder_padding_max_diff"]) < 1e-5
+    if notebook == "03_vcn":
+        assert 0.0 <= float(values["vcn_test_auroc"]) <= 1.0 and 0.0 < float(values["vcn_real_vc"]) < 1.0
+    if notebook == "04_xraygan":
+        assert 0.0 < float(values["xraygan_generated_vc"]) < 1.0
+    # Re-running finds the finished run instead of training again.
+    assert (tiny_run / "checkpoint.pt").is_file()

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
 EXECUTED_DIR = ROOT / "book" / "executed"
 DATA_ROOT = ROOT / "data"
+RUNS_ROOT = ROOT / "runs"
 
 
 def notebook_names() -> list[str]:
@@ -47,12 +48,17 @@ def library_fingerprint() -> str:
 
 def notebook_parameters(profile_name: str, notebook: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Papermill parameters of one notebook: the profile's values plus common settings."""
+    import papermill
+
     profile = load_profile(profile_name)
-    params: dict[str, Any] = {
+    common: dict[str, Any] = {
         "profile": profile.name,
         "data_dir": str(DATA_ROOT / profile.name),
+        "run_dir": str(RUNS_ROOT / profile.name / "xraygan"),
         "seed": profile.seed,
     }
+    declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"))
+    params = {key: value for key, value in common.items() if key in declared}
     params.update(profile.notebook_params(notebook))
     params.update((overrides or {}).get(notebook, {}))
     return params

@@ -1,0 +1,207 @@
+"""Benchmarks of XRayGAN: training throughput per stage and report → pair generation latency.
+
+Both print a small table and return its rows as plain dicts (for notebooks).
+:func:`bench_train` times a few optimizer steps of every phase of a profile's run on
+synthetic batches of that phase's size and batch size (random word ids and images, a
+randomly initialised frozen VCN), so it needs no dataset; with the size of a train split it
+also estimates the seconds per epoch and per phase. :func:`bench_generate` times the
+pipeline from report text to a frontal/lateral pair, for a trained checkpoint or a randomly
+initialised model of a profile, on CPU and, when there is one, on CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from xrg.data.reports import Vocabulary
+from xrg.models.vcn import ViewConsistencyNet, freeze
+from xrg.profiles import Profile, load_profile
+from xrg.train.vcn import VCNTrainConfig, make_vcn_optimizer, vcn_step
+from xrg.train.xraygan import XRayGAN, XRayGANTrainConfig, gan_step, make_optimizers, pretrain_step, training_phases
+
+#: Reports in the style of Open-i, written for the benchmarks (lengths near the Open-i median).
+BENCH_REPORTS: tuple[str, ...] = (
+    "FINDINGS: The heart is mildly enlarged. There is a small left pleural effusion with adjacent "
+    "basilar atelectasis. No pneumothorax. Degenerative changes of the thoracic spine. "
+    "IMPRESSION: Mild cardiomegaly and small left effusion.",
+    "FINDINGS: Lungs are clear bilaterally. Cardiomediastinal silhouette is within normal limits. "
+    "No focal consolidation, effusion or pneumothorax. IMPRESSION: No acute cardiopulmonary process.",
+    "FINDINGS: Patchy opacity in the right lower lobe which may represent pneumonia. Calcified granuloma "
+    "in the left upper lobe. Median sternotomy wires are intact. IMPRESSION: Right lower lobe pneumonia.",
+)
+
+
+def _profile(profile: str | Profile) -> Profile:
+    return profile if isinstance(profile, Profile) else load_profile(profile)
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_batch(batch_size: int, image_size: int, vocab_size: int, generator: torch.Generator) -> dict[str, Any]:
+    """A :func:`collate_pairs`-shaped batch: 6 findings and 2 impression sentences of 12 words, random images."""
+
+    def section(num_sentences: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(2, vocab_size, (batch_size, num_sentences, 12), generator=generator)
+        return ids, torch.ones_like(ids, dtype=torch.bool)
+
+    findings_ids, findings_mask = section(6)
+    impression_ids, impression_mask = section(2)
+    return {
+        "findings_ids": findings_ids,
+        "findings_mask": findings_mask,
+        "impression_ids": impression_ids,
+        "impression_mask": impression_mask,
+        "frontal": torch.rand(batch_size, 1, image_size, image_size, generator=generator),
+        "lateral": torch.rand(batch_size, 1, image_size, image_size, generator=generator),
+        "patient_id": [f"synthetic{i}" for i in range(batch_size)],
+    }
+
+
+def _timed_steps(step: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]], warmup: int, device: torch.device) -> float:
+    """Median seconds of ``step`` over ``batches`` after the first ``warmup``."""
+    durations = []
+    for number, batch in enumerate(batches):
+        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        _synchronize(device)
+        start = time.perf_counter()
+        step(batch)
+        _synchronize(device)
+        if number >= warmup:
+            durations.append(time.perf_counter() - start)
+    return statistics.median(durations)
+
+
+def bench_train(
+    profile: str | Profile = "cpu",
+    steps: int = 3,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    train_cases: int | None = None,
+    vocab_size: int = 1500,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Time ``steps`` training steps (after ``warmup``) of every phase of ``profile``'s run.
+
+    The rows cover the VCN of every stage size (phase ``vcn``) and every XRayGAN phase.
+    ``images_per_s`` counts both views. With ``train_cases`` (the train split size; the cpu
+    dataset has about 2,700) the rows also estimate seconds per epoch and per phase.
+    """
+    profile = _profile(profile)
+    device = _device(device)
+    config = XRayGANTrainConfig.from_profile(profile)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    print_fn(f"training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per phase")
+    header = f"{'phase':<9}{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}"
+    print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'phase s':>9}" if train_cases else ""))
+    rows = []
+
+    def report(phase: str, stage: int | None, image_size: int, batch_size: int, num_epochs: int, seconds: float) -> None:
+        row = {
+            "phase": phase, "stage": stage, "image_size": image_size, "batch_size": batch_size,
+            "seconds_per_step": seconds, "images_per_s": 2 * batch_size / seconds, "device": str(device),
+        }  # fmt: skip
+        stage_text = "-" if stage is None else str(stage)
+        line = f"{phase:<9}{stage_text:>5}{image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
+        if train_cases:
+            row.update(epoch_seconds=(train_cases // batch_size) * seconds, num_epochs=num_epochs)
+            row["phase_seconds"] = row["epoch_seconds"] * num_epochs
+            line += f"{row['epoch_seconds']:>9.0f}{num_epochs:>7}{row['phase_seconds']:>9.0f}"
+        rows.append(row)
+        print_fn(line)
+
+    def batch_size_of(size: int) -> int:
+        return size if train_cases is None else min(size, train_cases)
+
+    for image_size in config.vcn_sizes:
+        vcn_config = VCNTrainConfig.from_profile(profile, image_size=image_size)
+        vcn = ViewConsistencyNet(vcn_config.embed_dim, vcn_config.scale).to(device).train()
+        optimizer = make_vcn_optimizer(vcn, vcn_config)
+        batch_size = batch_size_of(vcn_config.batch_size)
+        batches = [synthetic_batch(batch_size, image_size, vocab_size, generator) for _ in range(warmup + steps)]
+        seconds = _timed_steps(functools.partial(vcn_step, vcn, optimizer, generator=generator), batches, warmup, device)
+        report("vcn", None, image_size, batch_size, vcn_config.num_epochs, seconds)
+
+    model = XRayGAN(config, vocab_size).to(device)
+    frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
+    for index, phase in enumerate(training_phases(config)):
+        optimizers = make_optimizers(model, phase, index, config)
+        model.train()
+        batch_size = batch_size_of(phase.batch_size)
+        batches = [synthetic_batch(batch_size, phase.image_size, vocab_size, generator) for _ in range(warmup + steps)]
+        settings = dict(phase=phase, optimizers=optimizers, config=config)
+        if phase.name == "pretrain":
+            step = functools.partial(pretrain_step, model, **settings)
+        else:
+            step = functools.partial(gan_step, model, frozen_vcn, **settings)
+        report(phase.name, phase.stage, phase.image_size, batch_size, phase.num_epochs, _timed_steps(step, batches, warmup, device))
+    if train_cases:
+        total = sum(row["phase_seconds"] for row in rows)
+        print_fn(f"estimated training time for {train_cases} train cases, VCNs included: {total / 60:.1f} min")
+    return rows
+
+
+def _latencies(pipe: Any, n: int, warmup: int) -> list[float]:
+    device = pipe.device
+    for number in range(warmup):
+        pipe(BENCH_REPORTS[number % len(BENCH_REPORTS)])
+    latencies = []
+    for number in range(n):
+        _synchronize(device)
+        start = time.perf_counter()
+        output = pipe(BENCH_REPORTS[number % len(BENCH_REPORTS)])
+        output.frontal.sum().item()  # results are on the CPU: the pair is complete
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def bench_generate(
+    profile: str | Profile = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    n: int = 20,
+    warmup: int = 2,
+    devices: tuple[str, ...] | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Report → pair latency (median and p90, milliseconds) of a checkpoint or of ``profile``'s untrained model."""
+    from xrg.pipelines import XRayGANPipeline
+
+    if devices is None:
+        devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
+    rows = []
+    for device in devices:
+        if checkpoint is not None:
+            pipe = XRayGANPipeline.from_checkpoint(checkpoint, device=device)
+            source = str(checkpoint)
+        else:
+            config = XRayGANTrainConfig.from_profile(_profile(profile))
+            pipe = XRayGANPipeline.from_config(config, Vocabulary.build(BENCH_REPORTS), seed=config.seed, device=device)
+            source = f"untrained {_profile(profile).name} profile model"
+        latencies = np.array(_latencies(pipe, n, warmup)) * 1000.0
+        row = {
+            "device": device,
+            "image_size": pipe.image_size,
+            "n": n,
+            "median_ms": float(np.median(latencies)),
+            "p90_ms": float(np.percentile(latencies, 90)),
+        }
+        rows.append(row)
+        print_fn(
+            f"report → {pipe.image_size}px pair on {device} ({source}): median {row['median_ms']:.1f} ms, "
+            f"p90 {row['p90_ms']:.1f} ms over {n} reports"
+        )
+    return rows

@@ -1,0 +1,41 @@
+"""Runs the notebooks share: load a finished run, else resume or train it.
+
+Heavy steps load what exists, else compute (STYLE.md 5): re-executing the book does not
+retrain, and a run that was killed part-way is resumed rather than started again.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from xrg.profiles import load_profile
+from xrg.train.checkpoint import load_checkpoint
+from xrg.train.vcn import VCNTrainConfig
+from xrg.train.xraygan import CHECKPOINT_NAME, XRayGANTrainConfig, XRayGANTrainer
+
+
+def run_finished(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds an XRayGAN checkpoint of a finished run."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    return bool(load_checkpoint(path, "xraygan").get("progress", {}).get("finished"))
+
+
+def ensure_xraygan_run(
+    profile: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """The checkpoint of the profile's XRayGAN run in ``run_dir``: trained or resumed if needed."""
+    run_dir = Path(run_dir)
+    if run_finished(run_dir):
+        return run_dir / CHECKPOINT_NAME
+    loaded = load_profile(profile)
+    config = XRayGANTrainConfig.from_profile(loaded)
+    vcn_config = VCNTrainConfig.from_profile(loaded, image_size=config.base_size)
+    resume = (run_dir / CHECKPOINT_NAME).is_file()
+    trainer = XRayGANTrainer(config, data_dir, run_dir, vcn_config, device=device, resume=resume, progress=progress)
+    return trainer.train().checkpoint

@@ -1,0 +1,278 @@
+"""Offline training of the view-consistency networks (XRayGAN §2.3, settings of §3.2).
+
+One :class:`~xrg.models.vcn.ViewConsistencyNet` is trained per stage resolution, on the
+TRAIN split only (the official code trained it on the test images). Each batch of B cases
+gives B positive pairs — the frontal and lateral image of the same case — and up to B
+negative pairs: every frontal with the lateral of another case of the batch, chosen by a
+seeded cyclic shift of a random order, dropping a pair whose two cases share a patient. Both
+views pass through the backbone in one call (so BatchNorm statistics cover both views, as
+in evaluation), and the pairs are scored from those embeddings; the loss is binary
+cross-entropy on the logits.
+
+The paper trains the VCNs with learning rate 0.01 for 20 epochs and names no optimizer (the
+official code used Adam). Here the default is SGD with momentum 0.9 at 0.01, the usual
+recipe for a ResNet-18 trained from scratch; Adam at 0.01 is available (``optimizer: adam``).
+
+The frozen network is evaluated on the TEST split (positives: every case's own pair;
+negatives: every frontal with a seeded other patient's lateral): accuracy at probability
+0.5, ROC AUC (torchmetrics), and the real-pair VC of Table 1, the mean P(same patient) over
+the test positives. Checkpoints go to ``RUN/vcn/vcn_<size>.pt``, per-epoch metrics to
+``RUN/vcn/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from xrg.data.datasets import XRayPairDataset, collate_pairs
+from xrg.data.reports import Vocabulary
+from xrg.errors import ConfigError
+from xrg.io import append_jsonl
+from xrg.models.vcn import ViewConsistencyNet, freeze
+from xrg.models.xraygan import to_model_range
+from xrg.profiles import Profile
+from xrg.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from xrg.train.config import config_from_mapping
+from xrg.train.runtime import epoch_batches
+
+VCN_DIR = "vcn"
+VCN_METRICS = "metrics.jsonl"
+VCN_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
+
+@dataclass
+class VCNTrainConfig:
+    """Settings of one VCN training run (one stage resolution)."""
+
+    image_size: int = 32  # resolution the VCN scores (one VCN per MSCGAN stage)
+    embed_dim: int = 128  # embedding size (official code: 128)
+    scale: float = 10.0  # the L2-normalised embedding is multiplied by this (official code: 10)
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
+    lr: float = 0.01  # §3.2
+    momentum: float = 0.9  # SGD momentum; Adam uses betas (0.9, 0.999)
+    weight_decay: float = 0.0
+    num_epochs: int = 20  # §3.2
+    batch_size: int = 64  # cases per batch; each gives a positive and a negative pair
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.image_size <= 1024:
+            raise ConfigError(f"vcn image_size must be in 8..1024, got {self.image_size}")
+        if self.optimizer not in VCN_OPTIMIZERS:
+            raise ConfigError(f"vcn optimizer must be one of {VCN_OPTIMIZERS}, got {self.optimizer!r}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ConfigError(
+                f"vcn needs lr > 0, weight_decay >= 0 and momentum in [0, 1), got {self.lr}, {self.weight_decay}, {self.momentum}"
+            )
+        if self.num_epochs < 1 or self.batch_size < 2 or self.embed_dim < 1:
+            raise ConfigError(
+                f"vcn needs num_epochs >= 1, batch_size >= 2 and embed_dim >= 1, got "
+                f"{self.num_epochs}, {self.batch_size}, {self.embed_dim}"
+            )
+
+    @classmethod
+    def from_profile(cls, profile: Profile, image_size: int, overrides: dict[str, Any] | None = None) -> "VCNTrainConfig":
+        """The profile's ``vcn:`` section at ``image_size``; the seed defaults to the profile's."""
+        values = {"seed": profile.seed, **profile.section("vcn"), **(overrides or {}), "image_size": image_size}
+        return config_from_mapping(cls, values, where=f"vcn settings of profile {profile.name!r}")
+
+
+def vcn_path(run_dir: str | os.PathLike, image_size: int) -> Path:
+    return Path(run_dir) / VCN_DIR / f"vcn_{image_size}.pt"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def negative_partners(patient_ids: Sequence[str], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each case a partner case of a different patient: ``(rows, partners)`` index tensors.
+
+    Partners follow a random order cyclically, so nobody is their own partner; rows whose
+    partner shares their patient are left out.
+    """
+    order = torch.randperm(len(patient_ids), generator=generator)
+    partners = torch.empty_like(order)
+    partners[order] = order.roll(-1)
+    rows = torch.tensor([i for i in range(len(patient_ids)) if patient_ids[i] != patient_ids[int(partners[i])]], dtype=torch.long)
+    return rows, partners[rows] if rows.numel() else rows
+
+
+def pair_logits(model: ViewConsistencyNet, frontal_embedding: torch.Tensor, lateral_embedding: torch.Tensor) -> torch.Tensor:
+    """:meth:`ViewConsistencyNet.forward` on embeddings already computed: ``w · |e_f − e_l| + b``."""
+    return model.head((frontal_embedding - lateral_embedding).abs()).squeeze(-1)
+
+
+def _embed_views(model: ViewConsistencyNet, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.cat([batch["frontal"], batch["lateral"]]).to(device)
+    frontal, lateral = model.embed(to_model_range(images)).chunk(2)
+    return frontal, lateral
+
+
+@torch.no_grad()
+def evaluate_vcn(
+    model: ViewConsistencyNet, dataset: XRayPairDataset, seed: int = 0, batch_size: int = 64
+) -> dict[str, Any]:
+    """Accuracy, ROC AUC and real-pair VC on ``dataset`` (see the module docstring), as a plain dict.
+
+    AUROC is ``None`` when the split has fewer than two patients (no negative pair exists).
+    """
+    # Imported here: torchmetrics takes seconds to import and generation never needs it.
+    from torchmetrics.functional.classification import binary_accuracy, binary_auroc
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    frontal_parts, lateral_parts = [], []
+    for start in range(0, len(dataset), batch_size):
+        batch = collate_pairs([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        frontal, lateral = _embed_views(model, batch, device)
+        frontal_parts.append(frontal)
+        lateral_parts.append(lateral)
+    model.train(was_training)
+    frontal, lateral = torch.cat(frontal_parts), torch.cat(lateral_parts)
+    rows, partners = negative_partners([case.patient_id for case in dataset.cases], torch.Generator().manual_seed(seed))
+    positive = torch.sigmoid(pair_logits(model, frontal, lateral)).cpu()
+    negative = torch.sigmoid(pair_logits(model, frontal[rows], lateral[partners])).cpu()
+    probs = torch.cat([positive, negative])
+    labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).long()
+    return {
+        "image_size": int(dataset[0]["frontal"].shape[-1]),
+        "num_positive": int(positive.numel()),
+        "num_negative": int(negative.numel()),
+        "accuracy": float(binary_accuracy(probs, labels)),
+        "auroc": float(binary_auroc(probs, labels)) if negative.numel() else None,
+        "real_vc": float(positive.mean()),
+    }
+
+
+def vcn_step(
+    model: ViewConsistencyNet, optimizer: torch.optim.Optimizer, batch: dict[str, Any], generator: torch.Generator
+) -> tuple[float, int, int]:
+    """One update on a batch's positive and negative pairs: ``(mean BCE, correct pairs, pairs)``."""
+    device = next(model.parameters()).device
+    frontal, lateral = _embed_views(model, batch, device)
+    rows, partners = negative_partners(batch["patient_id"], generator)
+    logits = torch.cat([pair_logits(model, frontal, lateral), pair_logits(model, frontal[rows], lateral[partners])])
+    labels = torch.cat([torch.ones(frontal.shape[0]), torch.zeros(rows.numel())]).to(device)
+    loss = F.binary_cross_entropy_with_logits(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), int(((logits > 0).float() == labels).sum()), labels.numel()
+
+
+def make_vcn_optimizer(model: ViewConsistencyNet, config: VCNTrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
+
+
+@dataclass
+class VCNResult:
+    """A trained VCN: its checkpoint, the frozen model and its test metrics."""
+
+    path: Path
+    model: ViewConsistencyNet
+    metrics: dict[str, Any]
+
+
+def train_vcn(
+    data_dir: str | os.PathLike,
+    config: VCNTrainConfig,
+    run_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> VCNResult:
+    """Train one VCN on the train split, evaluate it frozen on the test split, save it."""
+    device = torch.device(device)
+    train_set = XRayPairDataset(data_dir, "train", image_size=config.image_size)
+    test_set = XRayPairDataset(data_dir, "test", image_size=config.image_size, vocab=train_set.vocab)
+    torch.manual_seed(config.seed)
+    model = ViewConsistencyNet(config.embed_dim, config.scale).to(device)
+    optimizer = make_vcn_optimizer(model, config)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    metrics_path = Path(run_dir) / VCN_DIR / VCN_METRICS
+    steps_per_epoch = len(epoch_batches(len(train_set), config.batch_size, torch.Generator().manual_seed(0)))
+    bar = tqdm(
+        total=config.num_epochs * steps_per_epoch, desc=f"VCN {config.image_size}px", unit="step", disable=not progress
+    )
+    step = 0
+    model.train()
+    for epoch in range(config.num_epochs):
+        start = time.perf_counter()
+        loss_sum, correct, seen, images = 0.0, 0, 0, 0
+        for indices in epoch_batches(len(train_set), config.batch_size, shuffle):
+            batch = collate_pairs([train_set[i] for i in indices])
+            loss, batch_correct, num_pairs = vcn_step(model, optimizer, batch, shuffle)
+            step += 1
+            loss_sum += loss * num_pairs
+            correct += batch_correct
+            seen += num_pairs
+            images += 2 * len(indices)
+            bar.update()
+            bar.set_postfix(loss=f"{loss:.3f}")
+        seconds = time.perf_counter() - start
+        append_jsonl(
+            metrics_path,
+            {
+                "kind": "vcn",
+                "image_size": config.image_size,
+                "epoch": epoch,
+                "step": step,
+                "loss": loss_sum / max(seen, 1),
+                "train_accuracy": correct / max(seen, 1),
+                "lr": config.lr,
+                "seconds": seconds,
+                "images_per_s": images / seconds if seconds > 0 else None,
+            },
+        )
+    bar.close()
+    freeze(model)
+    metrics = evaluate_vcn(model, test_set, seed=config.seed)
+    append_jsonl(metrics_path, {"kind": "vcn_test", **metrics})
+    path = vcn_path(run_dir, config.image_size)
+    save_checkpoint(path, "vcn", config, train_set.vocab, state=model.state_dict(), metrics=metrics, step=step)
+    return VCNResult(path=path, model=model, metrics=metrics)
+
+
+def load_vcn(
+    path: str | os.PathLike,
+    config: VCNTrainConfig | None = None,
+    vocabulary: Vocabulary | None = None,
+    device: str | torch.device = "cpu",
+) -> VCNResult:
+    """Load a VCN checkpoint (checked against ``config``/``vocabulary`` when given), frozen."""
+    payload = load_checkpoint(path, "vcn", config=config, vocabulary=vocabulary, map_location=device)
+    stored = checkpoint_config(payload, VCNTrainConfig, path)
+    model = ViewConsistencyNet(stored.embed_dim, stored.scale)
+    model.load_state_dict(payload["state"])
+    return VCNResult(path=Path(path), model=freeze(model.to(device)), metrics=payload.get("metrics", {}))
+
+
+def ensure_vcns(
+    run_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    configs: Sequence[VCNTrainConfig],
+    vocabulary: Vocabulary,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[int, VCNResult]:
+    """The frozen VCN of every config's size: loaded from ``RUN/vcn`` when there, else trained."""
+    results = {}
+    for config in configs:
+        path = vcn_path(run_dir, config.image_size)
+        if path.is_file():
+            results[config.image_size] = load_vcn(path, config, vocabulary, device)
+        else:
+            results[config.image_size] = train_vcn(data_dir, config, run_dir, device, progress)
+    return results

@@ -1,0 +1,725 @@
+"""Training XRayGAN stage by stage (Yang et al. §2.4 objective, §3.2 settings).
+
+The report encoder (§2.1), the two view cascades of the MSCGAN (§2.2) and their patch
+critics are trained together in *phases*: optional plain-L2 pre-training at the first
+trained stage (the official code gives stage 0 twenty epochs of it), then one adversarial
+phase per stage, 32² → 64² → 128² → 256² in the paper. In the phase of stage ``n``:
+
+* what trains: the encoder and both views' generators of stages ``0..n`` with the stage-``n``
+  learning rate (Adam, β = (0.9, 0.999)), and the stage-``n`` discriminators of both views with
+  the same rate. Earlier stages keep training, as in the official code; later stages are not
+  used yet. Optimizers start fresh in every phase; the learning rate is multiplied by
+  ``lr_decay`` (0.2) every ``lr_decay_every`` (20) epochs of the phase.
+* targets: the real images downsampled to the stage size by area averaging (the dataset's
+  ``image_size``), mapped to the models' [-1, 1].
+* critic loss, per view (WGAN-GP, Gulrajani et al.):
+  ``D(fake) − D(real) + λ·GP`` with λ = ``gp_weight`` (10), ``n_critic`` (1) critic updates per
+  generator update on the same batch; the critic sees the condition ``c`` detached.
+* generator loss: ``adv_weight · Σ_views −D(fake) + rec_weight · Σ_views MSE(fake, real)
+  − vc_weight · mean P(same patient | fake frontal, fake lateral)`` with weights 1, 100 and 1
+  (§3.2). The view-consistency reward comes from the frozen VCN of the stage's resolution
+  (:mod:`xrg.train.vcn`): gradients flow through it into the generated images, never into
+  its weights. ``vc_weight = 0`` is the "w/o VCN" ablation and needs no VCN.
+
+The ablations of Table 2 are config values: ``encoder_kind: flat`` (w/o HAE),
+``generator_kind: single_shot`` (w/o MSCGAN: one phase at the final size with the last
+stage's learning rate, batch size and epochs) and ``vc_weight: 0`` (w/o VCN).
+
+Runs are resumable to the bit on CPU: a checkpoint (``RUN/checkpoint.pt``, written at the
+start, after every epoch and when stopped) holds the weights, the optimizer states, the
+phase/epoch/batch position, the torch RNG state and the shuffle generator's state at the
+start of the epoch; a resumed run redraws that epoch's order and skips the batches already
+done. Per-epoch metrics are appended to ``RUN/metrics.jsonl``; sample grids (real and
+generated, both views) are written to ``RUN/samples/``. A NaN or infinite loss stops the run
+with :class:`~xrg.errors.TrainingDiverged` before any optimizer step is taken on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from xrg.data.datasets import XRayPairDataset, collate_pairs
+from xrg.data.images import save_png
+from xrg.data.manifest import read_manifest
+from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, Vocabulary
+from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
+from xrg.io import append_jsonl
+from xrg.models.encoder import ENCODER_KINDS, EncoderConfig, ReportEncoding, build_encoder
+from xrg.models.vcn import ViewConsistencyNet
+from xrg.models.xraygan import (
+    PatchDiscriminator,
+    SingleShotGenerator,
+    XRayGANConfig,
+    XRayGANGenerator,
+    gradient_penalty,
+    to_image_range,
+    to_model_range,
+)
+from xrg.profiles import Profile
+from xrg.train.checkpoint import load_checkpoint, save_checkpoint
+from xrg.train.config import config_from_mapping
+from xrg.train.runtime import StopRequests, epoch_batches, set_lr
+from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
+
+GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+#: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
+METRIC_KEYS: tuple[str, ...] = (
+    "kind", "phase", "stage", "image_size", "epoch", "step", "d_loss", "g_loss", "adv_loss", "rec_loss",
+    "vc_loss", "vc_prob", "gp", "lr", "seconds", "images_per_s",
+)  # fmt: skip
+LOSS_KEYS: tuple[str, ...] = ("d_loss", "g_loss", "adv_loss", "rec_loss", "vc_loss", "vc_prob", "gp")
+
+
+@dataclass
+class XRayGANTrainConfig:
+    """Everything one XRayGAN run is built and trained from; defaults are the paper's (§3.2).
+
+    Per-stage settings (``lr``, ``batch_size``, ``num_epochs``) have one entry per stage; a
+    ``single_shot`` generator uses the last entry only.
+    """
+
+    # report encoder (§2.1)
+    encoder_kind: str = "hierarchical"  # "flat": the w/o HAE ablation
+    embed_dim: int = 128  # word embedding size
+    hidden: int = 128  # LSTM units per direction; the condition c has 4 * hidden dims
+    encoder_dropout: float = 0.0
+    max_sentences: int = MAX_SENTENCES  # longer sections are truncated
+    max_words: int = MAX_WORDS  # longer sentences are truncated
+    # generators and discriminators (§2.2)
+    generator_kind: str = "multi_scale"  # "single_shot": the w/o MSCGAN ablation
+    base_size: int = 32  # resolution of the basic generator
+    num_stages: int = 4  # 32 → 64 → 128 → 256
+    alpha: float = 0.5  # blend of Eq. (1)
+    noise_dim: int = 0  # noise next to c (official code: none)
+    gen_channels: int = 64
+    disc_channels: int = 64
+    cond_channels: int = 64
+    max_channels: int = 512
+    disc_max_downsamplings: int = 4
+    # objective (§2.4, weights of §3.2)
+    adv_weight: float = 1.0
+    rec_weight: float = 100.0
+    vc_weight: float = 1.0  # 0: the w/o VCN ablation
+    gp_weight: float = 10.0  # WGAN-GP λ
+    n_critic: int = 1  # critic updates per generator update
+    # optimisation (§3.2)
+    lr: tuple[float, ...] = (3e-4, 3e-4, 2e-4, 1e-4)  # per stage
+    batch_size: tuple[int, ...] = (96, 56, 24, 12)  # per stage
+    num_epochs: tuple[int, ...] = (90, 90, 120, 120)  # per stage (official code)
+    pretrain_epochs: int = 20  # plain-L2 epochs before the first adversarial phase
+    lr_decay: float = 0.2
+    lr_decay_every: int = 20  # epochs
+    betas: tuple[float, float] = (0.9, 0.999)
+    # run
+    seed: int = 0
+    num_samples: int = 4  # validation cases in each sample grid
+
+    def __post_init__(self) -> None:
+        if self.encoder_kind not in ENCODER_KINDS:
+            raise ConfigError(f"encoder_kind must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
+        if self.generator_kind not in GENERATOR_KINDS:
+            raise ConfigError(f"generator_kind must be one of {GENERATOR_KINDS}, got {self.generator_kind!r}")
+        self.model_config()  # validates the sizes and widths
+        self.encoder_config(vocab_size=3)  # validates the encoder settings
+        for name in ("lr", "batch_size", "num_epochs"):
+            values = getattr(self, name)
+            if len(values) != self.num_stages:
+                raise ConfigError(f"{name} needs one value per stage ({self.num_stages}), got {list(values)}")
+            if not all(v > 0 for v in values):
+                raise ConfigError(f"{name} values must be positive, got {list(values)}")
+        if min(self.batch_size) < 2:
+            raise ConfigError(f"batch sizes must be at least 2 (BatchNorm), got {list(self.batch_size)}")
+        for name in ("adv_weight", "rec_weight", "vc_weight", "gp_weight", "pretrain_epochs"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.n_critic < 1 or self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1 or self.num_samples < 0:
+            raise ConfigError(
+                "need n_critic >= 1, lr_decay_every >= 1, 0 < lr_decay <= 1 and num_samples >= 0, got "
+                f"{self.n_critic}, {self.lr_decay_every}, {self.lr_decay}, {self.num_samples}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+
+    @classmethod
+    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> "XRayGANTrainConfig":
+        """The profile's ``xraygan:`` section plus ``overrides``; the seed defaults to the profile's."""
+        values = {"seed": profile.seed, **profile.section("xraygan"), **(overrides or {})}
+        return config_from_mapping(cls, values, where=f"xraygan settings of profile {profile.name!r}")
+
+    def encoder_config(self, vocab_size: int) -> EncoderConfig:
+        return EncoderConfig(
+            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
+            kind=self.encoder_kind,
+        )  # fmt: skip
+
+    def model_config(self) -> XRayGANConfig:
+        return XRayGANConfig(
+            cond_dim=4 * self.hidden, base_size=self.base_size, num_stages=self.num_stages, alpha=self.alpha,
+            noise_dim=self.noise_dim, gen_channels=self.gen_channels, disc_channels=self.disc_channels,
+            cond_channels=self.cond_channels, max_channels=self.max_channels,
+            disc_max_downsamplings=self.disc_max_downsamplings,
+        )  # fmt: skip
+
+    @property
+    def final_size(self) -> int:
+        return self.base_size * 2 ** (self.num_stages - 1)
+
+    @property
+    def trained_stages(self) -> tuple[int, ...]:
+        """Stages with an adversarial phase: all of them, or only the last for ``single_shot``."""
+        if self.generator_kind == "single_shot":
+            return (self.num_stages - 1,)
+        return tuple(range(self.num_stages))
+
+    def stage_size(self, stage: int) -> int:
+        return self.base_size * 2**stage
+
+    @property
+    def vcn_sizes(self) -> tuple[int, ...]:
+        """Resolutions that need a VCN: every adversarial stage's, none when ``vc_weight`` is 0."""
+        return tuple(self.stage_size(stage) for stage in self.trained_stages) if self.vc_weight > 0 else ()
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One block of training at one stage: ``pretrain`` (L2 only) or ``gan``."""
+
+    name: str
+    stage: int
+    image_size: int
+    num_epochs: int
+    batch_size: int
+    lr: float
+
+    def lr_at(self, epoch: int, config: XRayGANTrainConfig) -> float:
+        return self.lr * config.lr_decay ** (epoch // config.lr_decay_every)
+
+
+def training_phases(config: XRayGANTrainConfig) -> list[Phase]:
+    """The phases of a run, in order (see the module docstring)."""
+    phases = []
+    for stage in config.trained_stages:
+        settings = dict(
+            stage=stage, image_size=config.stage_size(stage), batch_size=config.batch_size[stage], lr=config.lr[stage]
+        )
+        if stage == config.trained_stages[0] and config.pretrain_epochs:
+            phases.append(Phase("pretrain", num_epochs=config.pretrain_epochs, **settings))
+        phases.append(Phase("gan", num_epochs=config.num_epochs[stage], **settings))
+    return phases
+
+
+# --------------------------------------------------------------------------------------
+# The model of one run
+# --------------------------------------------------------------------------------------
+
+
+class SingleShotViews(nn.Module):
+    """One :class:`SingleShotGenerator` per view, called like :class:`XRayGANGenerator` (final image only)."""
+
+    def __init__(self, config: XRayGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.views = nn.ModuleDict({view: SingleShotGenerator(config) for view in config.views})
+
+    def forward(
+        self, c: torch.Tensor, noise: torch.Tensor | None = None, upto_stage: int | None = None
+    ) -> dict[str, list[torch.Tensor]]:
+        if upto_stage not in (None, self.config.num_stages - 1):
+            raise ConfigError(f"a single-shot generator only makes the final stage, not stage {upto_stage}")
+        if noise is None and self.config.noise_dim:
+            noise = torch.randn(c.shape[0], self.config.noise_dim, device=c.device, dtype=c.dtype)
+        return {view: [generator(c, noise)] for view, generator in self.views.items()}
+
+
+class XRayGAN(nn.Module):
+    """The report encoder, the generators and (for training) the per-stage discriminators of a run.
+
+    ``discriminators[view][str(stage)]`` exists for every trained stage.
+    """
+
+    def __init__(self, config: XRayGANTrainConfig, vocab_size: int, with_discriminators: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        model_config = config.model_config()
+        self.encoder = build_encoder(config.encoder_config(vocab_size))
+        if config.generator_kind == "multi_scale":
+            self.generator: nn.Module = XRayGANGenerator(model_config)
+        else:
+            self.generator = SingleShotViews(model_config)
+        if with_discriminators:
+            self.discriminators = nn.ModuleDict(
+                {
+                    view: nn.ModuleDict(
+                        {
+                            str(stage): PatchDiscriminator(
+                                config.stage_size(stage), model_config.cond_dim, config.disc_channels,
+                                config.cond_channels, config.max_channels, config.disc_max_downsamplings,
+                            )  # fmt: skip
+                            for stage in config.trained_stages
+                        }
+                    )
+                    for view in model_config.views
+                }
+            )
+
+    def encode(self, batch: dict[str, Any]) -> ReportEncoding:
+        """Encode a :func:`collate_pairs` batch (its id and mask tensors, on the model's device)."""
+        device = next(self.parameters()).device
+        keys = ("findings_ids", "findings_mask", "impression_ids", "impression_mask")
+        return self.encoder(*(batch[key].to(device) for key in keys))
+
+    def generate(self, c: torch.Tensor, stage: int, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Both views' images of ``stage`` in the model range [-1, 1], ``{view: [B, 1, s, s]}``."""
+        return {view: images[-1] for view, images in self.generator(c, noise, upto_stage=stage).items()}
+
+    def generator_parameters(self, stage: int) -> list[nn.Parameter]:
+        """The encoder's and the generators' parameters that produce the images of ``stage``."""
+        parameters = list(self.encoder.parameters())
+        for cascade in self.generator.views.values():
+            if isinstance(cascade, SingleShotGenerator):
+                parameters += list(cascade.parameters())
+            else:
+                parameters += list(cascade.basic.parameters())
+                for progressive in cascade.progressive[:stage]:
+                    parameters += list(progressive.parameters())
+        return parameters
+
+    def discriminator_parameters(self, stage: int) -> list[nn.Parameter]:
+        return [p for per_view in self.discriminators.values() for p in per_view[str(stage)].parameters()]
+
+
+# --------------------------------------------------------------------------------------
+# One training step
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Optimizers:
+    """The optimizers of one phase (no discriminator optimizer while pre-training)."""
+
+    phase_index: int
+    generator: torch.optim.Adam
+    discriminator: torch.optim.Adam | None
+
+    def all(self) -> Iterator[torch.optim.Optimizer]:
+        yield self.generator
+        if self.discriminator is not None:
+            yield self.discriminator
+
+
+def make_optimizers(model: XRayGAN, phase: Phase, phase_index: int, config: XRayGANTrainConfig) -> Optimizers:
+    betas = tuple(config.betas)
+    generator = torch.optim.Adam(model.generator_parameters(phase.stage), lr=phase.lr, betas=betas)
+    discriminator = None
+    if phase.name == "gan":
+        discriminator = torch.optim.Adam(model.discriminator_parameters(phase.stage), lr=phase.lr, betas=betas)
+    return Optimizers(phase_index, generator, discriminator)
+
+
+def real_images(batch: dict[str, Any], views: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+    return {view: to_model_range(batch[view].to(device)) for view in views}
+
+
+def _require_finite(losses: dict[str, torch.Tensor], where: str) -> None:
+    bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
+    if bad:
+        shown = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
+        raise _NonFinite(f"non-finite {', '.join(bad)} in the {where} ({shown})")
+
+
+class _NonFinite(Exception):
+    """Raised inside a step; the trainer turns it into :class:`TrainingDiverged` with the run's context."""
+
+
+def pretrain_step(
+    model: XRayGAN, batch: dict[str, Any], phase: Phase, optimizers: Optimizers, config: XRayGANTrainConfig
+) -> dict[str, float]:
+    """Plain L2 reconstruction of both views at the phase's stage (no critic, no VCN)."""
+    real = real_images(batch, tuple(model.generator.views), next(model.parameters()).device)
+    fake = model.generate(model.encode(batch).c, phase.stage)
+    rec_loss = sum(F.mse_loss(fake[view], real[view]) for view in real)
+    g_loss = config.rec_weight * rec_loss
+    _require_finite({"g_loss": g_loss, "rec_loss": rec_loss}, "generator loss")
+    optimizers.generator.zero_grad(set_to_none=True)
+    g_loss.backward()
+    optimizers.generator.step()
+    return {"g_loss": float(g_loss.detach()), "rec_loss": float(rec_loss.detach())}
+
+
+def gan_step(
+    model: XRayGAN,
+    vcn: ViewConsistencyNet | None,
+    batch: dict[str, Any],
+    phase: Phase,
+    optimizers: Optimizers,
+    config: XRayGANTrainConfig,
+) -> dict[str, float]:
+    """``n_critic`` WGAN-GP critic updates, then one generator update (module docstring).
+
+    ``vcn`` is the frozen VCN of the stage's size, or None when ``vc_weight`` is 0.
+    """
+    assert optimizers.discriminator is not None
+    stage_key = str(phase.stage)
+    critics = {view: model.discriminators[view][stage_key] for view in model.discriminators}
+    real = real_images(batch, tuple(critics), next(model.parameters()).device)
+    c = model.encode(batch).c
+    fake = model.generate(c, phase.stage)
+    condition = c.detach()
+
+    for _ in range(config.n_critic):
+        d_loss = torch.zeros((), device=c.device)
+        gp_total = torch.zeros((), device=c.device)
+        for view, critic in critics.items():
+            gp = gradient_penalty(critic, real[view], fake[view], condition)
+            wasserstein = critic(fake[view].detach(), condition).mean() - critic(real[view], condition).mean()
+            d_loss = d_loss + wasserstein + config.gp_weight * gp
+            gp_total = gp_total + gp.detach()
+        _require_finite({"d_loss": d_loss, "gp": gp_total}, "critic loss")
+        optimizers.discriminator.zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers.discriminator.step()
+
+    for critic in critics.values():
+        critic.requires_grad_(False)
+    try:
+        adv_loss = sum(-critic(fake[view], c).mean() for view, critic in critics.items())
+        rec_loss = sum(F.mse_loss(fake[view], real[view]) for view in critics)
+        g_loss = config.adv_weight * adv_loss + config.rec_weight * rec_loss
+        losses = {"d_loss": d_loss, "gp": gp_total, "adv_loss": adv_loss, "rec_loss": rec_loss}
+        if vcn is not None:
+            vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
+            g_loss = g_loss - config.vc_weight * vc_prob
+            losses.update(vc_loss=-vc_prob, vc_prob=vc_prob)
+        losses["g_loss"] = g_loss
+        _require_finite(losses, "generator loss")
+        optimizers.generator.zero_grad(set_to_none=True)
+        g_loss.backward()
+        optimizers.generator.step()
+    finally:
+        for critic in critics.values():
+            critic.requires_grad_(True)
+    return {name: float(value.detach()) for name, value in losses.items()}
+
+
+# --------------------------------------------------------------------------------------
+# Sample grids
+# --------------------------------------------------------------------------------------
+
+
+def sample_grid(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], border: int = 2) -> np.ndarray:
+    """One row per case: real frontal, generated frontal, real lateral, generated lateral ([0, 1])."""
+    columns = [image for view in real for image in (real[view], fake[view])]
+    count, size = columns[0].shape[0], columns[0].shape[-1]
+    step = size + border
+    grid = np.ones((count * step + border, len(columns) * step + border), dtype=np.float32)
+    for col, images in enumerate(columns):
+        images = to_image_range(images).clamp(0, 1).detach().cpu().numpy()
+        for row in range(count):
+            top, left = border + row * step, border + col * step
+            grid[top : top + size, left : left + size] = images[row, 0]
+    return grid
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Position:
+    """Where a run is: the next batch to train is ``batch`` of ``epoch`` of phase ``phase``."""
+
+    phase: int = 0
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0  # optimizer steps done in all phases
+
+
+@dataclass
+class TrainResult:
+    """How a call to :meth:`XRayGANTrainer.train` ended."""
+
+    run_dir: Path
+    checkpoint: Path
+    finished: bool
+    step: int
+    stopped_by: str | None = None  # "max_steps", "SIGINT" or "SIGTERM" when not finished
+
+
+class XRayGANTrainer:
+    """One XRayGAN run in ``run_dir`` over the data directory ``data_dir``.
+
+    A new run refuses a ``run_dir`` that already holds a checkpoint; ``resume=True``
+    continues one, after checking that it was written with the same config, the same
+    vocabulary and the same VCNs. The VCNs (for ``vc_weight > 0``) are loaded from
+    ``RUN/vcn`` or trained there first, with ``vcn_config`` at every trained stage size.
+    """
+
+    def __init__(
+        self,
+        config: XRayGANTrainConfig,
+        data_dir: str | os.PathLike,
+        run_dir: str | os.PathLike,
+        vcn_config: VCNTrainConfig | None = None,
+        device: str | torch.device = "cpu",
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.progress = progress
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self.metrics_path = self.run_dir / METRICS_NAME
+        self.phases = training_phases(config)
+        self.train_sets = {
+            size: XRayPairDataset(
+                self.data_dir, "train", image_size=size, max_sentences=config.max_sentences, max_words=config.max_words
+            )
+            for size in sorted({phase.image_size for phase in self.phases})
+        }
+        self.vocabulary: Vocabulary = next(iter(self.train_sets.values())).vocab
+        if resume and not self.checkpoint_path.is_file():
+            raise CheckpointError(f"nothing to resume: {self.checkpoint_path} does not exist")
+        if not resume and self.checkpoint_path.is_file():
+            raise CheckpointError(
+                f"{self.run_dir} already holds a run ({self.checkpoint_path}); pass --resume (resume=True) "
+                "to continue it, or choose another output directory"
+            )
+
+        self.vcns: dict[int, VCNResult] = {}
+        if config.vc_weight > 0:
+            base = vcn_config or VCNTrainConfig(seed=config.seed)
+            vcn_configs = [dataclasses.replace(base, image_size=size) for size in config.vcn_sizes]
+            self.vcns = ensure_vcns(self.run_dir, self.data_dir, vcn_configs, self.vocabulary, self.device, progress)
+        # Checkpoints name the VCN files they were trained against, so a resume cannot swap them.
+        self._vcn_hashes = {str(size): file_sha256(result.path) for size, result in sorted(self.vcns.items())}
+
+        torch.manual_seed(config.seed)
+        self.model = XRayGAN(config, len(self.vocabulary)).to(self.device)
+        self.shuffle = torch.Generator().manual_seed(config.seed)
+        self.position = Position()
+        self.optimizers: Optimizers | None = None
+        self._epoch_start_shuffle = self.shuffle.get_state()
+        self._epoch_totals: dict[str, float] = {}
+        self._last_saved_step = 0
+        self._sample_batches: dict[int, dict[str, Any]] = {}
+        if resume:
+            self._load(self.checkpoint_path)
+
+    # ---- checkpoints -----------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write ``RUN/checkpoint.pt`` for the current position."""
+        shuffle_state = self.shuffle.get_state() if self.position.batch == 0 else self._epoch_start_shuffle
+        optimizers = None
+        if self.optimizers is not None and self.optimizers.phase_index == self.position.phase:
+            optimizers = {
+                "phase": self.optimizers.phase_index,
+                "generator": self.optimizers.generator.state_dict(),
+                "discriminator": None if self.optimizers.discriminator is None else self.optimizers.discriminator.state_dict(),
+            }
+        save_checkpoint(
+            self.checkpoint_path,
+            "xraygan",
+            self.config,
+            self.vocabulary,
+            state={
+                "encoder": self.model.encoder.state_dict(),
+                "generator": self.model.generator.state_dict(),
+                "discriminators": self.model.discriminators.state_dict(),
+            },
+            optimizers=optimizers,
+            progress={**dataclasses.asdict(self.position), "finished": self.finished, "num_phases": len(self.phases)},
+            rng={"torch": torch.get_rng_state(), "shuffle": shuffle_state, **self._cuda_rng()},
+            epoch_totals=dict(self._epoch_totals),
+            vcns=self._vcn_hashes,
+        )
+        self._last_saved_step = self.position.step
+        return self.checkpoint_path
+
+    def _cuda_rng(self) -> dict[str, torch.Tensor]:
+        return {"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
+
+    def _load(self, path: Path) -> None:
+        payload = load_checkpoint(path, "xraygan", config=self.config, vocabulary=self.vocabulary, map_location=self.device)
+        if payload["vcns"] != self._vcn_hashes:
+            raise CheckpointError(
+                f"checkpoint {path} was trained against other VCNs than those now in {self.run_dir / 'vcn'} "
+                f"(sizes {sorted(payload['vcns'])}); restore them or start a new run"
+            )
+        state = payload["state"]
+        self.model.encoder.load_state_dict(state["encoder"])
+        self.model.generator.load_state_dict(state["generator"])
+        self.model.discriminators.load_state_dict(state["discriminators"])
+        progress = payload["progress"]
+        self.position = Position(**{k: int(progress[k]) for k in ("phase", "epoch", "batch", "step")})
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        self.shuffle.set_state(payload["rng"]["shuffle"])
+        self._epoch_start_shuffle = payload["rng"]["shuffle"]
+        self._epoch_totals = dict(payload["epoch_totals"])
+        self._last_saved_step = self.position.step
+        stored = payload["optimizers"]
+        if stored is not None and stored["phase"] == self.position.phase and not self.finished:
+            phase = self.phases[self.position.phase]
+            self.optimizers = make_optimizers(self.model, phase, self.position.phase, self.config)
+            self.optimizers.generator.load_state_dict(stored["generator"])
+            if self.optimizers.discriminator is not None:
+                self.optimizers.discriminator.load_state_dict(stored["discriminator"])
+
+    @property
+    def finished(self) -> bool:
+        return self.position.phase >= len(self.phases)
+
+    # ---- the loop ---------------------------------------------------------------------
+
+    def _batches_per_epoch(self, phase: Phase) -> int:
+        train_set = self.train_sets[phase.image_size]
+        return len(epoch_batches(len(train_set), phase.batch_size, torch.Generator().manual_seed(0)))
+
+    def _diverged(self, error: _NonFinite, phase: Phase) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"training diverged at step {self.position.step + 1} ({phase.name} phase, stage {phase.stage}, "
+            f"{phase.image_size}px, epoch {self.position.epoch}, batch {self.position.batch}): {error}. "
+            f"The last good checkpoint, {self.checkpoint_path} (step {self._last_saved_step}), is kept; "
+            "lower the learning rates or the loss weights and start a new run"
+        )
+
+    def train(self, max_steps: int | None = None) -> TrainResult:
+        """Train to the end, or until the run has done ``max_steps`` steps in all, or a stop signal.
+
+        A stopped run writes a checkpoint first; ``resume=True`` continues it exactly.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.checkpoint_path.is_file():
+            self.save()
+        with StopRequests() as stop:
+            while not self.finished:
+                phase = self.phases[self.position.phase]
+                stopped = self._train_phase(phase, max_steps, stop)
+                if stopped:
+                    self.save()
+                    return TrainResult(self.run_dir, self.checkpoint_path, False, self.position.step, stopped)
+                self.position = Position(phase=self.position.phase + 1, step=self.position.step)
+                self.optimizers = None
+                self.save()
+        return TrainResult(self.run_dir, self.checkpoint_path, True, self.position.step)
+
+    def _train_phase(self, phase: Phase, max_steps: int | None, stop: StopRequests) -> str | None:
+        """Train the remaining epochs of ``phase``; the reason it stopped early, or None."""
+        if self.optimizers is None:
+            self.optimizers = make_optimizers(self.model, phase, self.position.phase, self.config)
+        train_set = self.train_sets[phase.image_size]
+        vcn = self.vcns[phase.image_size].model if phase.name == "gan" and self.config.vc_weight > 0 else None
+        per_epoch = self._batches_per_epoch(phase)
+        bar = tqdm(
+            total=phase.num_epochs * per_epoch,
+            initial=self.position.epoch * per_epoch + self.position.batch,
+            desc=f"{phase.name} stage {phase.stage} ({phase.image_size}px)",
+            unit="step",
+            disable=not self.progress,
+        )
+        try:
+            while self.position.epoch < phase.num_epochs:
+                if max_steps is not None and self.position.step >= max_steps:
+                    return "max_steps"
+                if self.position.batch == 0:
+                    self._epoch_start_shuffle = self.shuffle.get_state()
+                    self._epoch_totals = {}
+                else:
+                    self.shuffle.set_state(self._epoch_start_shuffle)
+                batches = epoch_batches(len(train_set), phase.batch_size, self.shuffle)
+                lr = phase.lr_at(self.position.epoch, self.config)
+                for optimizer in self.optimizers.all():
+                    set_lr(optimizer, lr)
+                self.model.train()
+                for indices in batches[self.position.batch :]:
+                    started = time.perf_counter()
+                    batch = collate_pairs([train_set[i] for i in indices])
+                    try:
+                        if phase.name == "pretrain":
+                            losses = pretrain_step(self.model, batch, phase, self.optimizers, self.config)
+                        else:
+                            losses = gan_step(self.model, vcn, batch, phase, self.optimizers, self.config)
+                    except _NonFinite as error:
+                        raise self._diverged(error, phase) from None
+                    self.position.batch += 1
+                    self.position.step += 1
+                    totals = self._epoch_totals
+                    for name, value in losses.items():
+                        totals[name] = totals.get(name, 0.0) + value
+                    totals["batches"] = totals.get("batches", 0) + 1
+                    totals["images"] = totals.get("images", 0) + 2 * len(indices)
+                    totals["seconds"] = totals.get("seconds", 0.0) + time.perf_counter() - started
+                    bar.update()
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("d_loss", "g_loss", "rec_loss")})
+                    if stop.requested:
+                        return stop.requested
+                    if max_steps is not None and self.position.step >= max_steps and self.position.batch < len(batches):
+                        return "max_steps"
+                self._end_epoch(phase, lr)
+        finally:
+            bar.close()
+        return None
+
+    def _end_epoch(self, phase: Phase, lr: float) -> None:
+        totals = self._epoch_totals
+        batches = max(totals.get("batches", 0), 1)
+        seconds = totals.get("seconds", 0.0)
+        row = {key: None for key in METRIC_KEYS}
+        row.update(
+            kind="xraygan", phase=phase.name, stage=phase.stage, image_size=phase.image_size,
+            epoch=self.position.epoch, step=self.position.step, lr=lr, seconds=seconds,
+            images_per_s=totals.get("images", 0) / seconds if seconds > 0 else None,
+        )  # fmt: skip
+        row.update({name: totals[name] / batches for name in LOSS_KEYS if name in totals})
+        append_jsonl(self.metrics_path, row)
+        self.write_samples(phase)
+        self.position.epoch += 1
+        self.position.batch = 0
+        self._epoch_totals = {}
+        self.save()
+
+    @torch.no_grad()
+    def write_samples(self, phase: Phase) -> Path | None:
+        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
+        if self.config.num_samples == 0:
+            return None
+        if phase.image_size not in self._sample_batches:
+            has_val = any(case.split == "val" for case in read_manifest(self.data_dir))
+            dataset = XRayPairDataset(
+                self.data_dir, "val" if has_val else "train", image_size=phase.image_size, vocab=self.vocabulary,
+                max_sentences=self.config.max_sentences, max_words=self.config.max_words,
+            )  # fmt: skip
+            count = min(self.config.num_samples, len(dataset))
+            self._sample_batches[phase.image_size] = collate_pairs([dataset[i] for i in range(count)])
+        batch = self._sample_batches[phase.image_size]
+        count = len(batch["case_id"])
+        self.model.eval()
+        c = self.model.encode(batch).c
+        noise = None
+        if self.config.noise_dim:
+            noise = torch.randn(count, self.config.noise_dim, generator=torch.Generator().manual_seed(self.config.seed))
+            noise = noise.to(self.device)
+        fake = self.model.generate(c, phase.stage, noise)
+        self.model.train()
+        real = real_images(batch, tuple(fake), self.device)
+        name = f"stage{phase.stage}_{phase.image_size}px.png" if phase.name == "gan" else f"pretrain_{phase.image_size}px.png"
+        return save_png(self.run_dir / SAMPLES_DIR / name, sample_grid(real, fake))
