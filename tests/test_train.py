@@ -339,3 +339,23 @@ def test_bench_train_times_every_phase(capsys):
     assert phases == [("vcn", 16), ("vcn", 32), ("pretrain", 16), ("gan", 16), ("gan", 32)]
     assert all(row["images_per_s"] > 0 and row["phase_seconds"] > 0 for row in rows)
     assert "images/s" in capsys.readouterr().out
+
+
+def test_batchnorm_recalibration_makes_eval_mode_match_batch_statistics():
+    from torch import nn
+
+    from xrg.train.runtime import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    data = torch.randn(512, 8) * 3 + 5  # far from the initial running statistics (0, 1)
+    with torch.no_grad():
+        batch_stats = net.train()(data)
+        stale = net.eval()(data)
+    assert (stale - batch_stats).abs().max() > 0.5
+    assert recalibrate_batchnorm(net, lambda: (net(data[i : i + 128]) for i in range(0, 512, 128))) == 1
+    assert not net.training and net[1].momentum == 0.1
+    with torch.no_grad():
+        recalibrated = net(data)
+    assert (recalibrated - batch_stats).abs().max() < 0.02
+    assert recalibrate_batchnorm(nn.Linear(2, 2), lambda: iter(())) == 0

@@ -69,7 +69,7 @@ from xrg.models.xraygan import (
 from xrg.profiles import Profile
 from xrg.train.checkpoint import load_checkpoint, save_checkpoint
 from xrg.train.config import config_from_mapping
-from xrg.train.runtime import StopRequests, epoch_batches, set_lr
+from xrg.train.runtime import StopRequests, epoch_batches, recalibrate_batchnorm, set_lr
 from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 
 GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
@@ -127,6 +127,7 @@ class XRayGANTrainConfig:
     # run
     seed: int = 0
     num_samples: int = 4  # validation cases in each sample grid
+    bn_recalibration_batches: int = 20  # train batches that re-estimate BatchNorm statistics each epoch (0: off)
 
     def __post_init__(self) -> None:
         if self.encoder_kind not in ENCODER_KINDS:
@@ -146,6 +147,8 @@ class XRayGANTrainConfig:
         for name in ("adv_weight", "rec_weight", "vc_weight", "gp_weight", "pretrain_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.bn_recalibration_batches < 0:
+            raise ConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
         if self.n_critic < 1 or self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1 or self.num_samples < 0:
             raise ConfigError(
                 "need n_critic >= 1, lr_decay_every >= 1, 0 < lr_decay <= 1 and num_samples >= 0, got "
@@ -691,11 +694,38 @@ class XRayGANTrainer:
         )  # fmt: skip
         row.update({name: totals[name] / batches for name in LOSS_KEYS if name in totals})
         append_jsonl(self.metrics_path, row)
+        self.recalibrate(phase)
         self.write_samples(phase)
         self.position.epoch += 1
         self.position.batch = 0
         self._epoch_totals = {}
         self.save()
+
+    def recalibrate(self, phase: Phase) -> int:
+        """Re-estimate the generators' BatchNorm statistics on train batches at ``phase``'s stage.
+
+        See :func:`xrg.train.runtime.recalibrate_batchnorm`. The batches come from their own
+        generator seeded by the run seed, the phase and the epoch, and any noise input from
+        another, so the global RNG (and so a resumed run) is untouched.
+        """
+        count = self.config.bn_recalibration_batches
+        if count == 0:
+            return 0
+        train_set = self.train_sets[phase.image_size]
+        seed = (self.config.seed * 1_000_003 + self.position.phase * 1_009 + self.position.epoch) % 2**63
+        order = epoch_batches(len(train_set), phase.batch_size, torch.Generator().manual_seed(seed))[:count]
+        noise_source = torch.Generator().manual_seed(seed + 1)
+
+        def forward_passes() -> Iterator[None]:
+            for indices in order:
+                batch = collate_pairs([train_set[i] for i in indices])
+                noise = None
+                if self.config.noise_dim:
+                    noise = torch.randn(len(indices), self.config.noise_dim, generator=noise_source).to(self.device)
+                self.model.generate(self.model.encode(batch).c, phase.stage, noise)
+                yield None
+
+        return recalibrate_batchnorm(self.model.generator, forward_passes)
 
     @torch.no_grad()
     def write_samples(self, phase: Phase) -> Path | None:
