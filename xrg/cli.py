@@ -161,6 +161,31 @@ def _cmd_bench_generate(args: argparse.Namespace) -> None:
     bench_generate(args.profile, checkpoint=args.checkpoint, n=args.n)
 
 
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+    from xrg.eval.run import EvalConfig, evaluate_run
+    from xrg.experiments import table_row
+    from xrg.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    evaluators_dir = Path(args.evaluators) if args.evaluators else Path("runs") / profile.name / "experiments" / "evaluators"
+    evaluators = ensure_evaluators(EvaluatorConfig.from_profile(profile), args.data, evaluators_dir, args.device)
+    result = evaluate_run(args.run, args.data, evaluators, EvalConfig.from_profile(profile), args.device,
+                          args.inception_weights, force=args.force)  # fmt: skip
+    for key, value in table_row(result).items():
+        print(f"{key:>20}: {value}")
+    print(f"wrote {Path(args.run) / 'eval.json'}")
+
+
+def _cmd_experiment(args: argparse.Namespace) -> None:
+    from xrg.experiments import Experiment
+
+    experiment = Experiment.create(args.profile, args.data, args.out, args.device)
+    summary = experiment.run_table(args.table, args.inception_weights)
+    print((Path(args.out) / f"{args.table}.md").read_text(encoding="utf-8"))
+    print(f"{args.table}: {summary['wall_seconds'] / 60:.1f} min; wrote {Path(args.out) / args.table}.md and .json")
+
+
 def _cmd_book_run(args: argparse.Namespace) -> None:
     from xrg.book import run_book
 
@@ -266,6 +291,25 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, default=0, help="noise seed (only for models with noise_dim > 0)")
     generate.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     generate.set_defaults(func=_cmd_generate)
+
+    evaluate = commands.add_parser("eval", help="score a trained run (IS, FID, SSIM, VC, fidelity ...) → RUN/eval.json")
+    evaluate.add_argument("--run", required=True, help="run directory (XRayGAN, an ablation or a baseline)")
+    evaluate.add_argument("--data", required=True, help="the data directory the run was trained on")
+    evaluate.add_argument("--profile", default="cpu", help="profile whose eval and evaluator sections apply (default cpu)")
+    evaluate.add_argument("--evaluators", help="evaluator directory (default runs/<profile>/experiments/evaluators)")
+    evaluate.add_argument("--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)")
+    evaluate.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    evaluate.add_argument("--force", action="store_true", help="recompute even when eval.json is up to date")
+    evaluate.set_defaults(func=_cmd_eval)
+
+    experiment = commands.add_parser("experiment", help="train what is missing and write the paper's Table 1 or 2")
+    experiment.add_argument("table", choices=("table1", "table2"), help="table1: baselines, table2: ablations")
+    experiment.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
+    experiment.add_argument("--data", required=True, help="data directory (xrg data build)")
+    experiment.add_argument("--out", required=True, help="experiment directory: one run per method, the tables")
+    experiment.add_argument("--inception-weights", help="local file of the FID Inception weights (optional)")
+    experiment.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    experiment.set_defaults(func=_cmd_experiment)
 
     book = commands.add_parser("book", help="execute and render the book").add_subparsers(dest="book_command", required=True)
     run = book.add_parser("run", help="build the data and execute the notebooks with papermill")

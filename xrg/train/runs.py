@@ -31,11 +31,27 @@ def ensure_xraygan_run(
 ) -> Path:
     """The checkpoint of the profile's XRayGAN run in ``run_dir``: trained or resumed if needed."""
     run_dir = Path(run_dir)
-    if run_finished(run_dir):
-        return run_dir / CHECKPOINT_NAME
     loaded = load_profile(profile)
     config = XRayGANTrainConfig.from_profile(loaded)
     vcn_config = VCNTrainConfig.from_profile(loaded, image_size=config.base_size)
-    resume = (run_dir / CHECKPOINT_NAME).is_file()
+    return ensure_run(config, data_dir, run_dir, vcn_config, device, progress)
+
+
+def ensure_run(
+    config: XRayGANTrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
+    vcn_config: VCNTrainConfig | None = None, device: str | torch.device = "cpu", progress: bool = True,
+) -> Path:
+    """The checkpoint of an XRayGAN run with ``config`` in ``run_dir``: loaded, resumed or trained.
+
+    A run directory holding a run with other settings is refused (its checkpoint says which
+    fields differ) rather than silently reused.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT_NAME
+    if path.is_file():
+        payload = load_checkpoint(path, "xraygan", config=config)
+        if payload.get("progress", {}).get("finished"):
+            return path
+    resume = path.is_file()
     trainer = XRayGANTrainer(config, data_dir, run_dir, vcn_config, device=device, resume=resume, progress=progress)
     return trainer.train().checkpoint

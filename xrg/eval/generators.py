@@ -1,0 +1,153 @@
+"""One interface over every trained report-to-X-ray model, for the evaluation (Tables 1 and 2).
+
+XRayGAN, its ablations and the baselines (GAN-INT-CLS, StackGAN, AttnGAN) are trained by
+different trainers and stored as different checkpoint kinds; :func:`load_generator` reads a
+run directory and returns a :class:`PairGenerator` that turns a :func:`collate_pairs`-style
+batch of encoded reports into both views in [0, 1], seeded by a ``torch.Generator`` (only a
+model with a noise input uses it). :func:`encode_reports` builds such a batch from raw
+report texts, for edited reports.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import torch
+
+from xrg.data.reports import Vocabulary, encode_section, pad_sections, split_report_text
+from xrg.errors import CheckpointError
+from xrg.models.xraygan import to_image_range
+from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint
+from xrg.train.xraygan import CHECKPOINT_NAME, XRayGAN, XRayGANTrainConfig
+
+VIEWS: tuple[str, str] = ("frontal", "lateral")
+
+
+class PairGenerator(Protocol):
+    """What the evaluation needs of a trained model."""
+
+    method: str
+    image_size: int
+    vocabulary: Vocabulary
+    max_sentences: int
+    max_words: int
+
+    def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]: ...
+
+
+def checkpoint_path(run: str | os.PathLike) -> Path:
+    """``RUN/checkpoint.pt`` for a run directory, or the file itself."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{run} holds no trained model ({path} does not exist)")
+    return path
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str:
+    """The ``kind`` a checkpoint was saved as (``xraygan``, ``baseline`` ...), read safely."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # load_checkpoint gives the precise reason below
+        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
+    if not isinstance(payload, dict) or "kind" not in payload:
+        raise CheckpointError(f"{path} is not an xrg checkpoint")
+    return str(payload["kind"])
+
+
+@dataclass
+class XRayGANGenerator:
+    """An XRayGAN run (full model or an ablation) behind the :class:`PairGenerator` interface."""
+
+    model: XRayGAN
+    config: XRayGANTrainConfig
+    vocabulary: Vocabulary
+    path: Path
+
+    @property
+    def method(self) -> str:
+        return xraygan_method(self.config)
+
+    @property
+    def image_size(self) -> int:
+        return self.config.final_size
+
+    @property
+    def max_sentences(self) -> int:
+        return self.config.max_sentences
+
+    @property
+    def max_words(self) -> int:
+        return self.config.max_words
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        self.model.eval()
+        c = self.model.encode(batch).c
+        noise = None
+        if self.config.noise_dim:
+            noise = torch.randn(c.shape[0], self.config.noise_dim, generator=generator).to(c.device)
+        images = self.model.generate(c, self.config.num_stages - 1, noise)
+        return {view: to_image_range(images[view]).clamp(0, 1).cpu() for view in VIEWS}
+
+
+def xraygan_method(config: XRayGANTrainConfig) -> str:
+    """The row name of an XRayGAN config: ``xraygan`` or the ablation it is."""
+    removed = []
+    if config.vc_weight == 0:
+        removed.append("vcn")
+    if config.generator_kind == "single_shot":
+        removed.append("mscgan")
+    if config.encoder_kind == "flat":
+        removed.append("hae")
+    return "xraygan" + "".join(f"_no_{part}" for part in removed)
+
+
+def load_generator(run: str | os.PathLike, device: str | torch.device = "cpu") -> PairGenerator:
+    """The trained model of a run directory (or checkpoint file), whatever trained it."""
+    path = checkpoint_path(run)
+    kind = checkpoint_kind(path)
+    if kind == "xraygan":
+        payload = load_checkpoint(path, "xraygan", map_location=device)
+        config = checkpoint_config(payload, XRayGANTrainConfig, path)
+        vocabulary = checkpoint_vocabulary(payload, path)
+        model = XRayGAN(config, len(vocabulary), with_discriminators=False)
+        try:
+            model.encoder.load_state_dict(payload["state"]["encoder"])
+            model.generator.load_state_dict(payload["state"]["generator"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
+        return XRayGANGenerator(model.to(device).eval(), config, vocabulary, path)
+    if kind == "baseline":
+        from xrg.train.baselines import load_baseline
+
+        return load_baseline(path, device=device)
+    raise CheckpointError(f"checkpoint {path} is a {kind!r} checkpoint, not a report-to-X-ray model")
+
+
+def encode_reports(
+    texts: Sequence[str], vocabulary: Vocabulary, max_sentences: int, max_words: int
+) -> dict[str, torch.Tensor]:
+    """A batch (the id/mask keys of :func:`collate_pairs`) from raw report texts."""
+    findings, impressions = [], []
+    for text in texts:
+        findings_text, impression_text = split_report_text(text)
+        findings.append(encode_section(findings_text, vocabulary, max_sentences, max_words))
+        impressions.append(encode_section(impression_text, vocabulary, max_sentences, max_words))
+    findings_ids, findings_mask = pad_sections(findings)
+    impression_ids, impression_mask = pad_sections(impressions)
+    return {
+        "findings_ids": findings_ids,
+        "findings_mask": findings_mask,
+        "impression_ids": impression_ids,
+        "impression_mask": impression_mask,
+    }
+
+
+def report_text(findings: str, impression: str) -> str:
+    """The raw text of a case's two sections, as the pipelines read it."""
+    return f"FINDINGS: {findings}\nIMPRESSION: {impression}"
