@@ -55,6 +55,7 @@ def notebook_parameters(profile_name: str, notebook: str, overrides: dict[str, A
         "profile": profile.name,
         "data_dir": str(DATA_ROOT / profile.name),
         "run_dir": str(RUNS_ROOT / profile.name / "xraygan"),
+        "experiment_dir": str(RUNS_ROOT / profile.name / "experiments"),
         "seed": profile.seed,
     }
     declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"))
