@@ -61,7 +61,9 @@ pipe
 # ## Word and sentence attention on one report
 
 # %%
-report = next(r for r in load_openi_reports().reports if r.report_id == report_id)
+report = next((r for r in load_openi_reports().reports if r.report_id == report_id), None)
+if report is None:
+    raise ValueError(f"notebook parameter report_id={report_id!r} is not a usable Open-i report id (e.g. '1000')")
 output = pipe(f"FINDINGS: {report.findings}\nIMPRESSION: {report.impression}")
 display(Markdown(f"**FINDINGS:** {report.findings}\n\n**IMPRESSION:** {report.impression}"))
 

@@ -39,3 +39,18 @@ def test_bad_input_gives_exit_2_and_a_message(tmp_path, capsys):
     assert main(["phantom", "--report", "   ", "--out", str(tmp_path)]) == 2
     assert "empty" in capsys.readouterr().err.lower()
     assert main(["phantom", "--report-file", str(tmp_path / "missing.txt"), "--out", str(tmp_path)]) == 2
+
+
+def test_train_baseline_stops_and_resumes_from_the_command_line(tiny_data, tmp_path, capsys):
+    out = tmp_path / "gan_int_cls"
+    common = ["train", "baseline", "--method", "gan_int_cls", "--profile", "tiny", "--data", str(tiny_data),
+              "--out", str(out), "--quiet"]  # fmt: skip
+    assert main(common + ["--max-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped (max_steps) after step 2" in printed
+    assert "resume with: xrg train baseline --method gan_int_cls --profile tiny" in printed and "--resume" in printed
+    assert main(common) == 2  # the run directory holds a run: refused without --resume
+    assert "--resume" in capsys.readouterr().err
+    assert main(common + ["--resume"]) == 0
+    assert "finished after" in capsys.readouterr().out
+    assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()

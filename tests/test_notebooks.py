@@ -32,7 +32,9 @@ def test_py_and_ipynb_pairs_agree(script: Path):
 
 
 def test_every_notebook_has_a_smoke_test():
-    assert set(notebook_names()) == {"01_data", "02_encoder", "03_vcn", "04_xraygan"}, (
+    assert set(notebook_names()) == {
+        "01_data", "02_encoder", "03_vcn", "04_xraygan", "05_evaluation", "06_baselines_ablations"
+    }, (
         "add a smoke test for each new notebook"
     )
 
@@ -104,3 +106,42 @@ def test_xraygan_notebooks_run_with_tiny_parameters(notebook, tiny_data, tiny_ru
         assert 0.0 < float(values["xraygan_generated_vc"]) < 1.0
     # Re-running finds the finished run instead of training again.
     assert (tiny_run / "checkpoint.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    """The experiment directory shared by the evaluation notebooks: evaluators, one run per method."""
+    return tmp_path_factory.mktemp("tiny-experiment")
+
+
+@pytest.mark.slow
+def test_05_evaluation_runs_with_tiny_parameters(tiny_data, tiny_run, tiny_experiment, tmp_path):
+    params = notebook_parameters("tiny", "05_evaluation")
+    params.update(data_dir=str(tiny_data), run_dir=str(tiny_run), experiment_dir=str(tiny_experiment))
+    executed = execute_notebook("05_evaluation", params, output_dir=tmp_path)
+    assert not errors(executed)
+    values = glued(executed)
+    assert float(values["eval_fid"]) >= 0.0
+    assert 0.0 < float(values["eval_vc_generated"]) < 1.0 and 0.0 < float(values["eval_vc_real"]) < 1.0
+    assert -1.0 <= float(values["eval_ssim_frontal"]) <= 1.0
+    assert float(values["eval_memorisation_ratio"]) > 0.0
+    eval_json = json.loads((tiny_run / "eval.json").read_text())
+    assert eval_json["num_reports"] == len([1 for line in (tiny_data / "manifest.jsonl").read_text().splitlines()
+                                            if json.loads(line)["split"] == "test"])
+
+
+@pytest.mark.slow
+def test_06_baselines_ablations_runs_with_tiny_parameters(tiny_data, tiny_experiment, tmp_path):
+    params = notebook_parameters("tiny", "06_baselines_ablations")
+    params.update(data_dir=str(tiny_data), experiment_dir=str(tiny_experiment), num_examples=1)
+    executed = execute_notebook("06_baselines_ablations", params, output_dir=tmp_path)
+    assert not errors(executed)
+    values = glued(executed)
+    for table, methods in (("table1", ("gan_int_cls", "stackgan", "attngan", "xraygan")),
+                           ("table2", ("xraygan_no_vcn", "xraygan_no_mscgan", "xraygan_no_hae", "xraygan"))):
+        for method in methods:
+            assert float(values[f"{table}_{method}_fid"]) >= 0.0
+            assert 0.0 < float(values[f"{table}_{method}_vc"]) < 1.0
+        assert (tiny_experiment / f"{table}.md").is_file()
+    summary = json.loads((tiny_experiment / "table1.json").read_text())
+    assert set(summary["rows"]) == {"gan_int_cls", "stackgan", "attngan", "xraygan"}

@@ -77,7 +77,10 @@ def _read_overrides(params_file: str | os.PathLike | None) -> dict[str, dict[str
     path = Path(params_file)
     if not path.is_file():
         raise ConfigError(f"parameters file {path} does not exist")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"parameters file {path} is not valid YAML (plain values only): {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"parameters file {path} must map notebook names to parameter mappings")
     return data

@@ -7,6 +7,9 @@
     xrg bench data                                      # renderer throughput
     xrg train xraygan --profile cpu --data data/cpu --out runs/cpu [--resume]
     xrg train vcn --profile cpu --data data/cpu --out runs/cpu
+    xrg train baseline --method stackgan --profile cpu --data data/cpu --out runs/cpu/stackgan
+    xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # IS, FID, SSIM, VC ... → eval.json
+    xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
     xrg bench train --profile cpu                       # training images/s per stage
     xrg bench generate --profile cpu [--checkpoint runs/cpu]
@@ -20,11 +23,12 @@ line and exit with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from xrg.errors import XrgError
+from xrg.errors import DiskFullError, XrgError
 
 
 def _cmd_data_build(args: argparse.Namespace) -> None:
@@ -87,8 +91,16 @@ def _report_text(args: argparse.Namespace) -> str:
 
 
 def _resume_command(args: argparse.Namespace) -> str:
-    options = "".join(f" --set {item}" for item in args.set or []) + "".join(f" --vcn-set {item}" for item in args.vcn_set or [])
-    return f"xrg train xraygan --profile {args.profile} --data {args.data} --out {args.out}{options} --resume"
+    """The command that continues this run: same profile, data, settings and device, shell-quoted."""
+    words = ["xrg", "train", args.train_command]
+    if args.train_command == "baseline":
+        words += ["--method", args.method]
+    words += ["--profile", args.profile, "--data", args.data, "--out", args.out]
+    words += [word for item in args.set or [] for word in ("--set", item)]
+    words += [word for item in getattr(args, "vcn_set", None) or [] for word in ("--vcn-set", item)]
+    if args.device != "cpu":
+        words += ["--device", args.device]
+    return shlex.join([*words, "--resume"])
 
 
 def _cmd_train_xraygan(args: argparse.Namespace) -> int:
@@ -104,9 +116,38 @@ def _cmd_train_xraygan(args: argparse.Namespace) -> int:
     trainer = XRayGANTrainer(
         config, args.data, args.out, vcn_config, device=args.device, resume=args.resume, progress=not args.quiet
     )
+    for note in trainer.notes:
+        print(f"note: {note}")
     for size, vcn in sorted(trainer.vcns.items()):
         print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
-    result = trainer.train(max_steps=args.max_steps)
+    try:
+        result = trainer.train(max_steps=args.max_steps)
+    except DiskFullError:
+        print(f"xrg: once there is space again, resume with: {_resume_command(args)}", file=sys.stderr)
+        raise
+    if result.finished:
+        print(f"finished after {result.step} steps: {result.checkpoint}; metrics in {trainer.metrics_path}")
+        return 0
+    print(f"stopped ({result.stopped_by}) after step {result.step}; checkpoint saved to {result.checkpoint}")
+    print(f"resume with: {_resume_command(args)}")
+    return 130 if result.stopped_by in ("SIGINT", "SIGTERM") else 0
+
+
+def _cmd_train_baseline(args: argparse.Namespace) -> int:
+    from xrg.profiles import load_profile
+    from xrg.train.baselines import BaselineTrainConfig, BaselineTrainer
+    from xrg.train.config import parse_overrides
+
+    config = BaselineTrainConfig.from_profile(load_profile(args.profile), args.method, parse_overrides(args.set))
+    print(f"{args.method} run {args.out} on {args.data}: {config}")
+    trainer = BaselineTrainer(config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
+    for note in trainer.notes:
+        print(f"note: {note}")
+    try:
+        result = trainer.train(max_steps=args.max_steps)
+    except DiskFullError:
+        print(f"xrg: once there is space again, resume with: {_resume_command(args)}", file=sys.stderr)
+        raise
     if result.finished:
         print(f"finished after {result.step} steps: {result.checkpoint}; metrics in {trainer.metrics_path}")
         return 0
@@ -261,12 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_generate.add_argument("--n", type=int, default=20, help="reports timed per device (default 20)")
     bench_generate.set_defaults(func=_cmd_bench_generate)
 
-    train = commands.add_parser("train", help="train XRayGAN or its view-consistency networks").add_subparsers(
-        dest="train_command", required=True
-    )
+    train = commands.add_parser(
+        "train", help="train XRayGAN, a Table-1 baseline or the view-consistency networks"
+    ).add_subparsers(dest="train_command", required=True)
     xraygan = train.add_parser("xraygan", help="train XRayGAN stage by stage (trains missing VCNs first)")
+    baseline = train.add_parser("baseline", help="train GAN-INT-CLS, StackGAN or AttnGAN with XRayGAN's report encoder")
     vcn = train.add_parser("vcn", help="train the view-consistency networks of every stage size")
-    for sub in (xraygan, vcn):
+    for sub in (xraygan, baseline, vcn):
         sub.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
         sub.add_argument("--data", required=True, help="data directory (xrg data build / import)")
         sub.add_argument("--out", required=True, help="run directory")
@@ -278,6 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     xraygan.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     xraygan.add_argument("--max-steps", type=int, help="stop with a checkpoint once the run has done this many steps")
     xraygan.set_defaults(func=_cmd_train_xraygan)
+    baseline.add_argument("--method", required=True, choices=("gan_int_cls", "stackgan", "attngan"), help="which baseline")
+    baseline.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a baselines setting, e.g. --set rec_weight=100 (repeatable)")
+    baseline.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    baseline.add_argument("--max-steps", type=int, help="stop with a checkpoint once the run has done this many steps")
+    baseline.set_defaults(func=_cmd_train_baseline)
     vcn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
     vcn.add_argument("--sizes", type=int, nargs="+", help="resolutions (default: the profile's XRayGAN stage sizes)")
     vcn.set_defaults(func=_cmd_train_vcn)

@@ -54,3 +54,11 @@ class CheckpointError(XrgError):
 
 class TrainingDiverged(XrgError):
     """A training loss became NaN or infinite; the run stopped and its last good checkpoint is kept."""
+
+
+class DiskFullError(OSError, XrgError):
+    """The disk (or quota) filled up while a file was written; the previous file is kept unchanged.
+
+    An :class:`OSError` (``errno`` ENOSPC, EDQUOT or EFBIG) as well as an :class:`XrgError`, so
+    callers catching either see it and the command line prints it as one line.
+    """

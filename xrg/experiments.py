@@ -264,7 +264,7 @@ def table_markdown(summary: dict[str, Any]) -> str:
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     real = summary["real"]
     cells = [_fmt(real.get(key), digits) if key in real else "–" for key, _, digits in COLUMNS]
-    lines.append(f"| Real | " + " | ".join(cells) + f" | – / – / – / {PUBLISHED['real']['vc']} |")
+    lines.append("| Real | " + " | ".join(cells) + f" | – / – / – / {PUBLISHED['real']['vc']} |")
     for method, row in summary["rows"].items():
         paper = PUBLISHED.get(method, {})
         published = " / ".join(str(paper.get(k, "–")) for k in ("is", "fid", "ssim", "vc"))

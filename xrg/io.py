@@ -7,31 +7,53 @@ the final name: readers see the old file or the new one, nothing in between.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, BinaryIO
 
+from xrg.errors import DiskFullError
+
+#: errno values that mean "no room left": a full disk, an exceeded quota, a file too large.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(fileobj)`` on a temporary file, then rename it to ``path`` atomically."""
+    """Call ``write(fileobj)`` on a temporary file, then rename it to ``path`` atomically.
+
+    A full disk (or quota) is raised as :class:`~xrg.errors.DiskFullError` naming ``path`` and
+    saying that its previous version, if any, is kept; the temporary file is removed.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS and not isinstance(exc, DiskFullError):
+            raise disk_full_error(path, exc) from exc
         raise
     return path
+
+
+def disk_full_error(path: Path, exc: OSError) -> DiskFullError:
+    """The error for a write of ``path`` that ran out of space."""
+    kept = f"the previous {path} is kept unchanged" if path.exists() else f"nothing was written to {path}"
+    return DiskFullError(
+        exc.errno, f"disk full while writing {path} ({exc.strerror or exc}); {kept}; free some space and try again"
+    )
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -53,6 +75,30 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
 def append_jsonl(path: str | os.PathLike, row: Any) -> None:
     """Append one JSON line (metrics logs); each line is written with a single write call."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, sort_keys=True) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, sort_keys=True) + "\n")
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(
+                exc.errno, f"disk full while appending to {path} ({exc.strerror or exc}); its earlier lines are kept; "
+                "free some space and try again"
+            ) from exc
+        raise
+
+
+def remove_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files :func:`atomic_write` leaves when its process is killed.
+
+    Call it only where no other process is writing into ``directory``. Returns what was removed.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for leftover in sorted(directory.glob(".*.tmp")):
+        if leftover.is_file() and not leftover.is_symlink():
+            leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed

@@ -153,6 +153,34 @@ def _render_job(job: tuple[str, list[dict], int, int, str]) -> tuple[str, dict]:
     return case_id, dict(pair.skipped)
 
 
+def render_pairs(
+    jobs: Sequence[tuple[str, list[dict], int, int, str]], volume_size: int, workers: int, progress: bool = True,
+    desc: str = "rendering pairs",
+) -> Counter:
+    """Render ``(case_id, findings_json, seed, size, out)`` jobs into ``out/images`` with worker processes.
+
+    Returns the reasons (and counts) of findings that could not be drawn.
+    """
+    not_drawn: Counter = Counter()
+    if not jobs:
+        return not_drawn
+    workers = min(workers, len(jobs))
+    bar = tqdm(total=len(jobs), desc=desc, unit="pair", disable=not progress)
+    if workers == 1:
+        _init_worker(volume_size)
+        for job in jobs:
+            not_drawn.update(_render_job(job)[1])
+            bar.update()
+    else:
+        context = mp.get_context("spawn")
+        with context.Pool(workers, initializer=_init_worker, initargs=(volume_size,)) as pool:
+            for _, skipped in pool.imap_unordered(_render_job, jobs, chunksize=4):
+                not_drawn.update(skipped)
+                bar.update()
+    bar.close()
+    return not_drawn
+
+
 def _check_resumable(out: Path, config: DataBuildConfig) -> None:
     path = out / BUILD_NAME
     if not path.is_file():
@@ -214,22 +242,7 @@ def build_dataset(
         for c in cases
         if not ((out / c.frontal).is_file() and (out / c.lateral).is_file())
     ]
-    not_drawn: Counter = Counter()
-    if todo:
-        workers = min(config.workers, len(todo))
-        bar = tqdm(total=len(todo), desc=f"rendering {config.image_size}px pairs", unit="pair", disable=not progress)
-        if workers == 1:
-            _init_worker(config.volume_size)
-            for job in todo:
-                not_drawn.update(_render_job(job)[1])
-                bar.update()
-        else:
-            context = mp.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker, initargs=(config.volume_size,)) as pool:
-                for _, skipped in pool.imap_unordered(_render_job, todo, chunksize=4):
-                    not_drawn.update(skipped)
-                    bar.update()
-        bar.close()
+    not_drawn = render_pairs(todo, config.volume_size, config.workers, progress, f"rendering {config.image_size}px pairs")
 
     train_texts = [f"{c.findings} {c.impression}" for c in cases if c.split == "train"]
     vocab = Vocabulary.build(train_texts, min_freq=config.min_word_freq)

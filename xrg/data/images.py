@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from PIL import Image, UnidentifiedImageError
 
 from xrg.errors import ImageError
 from xrg.io import atomic_write_bytes
+
+#: Largest image read, in pixels (PIL's own decompression-bomb threshold; radiographs are < 30M).
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -45,17 +49,33 @@ def load_grayscale(path: str | os.PathLike, expected_size: int | None = None) ->
     if not path.is_file():
         raise ImageError(f"image {path} does not exist")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # PIL warns about large images; they are refused just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            if img.width * img.height > MAX_PIXELS:
+                raise ImageError(
+                    f"image {path} is {img.width}x{img.height} pixels, more than the {MAX_PIXELS} read; "
+                    "refused (a radiograph this large is damaged or a decompression bomb)"
+                )
             img.load()
             if img.mode in ("P", "LA", "PA"):
                 img = img.convert("RGBA" if "A" in img.mode else "RGB")
             mode = img.mode
             array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"image {path} is refused as a possible decompression bomb: {exc}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"image {path} is unreadable or corrupted: {exc}") from exc
     if mode == "L":
         image = array.astype(np.float32) / 255.0
     elif mode in ("I;16", "I;16B", "I;16L", "I"):
+        if array.size and (int(array.min()) < 0 or int(array.max()) > 65535):
+            raise ImageError(
+                f"image {path} has pixel values {int(array.min())}..{int(array.max())} outside the 16-bit range 0..65535"
+            )
         array = array.astype(np.float32)
         maximum = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
         image = array / maximum

@@ -124,12 +124,45 @@ def _checked_destination(archive: Path, name: str, root: Path) -> Path:
     return destination
 
 
+def _check_layout(archive: Path, root: Path, planned: Sequence[tuple[str, Path, bool]]) -> None:
+    """Refuse an archive that would use one path both as a file and as a directory.
+
+    ``planned`` holds ``(member name, destination, is a directory)``. Such an archive would
+    fail half-way through extraction; checked first, a refused archive writes nothing.
+    """
+    files: dict[Path, str] = {}
+    directories: dict[Path, str] = {root: "the target"}
+    for name, destination, is_dir in planned:
+        if not is_dir and re.search(r"(^|/)\.?/*$", name.replace("\\", "/")):
+            raise ArchiveError(f"archive {archive}: member {name!r} is a file with a directory name")
+        parents = [p for p in destination.parents if p == root or root in p.parents]
+        for parent in parents:
+            if parent in files or (parent.exists() and not parent.is_dir()):
+                other = files.get(parent, "an existing file")
+                raise ArchiveError(
+                    f"archive {archive}: member {name!r} needs {parent} as a directory, but it is a file ({other})"
+                )
+            directories.setdefault(parent, name)
+        if is_dir:
+            if destination in files or (destination.exists() and not destination.is_dir()):
+                raise ArchiveError(f"archive {archive}: directory member {name!r} would replace a file")
+            directories.setdefault(destination, name)
+        else:
+            if destination in directories or destination.is_dir():
+                raise ArchiveError(
+                    f"archive {archive}: member {name!r} is a file where a directory is "
+                    f"({directories.get(destination, 'an existing directory')})"
+                )
+            files[destination] = name
+
+
 def _extract_tar(archive: Path, target: Path) -> list[Path]:
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             members = tar.getmembers()
             root = target.resolve()
             files: list[Path] = []
+            planned: list[tuple[str, Path, bool]] = []
             for member in members:
                 destination = _checked_destination(archive, member.name, root)
                 if member.issym() or member.islnk():
@@ -142,8 +175,12 @@ def _extract_tar(archive: Path, target: Path) -> list[Path]:
                     raise ArchiveError(f"archive {archive}: member {member.name!r} is a device or FIFO; refused")
                 if not (member.isreg() or member.isdir()):
                     raise ArchiveError(f"archive {archive}: member {member.name!r} has unsupported type {member.type!r}")
+                planned.append((member.name, destination, member.isdir()))
+                # Written where it was checked: a backslash is a separator, as in a zip archive.
+                member.name = member.name.replace("\\", "/")
                 if member.isreg():
                     files.append(destination)
+            _check_layout(archive, root, planned)
             root.mkdir(parents=True, exist_ok=True)
             tar.extractall(root, members=members, filter="data")
     except ArchiveError:
@@ -169,6 +206,7 @@ def _extract_zip(archive: Path, target: Path) -> list[Path]:
                 if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                     raise ArchiveError(f"archive {archive}: member {info.filename!r} is a device or FIFO; refused")
                 plan.append((info, destination))
+            _check_layout(archive, root, [(info.filename, destination, info.is_dir()) for info, destination in plan])
             root.mkdir(parents=True, exist_ok=True)
             files: list[Path] = []
             for info, destination in plan:
@@ -226,11 +264,18 @@ def _load_first(
             refused.append((str(candidate), f"image file not found in {where}"))
             continue
         try:
-            return resize(load_grayscale(candidate), size)
+            return resize(_not_blank(load_grayscale(candidate), candidate), size)
         except ImageError as exc:
             refused.append((str(candidate), str(exc)))
             unreadable = True
     return "image unreadable" if unreadable else "image file missing"
+
+
+def _not_blank(image: np.ndarray, path: Path) -> np.ndarray:
+    """Refuse an all-black or all-white image: a failed export or scan, not a radiograph."""
+    if image.max() <= 0.0 or image.min() >= 1.0:
+        raise ImageError(f"image {path} is blank (every pixel is {'black' if image.max() <= 0 else 'white'})")
+    return image
 
 
 def _finish(cases: list[Case], out: Path, seed: int, summary: ImportSummary) -> ImportSummary:

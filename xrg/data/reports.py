@@ -54,7 +54,13 @@ _SPACES = re.compile(r"\s+")
 
 def normalize_text(text: str) -> str:
     """Delete control characters and collapse runs of whitespace into single spaces."""
+    _require_text(text)
     return _SPACES.sub(" ", text.translate(_CONTROL_TABLE)).strip()
+
+
+def _require_text(text: object, what: str = "report text") -> None:
+    if not isinstance(text, str):
+        raise ReportError(f"{what} must be a string, got {type(text).__name__}: {str(text)[:60]!r}")
 
 
 # --------------------------------------------------------------------------------------
@@ -85,6 +91,8 @@ def parse_report_xml(data: bytes | str, source: str = "<string>") -> Report:
     Raises :class:`ReportError` for malformed, truncated or unsafe XML (DTD entities are
     refused) and :class:`EmptyReportError` when neither FINDINGS nor IMPRESSION has text.
     """
+    if not isinstance(data, (bytes, bytearray, str)):
+        raise ReportError(f"report {source}: expected XML as bytes or str, got {type(data).__name__}")
     try:
         root = SafeET.fromstring(data)
     except defusedxml.DefusedXmlException as exc:
@@ -397,6 +405,7 @@ def tokenize(sentence: str) -> list[str]:
     ``["t11", "12"]``, ``"x-XXXX"`` gives ``["x", "xxxx"]``); the anonymisation mark
     ``XXXX`` becomes ``"xxxx"``.
     """
+    _require_text(sentence, "a sentence to tokenize")
     return _TOKEN.findall(sentence.lower())
 
 

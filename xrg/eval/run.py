@@ -61,7 +61,7 @@ class EvalConfig:
     num_reports: int = 0  # test reports scored (0: the whole test split)
     batch_size: int = 32  # reports generated per forward pass
     seed: int = 0  # seeds the noise of the generators and the bootstrap
-    num_resamples: int = 200  # bootstrap resamples per CI (FID/KID use a quarter: they are costlier)
+    num_resamples: int = 200  # bootstrap resamples per CI (FID a tenth, at least 10: each resample is an eigendecomposition)
     diversity_reports: int = 50  # reports generated diversity_samples times for MS-SSIM
     diversity_samples: int = 4  # seeds per report for MS-SSIM
     controllability_reports: int = 100  # test reports edited for the controllability score
@@ -240,13 +240,17 @@ def evaluate_run(
     labels = torch.stack([test[i]["labels"] for i in indices]).long()
     fake = generate_for_cases(model, test, indices, config.seed, config.batch_size, progress, f"generating {model.method}")
 
-    resamples, fid_resamples = config.num_resamples, max(config.num_resamples // 4, 10)
+    resamples, fid_resamples = config.num_resamples, max(config.num_resamples // 10, 10)
     classifier, vcn = evaluators.classifier, evaluators.vcn
+    cache = evaluators.cache
     feats: dict[tuple[str, str], torch.Tensor] = {}
     logits: dict[tuple[str, str], torch.Tensor] = {}
-    for source, images in (("real", real), ("generated", fake)):
-        for view in VIEWS:
-            feats[source, view], logits[source, view] = _classify(classifier, images[view], eval_size)
+    for view in VIEWS:
+        key = ("test", sources["data_dir"], size, count, view)
+        if key not in cache:
+            cache[key] = _classify(classifier, real[view], eval_size)
+        feats["real", view], logits["real", view] = cache[key]
+        feats["generated", view], logits["generated", view] = _classify(classifier, fake[view], eval_size)
     both = lambda table, source: torch.cat([table[source, view] for view in VIEWS])  # noqa: E731
     names = list(FINDING_KINDS)
     result: dict[str, Any] = {"format": EVAL_FORMAT, "method": model.method, "num_reports": count}
@@ -297,10 +301,13 @@ def evaluate_run(
         result["controllability_edits"] = [{k: e[k] for k in ("case_id", "operation", "kind", "argument", "direction")} for e in edits]
 
     # memorisation: generated and real test frontals against the train split's frontals
-    train = XRayPairDataset(data_dir, "train", image_size=size, vocab=model.vocabulary)
+    train = XRayPairDataset(data_dir, "train", image_size=eval_size, vocab=model.vocabulary)
     train_count = len(train) if config.memorisation_train == 0 else min(config.memorisation_train, len(train))
-    train_frontal = torch.stack([train[i]["frontal"] for i in range(train_count)])
-    train_features, _ = _classify(classifier, train_frontal, eval_size)
+    key = ("train", sources["data_dir"], eval_size, train_count)
+    if key not in cache:
+        train_frontal = torch.stack([train[i]["frontal"] for i in range(train_count)])
+        cache[key] = _classify(classifier, train_frontal, eval_size)[0]
+    train_features = cache[key]
     memo = metrics.compute(
         "memorisation", generated_features=feats["generated", "frontal"], train_features=train_features,
         test_features=feats["real", "frontal"], num_closest=config.num_closest,

@@ -81,11 +81,16 @@ def run_bilstm(lstm: nn.LSTM, inputs: torch.Tensor, mask: torch.Tensor) -> tuple
 
 @dataclass
 class SectionEncoding:
-    """One section's encoding: ``vector [B, 2H]``, ``word_weights [B, S, W]``, ``sentence_weights [B, S]``."""
+    """One section's encoding: ``vector [B, 2H]``, ``word_weights [B, S, W]``, ``sentence_weights [B, S]``.
+
+    ``word_states [B, S, W, 2H]`` are the word-level BiLSTM states (zero on padding), the word
+    features AttnGAN's attention reads.
+    """
 
     vector: torch.Tensor
     word_weights: torch.Tensor
     sentence_weights: torch.Tensor
+    word_states: torch.Tensor | None = None
 
 
 @dataclass
@@ -132,6 +137,7 @@ class SectionEncoder(nn.Module):
             vector=vector,
             word_weights=word_weights.reshape(batch, num_sentences, num_words),
             sentence_weights=sentence_weights,
+            word_states=word_states.reshape(batch, num_sentences, num_words, self.output_dim),
         )
 
 

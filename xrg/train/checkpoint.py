@@ -30,7 +30,7 @@ from xrg.io import atomic_write_bytes
 from xrg.train.config import config_differences, config_from_mapping, config_to_dict
 
 CHECKPOINT_FORMAT = "xrg-checkpoint"
-CHECKPOINT_KINDS: tuple[str, ...] = ("xraygan", "vcn")
+CHECKPOINT_KINDS: tuple[str, ...] = ("xraygan", "vcn", "baseline", "classifier")
 
 ConfigT = TypeVar("ConfigT")
 

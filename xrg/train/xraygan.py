@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -47,14 +46,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from xrg.data.datasets import XRayPairDataset, collate_pairs
+from xrg.data.datasets import collate_pairs
 from xrg.data.images import save_png
-from xrg.data.manifest import read_manifest
-from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, Vocabulary
-from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
-from xrg.io import append_jsonl
+from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
+from xrg.errors import CheckpointError, ConfigError
 from xrg.models.encoder import ENCODER_KINDS, EncoderConfig, ReportEncoding, build_encoder
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.models.xraygan import (
@@ -67,15 +63,12 @@ from xrg.models.xraygan import (
     to_model_range,
 )
 from xrg.profiles import Profile
-from xrg.train.checkpoint import load_checkpoint, save_checkpoint
 from xrg.train.config import config_from_mapping
-from xrg.train.runtime import StopRequests, epoch_batches, recalibrate_batchnorm, set_lr
+from xrg.train.loop import CHECKPOINT_NAME, METRICS_NAME, SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite  # noqa: F401 (re-exported)
+from xrg.train.runtime import epoch_batches, recalibrate_batchnorm
 from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 
 GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
-CHECKPOINT_NAME = "checkpoint.pt"
-METRICS_NAME = "metrics.jsonl"
-SAMPLES_DIR = "samples"
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
 METRIC_KEYS: tuple[str, ...] = (
     "kind", "phase", "stage", "image_size", "epoch", "step", "d_loss", "g_loss", "adv_loss", "rec_loss",
@@ -310,20 +303,6 @@ class XRayGAN(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Optimizers:
-    """The optimizers of one phase (no discriminator optimizer while pre-training)."""
-
-    phase_index: int
-    generator: torch.optim.Adam
-    discriminator: torch.optim.Adam | None
-
-    def all(self) -> Iterator[torch.optim.Optimizer]:
-        yield self.generator
-        if self.discriminator is not None:
-            yield self.discriminator
-
-
 def make_optimizers(model: XRayGAN, phase: Phase, phase_index: int, config: XRayGANTrainConfig) -> Optimizers:
     betas = tuple(config.betas)
     generator = torch.optim.Adam(model.generator_parameters(phase.stage), lr=phase.lr, betas=betas)
@@ -337,17 +316,6 @@ def real_images(batch: dict[str, Any], views: tuple[str, ...], device: torch.dev
     return {view: to_model_range(batch[view].to(device)) for view in views}
 
 
-def _require_finite(losses: dict[str, torch.Tensor], where: str) -> None:
-    bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
-    if bad:
-        shown = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
-        raise _NonFinite(f"non-finite {', '.join(bad)} in the {where} ({shown})")
-
-
-class _NonFinite(Exception):
-    """Raised inside a step; the trainer turns it into :class:`TrainingDiverged` with the run's context."""
-
-
 def pretrain_step(
     model: XRayGAN, batch: dict[str, Any], phase: Phase, optimizers: Optimizers, config: XRayGANTrainConfig
 ) -> dict[str, float]:
@@ -356,7 +324,7 @@ def pretrain_step(
     fake = model.generate(model.encode(batch).c, phase.stage)
     rec_loss = sum(F.mse_loss(fake[view], real[view]) for view in real)
     g_loss = config.rec_weight * rec_loss
-    _require_finite({"g_loss": g_loss, "rec_loss": rec_loss}, "generator loss")
+    require_finite({"g_loss": g_loss, "rec_loss": rec_loss}, "generator loss")
     optimizers.generator.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizers.generator.step()
@@ -391,7 +359,7 @@ def gan_step(
             wasserstein = critic(fake[view].detach(), condition).mean() - critic(real[view], condition).mean()
             d_loss = d_loss + wasserstein + config.gp_weight * gp
             gp_total = gp_total + gp.detach()
-        _require_finite({"d_loss": d_loss, "gp": gp_total}, "critic loss")
+        require_finite({"d_loss": d_loss, "gp": gp_total}, "critic loss")
         optimizers.discriminator.zero_grad(set_to_none=True)
         d_loss.backward()
         optimizers.discriminator.step()
@@ -408,7 +376,7 @@ def gan_step(
             g_loss = g_loss - config.vc_weight * vc_prob
             losses.update(vc_loss=-vc_prob, vc_prob=vc_prob)
         losses["g_loss"] = g_loss
-        _require_finite(losses, "generator loss")
+        require_finite(losses, "generator loss")
         optimizers.generator.zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers.generator.step()
@@ -442,35 +410,19 @@ def sample_grid(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], bo
 # --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Position:
-    """Where a run is: the next batch to train is ``batch`` of ``epoch`` of phase ``phase``."""
-
-    phase: int = 0
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0  # optimizer steps done in all phases
-
-
-@dataclass
-class TrainResult:
-    """How a call to :meth:`XRayGANTrainer.train` ended."""
-
-    run_dir: Path
-    checkpoint: Path
-    finished: bool
-    step: int
-    stopped_by: str | None = None  # "max_steps", "SIGINT" or "SIGTERM" when not finished
-
-
-class XRayGANTrainer:
+class XRayGANTrainer(PhasedTrainer):
     """One XRayGAN run in ``run_dir`` over the data directory ``data_dir``.
 
     A new run refuses a ``run_dir`` that already holds a checkpoint; ``resume=True``
     continues one, after checking that it was written with the same config, the same
     vocabulary and the same VCNs. The VCNs (for ``vc_weight > 0``) are loaded from
     ``RUN/vcn`` or trained there first, with ``vcn_config`` at every trained stage size.
+    Checkpoints, resume and the loop are :class:`~xrg.train.loop.PhasedTrainer`'s.
     """
+
+    kind = "xraygan"
+    metric_keys = METRIC_KEYS
+    loss_keys = LOSS_KEYS
 
     def __init__(
         self,
@@ -483,27 +435,11 @@ class XRayGANTrainer:
         progress: bool = True,
     ) -> None:
         self.config = config
-        self.data_dir = Path(data_dir)
-        self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.progress = progress
-        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        self.metrics_path = self.run_dir / METRICS_NAME
         self.phases = training_phases(config)
-        self.train_sets = {
-            size: XRayPairDataset(
-                self.data_dir, "train", image_size=size, max_sentences=config.max_sentences, max_words=config.max_words
-            )
-            for size in sorted({phase.image_size for phase in self.phases})
-        }
-        self.vocabulary: Vocabulary = next(iter(self.train_sets.values())).vocab
-        if resume and not self.checkpoint_path.is_file():
-            raise CheckpointError(f"nothing to resume: {self.checkpoint_path} does not exist")
-        if not resume and self.checkpoint_path.is_file():
-            raise CheckpointError(
-                f"{self.run_dir} already holds a run ({self.checkpoint_path}); pass --resume (resume=True) "
-                "to continue it, or choose another output directory"
-            )
+        self._load_train_sets(data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words)
+        self._check_run_dir(Path(run_dir), resume, tidy=(SAMPLES_DIR, "vcn"))
 
         self.vcns: dict[int, VCNResult] = {}
         if config.vc_weight > 0:
@@ -515,191 +451,35 @@ class XRayGANTrainer:
 
         torch.manual_seed(config.seed)
         self.model = XRayGAN(config, len(self.vocabulary)).to(self.device)
-        self.shuffle = torch.Generator().manual_seed(config.seed)
-        self.position = Position()
-        self.optimizers: Optimizers | None = None
-        self._epoch_start_shuffle = self.shuffle.get_state()
-        self._epoch_totals: dict[str, float] = {}
-        self._last_saved_step = 0
-        self._sample_batches: dict[int, dict[str, Any]] = {}
-        if resume:
-            self._load(self.checkpoint_path)
+        self._start(config.seed, resume)
 
-    # ---- checkpoints -----------------------------------------------------------------
+    # ---- hooks of the shared loop -------------------------------------------------------
 
-    def save(self) -> Path:
-        """Write ``RUN/checkpoint.pt`` for the current position."""
-        shuffle_state = self.shuffle.get_state() if self.position.batch == 0 else self._epoch_start_shuffle
-        optimizers = None
-        if self.optimizers is not None and self.optimizers.phase_index == self.position.phase:
-            optimizers = {
-                "phase": self.optimizers.phase_index,
-                "generator": self.optimizers.generator.state_dict(),
-                "discriminator": None if self.optimizers.discriminator is None else self.optimizers.discriminator.state_dict(),
-            }
-        save_checkpoint(
-            self.checkpoint_path,
-            "xraygan",
-            self.config,
-            self.vocabulary,
-            state={
-                "encoder": self.model.encoder.state_dict(),
-                "generator": self.model.generator.state_dict(),
-                "discriminators": self.model.discriminators.state_dict(),
-            },
-            optimizers=optimizers,
-            progress={**dataclasses.asdict(self.position), "finished": self.finished, "num_phases": len(self.phases)},
-            rng={"torch": torch.get_rng_state(), "shuffle": shuffle_state, **self._cuda_rng()},
-            epoch_totals=dict(self._epoch_totals),
-            vcns=self._vcn_hashes,
-        )
-        self._last_saved_step = self.position.step
-        return self.checkpoint_path
+    def _checkpoint_extras(self) -> dict[str, Any]:
+        return {"vcns": self._vcn_hashes}
 
-    def _cuda_rng(self) -> dict[str, torch.Tensor]:
-        return {"cuda": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}
-
-    def _load(self, path: Path) -> None:
-        payload = load_checkpoint(path, "xraygan", config=self.config, vocabulary=self.vocabulary, map_location=self.device)
+    def _verify_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
         if payload["vcns"] != self._vcn_hashes:
             raise CheckpointError(
                 f"checkpoint {path} was trained against other VCNs than those now in {self.run_dir / 'vcn'} "
                 f"(sizes {sorted(payload['vcns'])}); restore them or start a new run"
             )
-        state = payload["state"]
-        self.model.encoder.load_state_dict(state["encoder"])
-        self.model.generator.load_state_dict(state["generator"])
-        self.model.discriminators.load_state_dict(state["discriminators"])
-        progress = payload["progress"]
-        self.position = Position(**{k: int(progress[k]) for k in ("phase", "epoch", "batch", "step")})
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        self.shuffle.set_state(payload["rng"]["shuffle"])
-        self._epoch_start_shuffle = payload["rng"]["shuffle"]
-        self._epoch_totals = dict(payload["epoch_totals"])
-        self._last_saved_step = self.position.step
-        stored = payload["optimizers"]
-        if stored is not None and stored["phase"] == self.position.phase and not self.finished:
-            phase = self.phases[self.position.phase]
-            self.optimizers = make_optimizers(self.model, phase, self.position.phase, self.config)
-            self.optimizers.generator.load_state_dict(stored["generator"])
-            if self.optimizers.discriminator is not None:
-                self.optimizers.discriminator.load_state_dict(stored["discriminator"])
 
-    @property
-    def finished(self) -> bool:
-        return self.position.phase >= len(self.phases)
+    def _make_optimizers(self, phase: Phase, phase_index: int) -> Optimizers:
+        return make_optimizers(self.model, phase, phase_index, self.config)
 
-    # ---- the loop ---------------------------------------------------------------------
+    def _batch_size(self, phase: Phase) -> int:
+        return phase.batch_size
 
-    def _batches_per_epoch(self, phase: Phase) -> int:
-        train_set = self.train_sets[phase.image_size]
-        return len(epoch_batches(len(train_set), phase.batch_size, torch.Generator().manual_seed(0)))
+    def _step(self, phase: Phase, batch: dict[str, Any]) -> dict[str, float]:
+        if phase.name == "pretrain":
+            return pretrain_step(self.model, batch, phase, self.optimizers, self.config)
+        vcn = self.vcns[phase.image_size].model if self.config.vc_weight > 0 else None
+        return gan_step(self.model, vcn, batch, phase, self.optimizers, self.config)
 
-    def _diverged(self, error: _NonFinite, phase: Phase) -> TrainingDiverged:
-        return TrainingDiverged(
-            f"training diverged at step {self.position.step + 1} ({phase.name} phase, stage {phase.stage}, "
-            f"{phase.image_size}px, epoch {self.position.epoch}, batch {self.position.batch}): {error}. "
-            f"The last good checkpoint, {self.checkpoint_path} (step {self._last_saved_step}), is kept; "
-            "lower the learning rates or the loss weights and start a new run"
-        )
-
-    def train(self, max_steps: int | None = None) -> TrainResult:
-        """Train to the end, or until the run has done ``max_steps`` steps in all, or a stop signal.
-
-        A stopped run writes a checkpoint first; ``resume=True`` continues it exactly.
-        """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.checkpoint_path.is_file():
-            self.save()
-        with StopRequests() as stop:
-            while not self.finished:
-                phase = self.phases[self.position.phase]
-                stopped = self._train_phase(phase, max_steps, stop)
-                if stopped:
-                    self.save()
-                    return TrainResult(self.run_dir, self.checkpoint_path, False, self.position.step, stopped)
-                self.position = Position(phase=self.position.phase + 1, step=self.position.step)
-                self.optimizers = None
-                self.save()
-        return TrainResult(self.run_dir, self.checkpoint_path, True, self.position.step)
-
-    def _train_phase(self, phase: Phase, max_steps: int | None, stop: StopRequests) -> str | None:
-        """Train the remaining epochs of ``phase``; the reason it stopped early, or None."""
-        if self.optimizers is None:
-            self.optimizers = make_optimizers(self.model, phase, self.position.phase, self.config)
-        train_set = self.train_sets[phase.image_size]
-        vcn = self.vcns[phase.image_size].model if phase.name == "gan" and self.config.vc_weight > 0 else None
-        per_epoch = self._batches_per_epoch(phase)
-        bar = tqdm(
-            total=phase.num_epochs * per_epoch,
-            initial=self.position.epoch * per_epoch + self.position.batch,
-            desc=f"{phase.name} stage {phase.stage} ({phase.image_size}px)",
-            unit="step",
-            disable=not self.progress,
-        )
-        try:
-            while self.position.epoch < phase.num_epochs:
-                if max_steps is not None and self.position.step >= max_steps:
-                    return "max_steps"
-                if self.position.batch == 0:
-                    self._epoch_start_shuffle = self.shuffle.get_state()
-                    self._epoch_totals = {}
-                else:
-                    self.shuffle.set_state(self._epoch_start_shuffle)
-                batches = epoch_batches(len(train_set), phase.batch_size, self.shuffle)
-                lr = phase.lr_at(self.position.epoch, self.config)
-                for optimizer in self.optimizers.all():
-                    set_lr(optimizer, lr)
-                self.model.train()
-                for indices in batches[self.position.batch :]:
-                    started = time.perf_counter()
-                    batch = collate_pairs([train_set[i] for i in indices])
-                    try:
-                        if phase.name == "pretrain":
-                            losses = pretrain_step(self.model, batch, phase, self.optimizers, self.config)
-                        else:
-                            losses = gan_step(self.model, vcn, batch, phase, self.optimizers, self.config)
-                    except _NonFinite as error:
-                        raise self._diverged(error, phase) from None
-                    self.position.batch += 1
-                    self.position.step += 1
-                    totals = self._epoch_totals
-                    for name, value in losses.items():
-                        totals[name] = totals.get(name, 0.0) + value
-                    totals["batches"] = totals.get("batches", 0) + 1
-                    totals["images"] = totals.get("images", 0) + 2 * len(indices)
-                    totals["seconds"] = totals.get("seconds", 0.0) + time.perf_counter() - started
-                    bar.update()
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("d_loss", "g_loss", "rec_loss")})
-                    if stop.requested:
-                        return stop.requested
-                    if max_steps is not None and self.position.step >= max_steps and self.position.batch < len(batches):
-                        return "max_steps"
-                self._end_epoch(phase, lr)
-        finally:
-            bar.close()
-        return None
-
-    def _end_epoch(self, phase: Phase, lr: float) -> None:
-        totals = self._epoch_totals
-        batches = max(totals.get("batches", 0), 1)
-        seconds = totals.get("seconds", 0.0)
-        row = {key: None for key in METRIC_KEYS}
-        row.update(
-            kind="xraygan", phase=phase.name, stage=phase.stage, image_size=phase.image_size,
-            epoch=self.position.epoch, step=self.position.step, lr=lr, seconds=seconds,
-            images_per_s=totals.get("images", 0) / seconds if seconds > 0 else None,
-        )  # fmt: skip
-        row.update({name: totals[name] / batches for name in LOSS_KEYS if name in totals})
-        append_jsonl(self.metrics_path, row)
+    def _after_epoch(self, phase: Phase) -> None:
         self.recalibrate(phase)
         self.write_samples(phase)
-        self.position.epoch += 1
-        self.position.batch = 0
-        self._epoch_totals = {}
-        self.save()
 
     def recalibrate(self, phase: Phase) -> int:
         """Re-estimate the generators' BatchNorm statistics on train batches at ``phase``'s stage.
@@ -732,15 +512,7 @@ class XRayGANTrainer:
         """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
         if self.config.num_samples == 0:
             return None
-        if phase.image_size not in self._sample_batches:
-            has_val = any(case.split == "val" for case in read_manifest(self.data_dir))
-            dataset = XRayPairDataset(
-                self.data_dir, "val" if has_val else "train", image_size=phase.image_size, vocab=self.vocabulary,
-                max_sentences=self.config.max_sentences, max_words=self.config.max_words,
-            )  # fmt: skip
-            count = min(self.config.num_samples, len(dataset))
-            self._sample_batches[phase.image_size] = collate_pairs([dataset[i] for i in range(count)])
-        batch = self._sample_batches[phase.image_size]
+        batch = self._sample_batch(phase.image_size, self.config.num_samples)
         count = len(batch["case_id"])
         self.model.eval()
         c = self.model.encode(batch).c

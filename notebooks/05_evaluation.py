@@ -1,0 +1,222 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Evaluation: how good, how faithful, how controllable
+#
+# The paper scores XRayGAN with IS, FID, SSIM and view consistency (VC, §3.2). Here every
+# number is computed by one protocol (`xrg eval`) with evaluator networks that no generator
+# ever saw: the phantom renders the findings of the train reports into *new* patients, and a
+# DenseNet-121 finding classifier and an evaluation VCN are trained on that cohort only. The
+# classifier's pooled features are the FID/KID space and its finding logits the IS classes,
+# as the official XRayGAN did with a DenseNet-121 chest X-ray classifier. Beyond the paper:
+# does the generated image show the report's findings (fidelity), do the two views agree,
+# does editing the report move the image the intended way (controllability), and does the
+# model copy training images (memorisation)? Every value has a bootstrap 95% interval.
+
+# %% tags=["parameters"]
+# Run
+profile: str = "tiny"  # profile of the run and of the eval and evaluator sections
+data_dir: str = "../data/tiny"  # data directory written by `xrg data build`
+run_dir: str = "../runs/tiny/xraygan"  # the XRayGAN run scored here (trained when missing)
+experiment_dir: str = "../runs/tiny/experiments"  # holds the evaluators, shared with the tables
+seed: int = 0  # global seed
+# Figures
+num_edit_examples: int = 3  # controllability examples shown
+inception_weights: str = ""  # local FID Inception weights file, empty for none
+
+# %% tags=["hide-input"]
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from myst_nb import glue
+
+from xrg.data.datasets import XRayPairDataset
+from xrg.data.findings import FINDING_KINDS
+from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+from xrg.eval.classifier import classifier_auroc
+from xrg.eval.generators import load_generator
+from xrg.eval.run import EvalConfig, evaluate_run, generate_for_texts
+from xrg.notebook import check_params, setup
+from xrg.profiles import load_profile
+from xrg.train.runs import ensure_xraygan_run
+
+run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=run_dir, experiment_dir=experiment_dir,
+                                                    num_edit_examples=num_edit_examples))
+check_params(data_dir=(data_dir, "existing_dir"), num_edit_examples=(num_edit_examples, range(0, 17)),
+             run_dir=(run_dir, str), experiment_dir=(experiment_dir, str), inception_weights=(inception_weights, str))
+if inception_weights:
+    check_params(inception_weights=(inception_weights, "existing_file"))
+loaded = load_profile(profile)
+checkpoint = ensure_xraygan_run(profile, data_dir, run_dir, device="cpu")
+evaluators = ensure_evaluators(EvaluatorConfig.from_profile(loaded), data_dir, Path(experiment_dir) / "evaluators")
+result = evaluate_run(run_dir, data_dir, evaluators, EvalConfig.from_profile(loaded),
+                      inception_weights=inception_weights or None)
+print(f"scored {result['num_reports']} test reports in {result['seconds']:.0f} s")
+
+# %% [markdown]
+# ## The evaluators
+#
+# The finding classifier's per-finding ROC AUC on the *real* test renders of the generator
+# dataset (reports and patients it never saw) shows how far its judgement can be trusted;
+# findings it cannot recognise on real images cannot be scored on generated ones either.
+
+# %% tags=["hide-input"]
+test_real = XRayPairDataset(data_dir, "test", image_size=evaluators.image_size)
+auroc = classifier_auroc(evaluators.classifier, test_real)
+table = pd.DataFrame({view: pd.Series(auroc[view]) for view in ("frontal", "lateral")}).reindex(FINDING_KINDS)
+glue("eval_classifier_macro_auroc", float(np.nanmean(table.astype(float).values)), display=False)
+table.astype(float).round(3)
+
+# %% [markdown]
+# ## The paper's metrics, with 95% intervals
+
+# %% tags=["hide-input"]
+def cell(entry):
+    if entry is None or entry.get("value") is None:
+        return "–"
+    low, high = entry["ci"]
+    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+headline = {
+    "IS (generated)": result["is"], "IS (real renders)": result["is_real"],
+    "FID frontal": result["fid"]["frontal"], "FID lateral": result["fid"]["lateral"], "FID both views": result["fid"]["both"],
+    "KID both views": result["kid"], "SSIM frontal": result["ssim"]["frontal"], "SSIM lateral": result["ssim"]["lateral"],
+    "VC generated": result["vc"], "VC real": result["vc_real"],
+}
+headline = {name: next(iter(v.values())) if "value" not in v else v for name, v in headline.items()}
+glue("eval_fid", headline["FID both views"]["value"], display=False)
+glue("eval_ssim_frontal", headline["SSIM frontal"]["value"], display=False)
+glue("eval_vc_generated", headline["VC generated"]["value"], display=False)
+glue("eval_vc_real", headline["VC real"]["value"], display=False)
+pd.DataFrame({"value [95% CI]": {k: cell(v) for k, v in headline.items()},
+              "n": {k: v.get("n") for k, v in headline.items()}})
+
+# %% [markdown]
+# ## Finding fidelity
+#
+# For each finding, the classifier's ROC AUC at telling the generated images of reports with
+# the finding from those without, per view, next to the same on the real renders (the
+# ceiling a perfect generator would reach).
+
+# %% tags=["hide-input"]
+def per_finding(entry):
+    return {kind: (entry.get(kind) or {}).get("value") for kind in FINDING_KINDS}
+
+
+fidelity = pd.DataFrame({
+    f"{source} {view}": per_finding(result["fidelity"][source][view])
+    for source in ("generated", "real") for view in ("frontal", "lateral")
+}).astype(float)
+fig, ax = plt.subplots(figsize=(10, 3.5))
+fidelity[["real frontal", "generated frontal", "real lateral", "generated lateral"]].plot.bar(ax=ax, width=0.8)
+ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+ax.set(ylabel="ROC AUC", ylim=(0, 1), title="finding fidelity: classifier AUROC on real renders vs generated images")
+ax.legend(fontsize=7, ncol=4)
+fig.tight_layout()
+plt.show()
+macro = result["fidelity"]["generated"]["frontal"].get("macro") or {}
+glue("eval_fidelity_frontal_macro", macro.get("value") if macro.get("value") is not None else float("nan"), display=False)
+
+# %% [markdown]
+# ## Cross-view agreement and diversity
+#
+# How often the classifier makes the same call on a generated frontal and lateral, per
+# finding (real renders for comparison); and MS-SSIM between generations of one report with
+# different seeds (1 means the seed changes nothing: the paper's XRayGAN has no noise input).
+
+# %% tags=["hide-input"]
+agreement = pd.DataFrame({
+    source: per_finding(result["cross_view_agreement"][source]) for source in ("generated", "real")
+}).astype(float)
+diversity = {view: next(iter(v.values())) if "value" not in v else v for view, v in result.get("diversity", {}).items()}
+display_div = pd.DataFrame({"MS-SSIM across seeds": {view: cell(v) for view, v in diversity.items()}})
+agreement.round(3).T
+
+# %% tags=["hide-input"]
+display_div
+
+# %% [markdown]
+# ## Controllability
+#
+# Held-out reports edited by {mod}`xrg.data.edits`: one finding negated, or its severity
+# moved; both versions generated with the same seed. An edit succeeds when the classifier's
+# probability of the edited finding moves the intended way; the spill-over is the mean
+# change of the other findings.
+
+# %% tags=["hide-input"]
+control = result.get("controllability", {})
+summary = {key: value for key, value in control.items() if not isinstance(value, dict) or "value" in value}
+rate = control.get("success_rate", {})
+glue("eval_controllability", rate.get("value") if rate else float("nan"), display=False)
+pd.Series({k: cell(v) if isinstance(v, dict) else v for k, v in summary.items()}).to_frame("value")
+
+# %% tags=["hide-input"]
+edits = result.get("controllability_edits", [])[:num_edit_examples]
+if edits:
+    model = load_generator(run_dir)
+    test_cases = {c.id: c for c in XRayPairDataset(data_dir, "test").cases}
+    from xrg.data import edits as report_edits
+    from xrg.eval.generators import report_text
+
+    fig, axes = plt.subplots(len(edits), 2, figsize=(5, 2.6 * len(edits)), squeeze=False)
+    for row, edit in enumerate(edits):
+        case = test_cases[edit["case_id"]]
+        before = report_text(case.findings, case.impression)
+        after = (report_edits.negate(before, edit["kind"]) if edit["operation"] == "negate"
+                 else report_edits.set_severity(before, edit["kind"], edit["argument"])).text
+        images = generate_for_texts(model, [before, after], seed, 2)
+        for col, title in enumerate(("as reported", f"{edit['operation']} {edit['kind']} {edit['argument'] or ''}")):
+            axes[row, col].imshow(images["frontal"][col, 0], cmap="gray", vmin=0, vmax=1)
+            axes[row, col].set_title(title, fontsize=8)
+            axes[row, col].axis("off")
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# ## Memorisation
+#
+# The distance from each generated frontal to its nearest training image (classifier
+# features), relative to the same for real test frontals: a ratio well below 1 would mean the
+# generator copies training images. The closest generated/train pairs are shown.
+
+# %% tags=["hide-input"]
+memo = result["memorisation"]
+ratio = memo["ratio"]
+glue("eval_memorisation_ratio", ratio["value"], display=False)
+print(f"median NN distance: generated {memo['median_generated']:.3f}, real test {memo['median_test']:.3f}; "
+      f"ratio {cell(ratio)}")
+closest = memo["closest"][:4]
+if closest:
+    model = load_generator(run_dir)
+    test_set = XRayPairDataset(data_dir, "test", image_size=model.image_size, vocab=model.vocabulary)
+    train_set = XRayPairDataset(data_dir, "train", image_size=model.image_size, vocab=model.vocabulary)
+    from xrg.eval.run import generate_for_cases
+
+    fig, axes = plt.subplots(2, len(closest), figsize=(2.4 * len(closest), 5), squeeze=False)
+    for col, pair in enumerate(closest):
+        generated = generate_for_cases(model, test_set, [pair["generated"]], result["config"]["seed"], 1)["frontal"][0]
+        axes[0, col].imshow(generated[0], cmap="gray", vmin=0, vmax=1)
+        axes[0, col].set_title(f"generated, d={pair['distance']:.2f}", fontsize=8)
+        axes[1, col].imshow(train_set[pair["train"]]["frontal"][0], cmap="gray", vmin=0, vmax=1)
+        axes[1, col].set_title("nearest train image", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.tight_layout()
+    plt.show()

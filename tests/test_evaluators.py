@@ -1,0 +1,126 @@
+"""Evaluator networks (xrg.eval.evaluators, xrg.eval.classifier): an independent cohort, the weighted BCE, reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from xrg.data.datasets import XRayPairDataset
+from xrg.data.findings import FINDING_KINDS
+from xrg.data.manifest import read_manifest
+from xrg.errors import CheckpointError, ConfigError, DataDirError
+from xrg.eval.classifier import FindingClassifier, class_weights, classifier_auroc, weighted_bce
+from xrg.eval.evaluators import (
+    CLASSIFIER_NAME,
+    EvaluatorConfig,
+    cohort_cases,
+    ensure_cohort,
+    ensure_evaluators,
+    load_classifier,
+)
+from xrg.profiles import PROFILE_NAMES, load_profile
+
+TINY = EvaluatorConfig(
+    image_size=32, cohort_size=10, cohort_test_fraction=0.3, workers=1, classifier_epochs=1, classifier_batch_size=4,
+    vcn_epochs=1, vcn_batch_size=4,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def evaluators_dir(tmp_path_factory, tiny_data):
+    out = tmp_path_factory.mktemp("evaluators")
+    ensure_evaluators(TINY, tiny_data, out, progress=False)
+    return out
+
+
+def test_the_cohort_has_new_patients_with_train_findings_only(tiny_data):
+    data_cases = read_manifest(tiny_data)
+    cohort = cohort_cases(data_cases, dataclasses.replace(TINY, cohort_size=30))
+    generator_patients = {c.patient_id for c in data_cases}
+    generator_seeds = {c.seed for c in data_cases}
+    assert not {c.patient_id for c in cohort} & generator_patients
+    assert not {c.seed for c in cohort} & generator_seeds
+    assert len({c.seed for c in cohort}) == len(cohort)
+    train_findings = {tuple(c.structured_findings) for c in data_cases if c.split == "train"}
+    held_out = {tuple(c.structured_findings) for c in data_cases if c.split != "train"} - train_findings
+    assert all(tuple(c.structured_findings) in train_findings for c in cohort)
+    assert not any(tuple(c.structured_findings) in held_out for c in cohort)
+    splits = [c.split for c in cohort]
+    assert splits.count("test") == 9 and splits.count("train") == 21
+    assert cohort == cohort_cases(data_cases, dataclasses.replace(TINY, cohort_size=30))  # deterministic
+
+
+def test_class_weights_follow_eq_3_1():
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0], [0, 0, 0]])
+    w_positive, w_negative = class_weights(labels)
+    assert torch.allclose(w_positive, torch.tensor([2.0, 4.0, 0.0]))
+    assert torch.allclose(w_negative, torch.tensor([2.0, 4.0 / 3.0, 1.0]))
+    # a rare positive weighs as much in total as the common negatives
+    logits = torch.zeros(4, 3)
+    assert float(weighted_bce(logits, labels, w_positive, w_negative)) > 0
+    with pytest.raises(ConfigError, match="labels must be"):
+        class_weights(torch.zeros(0, 3))
+
+
+def test_classifier_gives_pooled_features_and_one_logit_per_finding():
+    model = FindingClassifier().eval()
+    images = torch.rand(3, 1, 64, 64)
+    features = model.features(images)
+    assert features.shape == (3, 1024) and model.num_features == 1024
+    assert model(images).shape == (3, len(FINDING_KINDS))
+    assert torch.allclose(model.classify(features), model(images), atol=1e-5)
+
+
+def test_evaluators_are_trained_once_and_reloaded(evaluators_dir, tiny_data):
+    classifier_file = evaluators_dir / CLASSIFIER_NAME
+    stamp = classifier_file.stat().st_mtime_ns
+    evaluators = ensure_evaluators(TINY, tiny_data, evaluators_dir, progress=False)
+    assert classifier_file.stat().st_mtime_ns == stamp
+    assert evaluators.image_size == 32 and evaluators.vcn_path.is_file()
+    auroc = evaluators.metrics["classifier"]["test_auroc"]
+    assert set(auroc) == {"frontal", "lateral"} and set(auroc["frontal"]) == {*FINDING_KINDS, "macro"}
+    assert not evaluators.classifier.training and not any(p.requires_grad for p in evaluators.classifier.parameters())
+    cohort = XRayPairDataset(evaluators.cohort_dir, "test", image_size=32)
+    assert classifier_auroc(evaluators.classifier, cohort) == auroc
+
+
+def test_another_config_or_data_directory_is_refused(evaluators_dir, tiny_data, tmp_path):
+    with pytest.raises(CheckpointError, match="num_epochs"):
+        load_classifier(evaluators_dir / CLASSIFIER_NAME, dataclasses.replace(TINY, classifier_epochs=3).classifier_config())
+    other = tmp_path / "other-data"
+    shutil.copytree(tiny_data, other)
+    manifest = other / "manifest.jsonl"
+    manifest.write_text("\n".join(manifest.read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(DataDirError, match="another data directory"):
+        ensure_cohort(other, TINY, evaluators_dir / "cohort", progress=False)
+
+
+def test_an_interrupted_cohort_render_is_finished(tiny_data, tmp_path):
+    config = dataclasses.replace(TINY, cohort_size=12)
+    cohort = ensure_cohort(tiny_data, config, tmp_path / "cohort", progress=False)
+    images = sorted((cohort / "images").glob("*.png"))
+    assert len(images) == 24
+    images[0].unlink()
+    stamp = json.loads((cohort / "cohort.json").read_text())
+    (cohort / "cohort.json").write_text(json.dumps({**stamp, "complete": False}))
+    ensure_cohort(tiny_data, config, cohort, progress=False)
+    assert images[0].is_file() and len(read_manifest(cohort, check_images=True)) == 12
+
+
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_every_profile_has_valid_evaluator_settings(name):
+    config = EvaluatorConfig.from_profile(load_profile(name))
+    assert config.seed == load_profile(name).seed
+
+
+def test_bad_evaluator_settings_are_refused():
+    with pytest.raises(ConfigError, match="image_size"):
+        EvaluatorConfig(image_size=16)
+    with pytest.raises(ConfigError, match="cohort_size"):
+        EvaluatorConfig(cohort_size=3)
+    with pytest.raises(ConfigError, match="unknown settings"):
+        EvaluatorConfig.from_profile(load_profile("tiny"), {"classifier_epoch": 2})

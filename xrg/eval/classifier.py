@@ -1,0 +1,117 @@
+"""The evaluation finding classifier: a DenseNet-121 over one-channel chest X-rays.
+
+The torchvision DenseNet-121 architecture (random initialisation: no pretrained weights can
+be downloaded here) with a one-channel first convolution and one logit per finding kind of
+:data:`xrg.data.findings.FINDING_KINDS`. As in the dissertation (§3.3) it is trained
+multi-label with the class-weighted binary cross-entropy of its Eq. (3.1),
+
+    L = −Σ_c [w_p,c · y_c · log ŷ_c + w_n,c · (1 − y_c) · log(1 − ŷ_c)],
+    w_p,c = (N_p,c + N_n,c) / N_p,c,   w_n,c = (N_p,c + N_n,c) / N_n,c,
+
+with the counts taken over the whole training set, so every finding, rare or common, weighs
+the same. Its globally pooled 1024-d features are the feature space of FID and KID, and its
+logits the class distribution of IS — the official XRayGAN also scored IS/FID with a
+DenseNet-121 chest X-ray classifier rather than Inception.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import densenet121
+
+from xrg.data.datasets import VIEWS, XRayPairDataset, resize_image
+from xrg.data.findings import FINDING_KINDS
+from xrg.errors import ConfigError
+
+#: Images in [0, 1] are standardised with these before the network (a typical radiograph's).
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+class FindingClassifier(nn.Module):
+    """DenseNet-121 with a one-channel stem; ``features`` → 1024-d pooled, ``classify`` → logits."""
+
+    def __init__(self, num_classes: int = len(FINDING_KINDS)) -> None:
+        super().__init__()
+        network = densenet121(weights=None, num_classes=num_classes)
+        network.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.network = network
+        self.num_features = network.classifier.in_features
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, H, W]`` in [0, 1] → pooled features ``[B, 1024]``."""
+        x = (images - PIXEL_MEAN) / PIXEL_STD
+        return F.adaptive_avg_pool2d(F.relu(self.network.features(x)), 1).flatten(1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.network.classifier(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Finding logits ``[B, num_classes]``."""
+        return self.classify(self.features(images))
+
+
+def class_weights(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(w_positive, w_negative)`` per class of Eq. (3.1) from multi-hot ``labels [N, C]``.
+
+    A class with no positive (or no negative) example gets weight 0 for the missing side:
+    there is nothing to weigh.
+    """
+    if labels.ndim != 2 or labels.shape[0] == 0:
+        raise ConfigError(f"labels must be [N, C] with N > 0, got shape {tuple(labels.shape)}")
+    total = float(labels.shape[0])
+    positives = labels.float().sum(0)
+    negatives = total - positives
+    w_positive = torch.where(positives > 0, total / positives.clamp(min=1), torch.zeros_like(positives))
+    w_negative = torch.where(negatives > 0, total / negatives.clamp(min=1), torch.zeros_like(negatives))
+    return w_positive, w_negative
+
+
+def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, w_positive: torch.Tensor, w_negative: torch.Tensor) -> torch.Tensor:
+    """Eq. (3.1), averaged over samples and classes."""
+    labels = labels.float()
+    weight = labels * w_positive + (1 - labels) * w_negative
+    return F.binary_cross_entropy_with_logits(logits, labels, weight=weight)
+
+
+@torch.no_grad()
+def predict(classifier: FindingClassifier, images: torch.Tensor, size: int, batch_size: int = 64) -> torch.Tensor:
+    """Finding probabilities of ``images [N, 1, H, W]`` in [0, 1], resized to ``size``."""
+    device = next(classifier.parameters()).device
+    was_training = classifier.training
+    classifier.eval()
+    parts = [
+        torch.sigmoid(classifier(resize_image(images[start : start + batch_size], size).to(device))).cpu()
+        for start in range(0, len(images), batch_size)
+    ]
+    classifier.train(was_training)
+    return torch.cat(parts) if parts else torch.zeros(0, len(FINDING_KINDS))
+
+
+def classifier_auroc(
+    classifier: FindingClassifier, dataset: XRayPairDataset, size: int | None = None
+) -> dict[str, dict[str, Any]]:
+    """Per-view, per-finding ROC AUC of ``classifier`` on ``dataset`` (None where a finding is absent or always present).
+
+    ``size`` defaults to the dataset's image size.
+    """
+    from torchmetrics.functional.classification import binary_auroc
+
+    size = size or int(dataset[0]["frontal"].shape[-1])
+    labels = torch.stack([dataset[i]["labels"] for i in range(len(dataset))]).long()
+    result: dict[str, dict[str, Any]] = {}
+    for view in VIEWS:
+        images = torch.stack([dataset[i][view] for i in range(len(dataset))])
+        probs = predict(classifier, images, size)
+        per_kind: dict[str, Any] = {}
+        for k, kind in enumerate(FINDING_KINDS):
+            positives = int(labels[:, k].sum())
+            defined = 0 < positives < len(labels)
+            per_kind[kind] = float(binary_auroc(probs[:, k], labels[:, k])) if defined else None
+        defined_values = [v for v in per_kind.values() if v is not None]
+        per_kind["macro"] = sum(defined_values) / len(defined_values) if defined_values else None
+        result[view] = per_kind
+    return result

@@ -1,0 +1,330 @@
+"""Evaluator networks trained on patients no generator ever saw.
+
+XRayGAN's metrics need networks that judge images: a finding classifier (IS classes, the
+FID/KID feature space, finding fidelity) and a view-consistency network (VC). Trained on the
+generators' own data they would flatter a model that copies its training set, and the paper
+itself scored VC with a VCN "trained on another subset". Here the phantom renders an
+independent *evaluation cohort*: the structured findings of the data directory's TRAIN
+cases (so the findings follow the same distribution; test reports are never read) drawn
+into new patients, whose anatomy seeds differ from every seed in the data directory. The
+cohort is a data directory of its own (``OUT/cohort``, manifest format) split by patient
+into a train and a test part; on it are trained
+
+* the DenseNet-121 finding classifier (:mod:`xrg.eval.classifier`, class-weighted BCE of the
+  dissertation, both views), evaluated per finding and view on the cohort's test part, and
+* an evaluation VCN (:mod:`xrg.train.vcn`, the same recipe as the training VCNs, on the
+  cohort only), evaluated on the cohort's test part.
+
+Both are checkpoints in ``OUT`` that carry their settings; :func:`ensure_evaluators` loads
+them when they exist with the same settings, resumes an interrupted cohort render, trains
+what is missing, and refuses a directory made from another data directory or settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from xrg.data.build import BUILD_NAME, render_pairs
+from xrg.data.datasets import XRayPairDataset
+from xrg.data.manifest import MANIFEST_NAME, VOCAB_NAME, Case, read_manifest, stable_hash, write_manifest
+from xrg.data.phantom import volume_size_for
+from xrg.data.reports import Vocabulary
+from xrg.errors import ConfigError, DataDirError, TrainingDiverged
+from xrg.eval.classifier import FindingClassifier, class_weights, classifier_auroc, weighted_bce
+from xrg.io import append_jsonl, atomic_write_json
+from xrg.models.vcn import ViewConsistencyNet
+from xrg.profiles import Profile
+from xrg.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from xrg.train.config import config_from_mapping
+from xrg.train.runtime import epoch_batches
+from xrg.train.vcn import VCNTrainConfig, ensure_vcns, vcn_path
+
+COHORT_DIR = "cohort"
+COHORT_NAME = "cohort.json"
+CLASSIFIER_NAME = "classifier.pt"
+METRICS_NAME = "metrics.jsonl"
+
+
+@dataclass
+class EvaluatorConfig:
+    """How the evaluation cohort is rendered and the evaluators trained (profile section ``evaluators``)."""
+
+    image_size: int = 128  # resolution the evaluators judge (generated images are resized to it)
+    cohort_size: int = 4000  # patients rendered, each with the findings of one train case (cycled)
+    cohort_test_fraction: float = 0.2  # cohort patients held out to test the evaluators
+    render_size: int = 0  # resolution the cohort is rendered at (0: the data directory's, else image_size)
+    workers: int = 2  # rendering processes
+    classifier_epochs: int = 10
+    classifier_batch_size: int = 32  # cases per batch; both views of each, so twice as many images
+    classifier_lr: float = 1e-3  # Adam
+    classifier_weight_decay: float = 1e-4
+    vcn_epochs: int = 10
+    vcn_batch_size: int = 32
+    vcn_lr: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 32 <= self.image_size <= 512:  # DenseNet-121 downsamples 32-fold
+            raise ConfigError(f"evaluators image_size must be in 32..512, got {self.image_size}")
+        if self.render_size and not 32 <= self.render_size <= 256:
+            raise ConfigError(f"evaluators render_size must be 0 or in 32..256, got {self.render_size}")
+        if self.cohort_size < 10:
+            raise ConfigError(f"evaluators cohort_size must be at least 10, got {self.cohort_size}")
+        if not 0.05 <= self.cohort_test_fraction <= 0.5:
+            raise ConfigError(f"evaluators cohort_test_fraction must be in 0.05..0.5, got {self.cohort_test_fraction}")
+        for name in ("workers", "classifier_epochs", "vcn_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"evaluators {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("classifier_batch_size", "vcn_batch_size"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"evaluators {name} must be at least 2, got {getattr(self, name)}")
+        if not (self.classifier_lr > 0 and self.vcn_lr > 0 and self.classifier_weight_decay >= 0):
+            raise ConfigError(
+                "evaluators need classifier_lr > 0, vcn_lr > 0 and classifier_weight_decay >= 0, got "
+                f"{self.classifier_lr}, {self.vcn_lr}, {self.classifier_weight_decay}"
+            )
+
+    @classmethod
+    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> "EvaluatorConfig":
+        values = {"seed": profile.seed, **profile.section("evaluators"), **(overrides or {})}
+        return config_from_mapping(cls, values, where=f"evaluators section of profile {profile.name!r}")
+
+    def classifier_config(self) -> "ClassifierTrainConfig":
+        return ClassifierTrainConfig(
+            image_size=self.image_size, num_epochs=self.classifier_epochs, batch_size=self.classifier_batch_size,
+            lr=self.classifier_lr, weight_decay=self.classifier_weight_decay, seed=self.seed,
+        )  # fmt: skip
+
+    def vcn_config(self) -> VCNTrainConfig:
+        return VCNTrainConfig(
+            image_size=self.image_size, num_epochs=self.vcn_epochs, batch_size=self.vcn_batch_size, lr=self.vcn_lr,
+            seed=self.seed,
+        )  # fmt: skip
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """The settings a classifier checkpoint was trained with (a subset of :class:`EvaluatorConfig`)."""
+
+    image_size: int = 128
+    num_epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class Evaluators:
+    """The frozen evaluators of one directory and what they scored on the cohort's test part."""
+
+    classifier: FindingClassifier
+    vcn: ViewConsistencyNet
+    classifier_path: Path
+    vcn_path: Path
+    image_size: int
+    metrics: dict[str, Any]
+    cohort_dir: Path
+    #: Features of real images already computed in this process (the same for every scored run).
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+
+
+# --------------------------------------------------------------------------------------
+# The cohort
+# --------------------------------------------------------------------------------------
+
+
+def _manifest_sha256(data_dir: Path) -> str:
+    return hashlib.sha256((data_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+
+
+def cohort_seed(base_seed: int, number: int, taken: set[int]) -> int:
+    """The anatomy seed of cohort patient ``number``: stable, and never one in ``taken``."""
+    attempt = 0
+    while True:
+        seed = stable_hash(f"eval-cohort:{base_seed}:{number}:{attempt}") % (2**31 - 1)
+        if seed not in taken:
+            return seed
+        attempt += 1
+
+
+def cohort_cases(data_cases: list[Case], config: EvaluatorConfig) -> list[Case]:
+    """The cohort's cases: train findings (cycled) in new patients, split by patient into train/test."""
+    templates = sorted((c for c in data_cases if c.split == "train"), key=lambda c: c.id)
+    if not templates:
+        raise DataDirError("the data directory has no train cases to take the cohort's findings from")
+    taken = {int(c.seed) for c in data_cases if c.seed is not None}
+    order = np.random.default_rng(config.seed).permutation(config.cohort_size)
+    num_test = max(1, int(round(config.cohort_test_fraction * config.cohort_size)))
+    test_numbers = set(order[:num_test].tolist())
+    cases = []
+    for number in range(config.cohort_size):
+        template = templates[number % len(templates)]
+        seed = cohort_seed(config.seed, number, taken)
+        taken.add(seed)
+        case_id = f"cohort-{number:05d}"
+        cases.append(
+            Case(
+                id=case_id, patient_id=f"cohort-{number}", split="test" if number in test_numbers else "train",
+                findings=template.findings, impression=template.impression,
+                structured_findings=list(template.structured_findings),
+                frontal=f"images/{case_id}_frontal.png", lateral=f"images/{case_id}_lateral.png",
+                source="phantom", mesh=list(template.mesh), seed=seed,
+            )
+        )  # fmt: skip
+    return cases
+
+
+def _render_settings(data_dir: Path, config: EvaluatorConfig) -> tuple[int, int]:
+    """``(image size, CT grid)`` of the cohort: the data build's where there is one."""
+    build = data_dir / BUILD_NAME
+    if config.render_size == 0 and build.is_file():
+        key = json.loads(build.read_text(encoding="utf-8")).get("config", {})
+        size = int(key.get("image_size", config.image_size))
+        return size, int(key.get("volume_size", volume_size_for(size)))
+    size = config.render_size or min(max(config.image_size, 32), 256)
+    return size, volume_size_for(size)
+
+
+def ensure_cohort(
+    data_dir: str | os.PathLike, config: EvaluatorConfig, cohort_dir: str | os.PathLike, progress: bool = True
+) -> Path:
+    """Render (or finish rendering) the evaluation cohort of ``data_dir`` into ``cohort_dir``."""
+    data_dir, cohort_dir = Path(data_dir), Path(cohort_dir)
+    data_cases = read_manifest(data_dir)
+    size, volume_size = _render_settings(data_dir, config)
+    stamp = {
+        "data_manifest_sha256": _manifest_sha256(data_dir),
+        "cohort_size": config.cohort_size,
+        "cohort_test_fraction": config.cohort_test_fraction,
+        "seed": config.seed,
+        "image_size": size,
+        "volume_size": volume_size,
+    }
+    stamp_path = cohort_dir / COHORT_NAME
+    if stamp_path.is_file():
+        previous = json.loads(stamp_path.read_text(encoding="utf-8"))
+        if previous.get("key") != stamp:
+            raise DataDirError(
+                f"{cohort_dir} holds an evaluation cohort made from another data directory or other settings "
+                f"({previous.get('key')} vs now {stamp}); use another evaluators directory or delete it"
+            )
+        if previous.get("complete"):
+            return cohort_dir
+    cohort_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp_path, {"key": stamp, "complete": False})
+    cases = cohort_cases(data_cases, config)
+    jobs = [
+        (c.id, [f.to_dict() for f in c.structured_findings], int(c.seed), size, str(cohort_dir))
+        for c in cases
+        if not ((cohort_dir / c.frontal).is_file() and (cohort_dir / c.lateral).is_file())
+    ]
+    render_pairs(jobs, volume_size, config.workers, progress, f"rendering the evaluation cohort ({size}px)")
+    shutil.copyfile(data_dir / VOCAB_NAME, cohort_dir / VOCAB_NAME)
+    write_manifest(cohort_dir, cases)
+    atomic_write_json(stamp_path, {"key": stamp, "complete": True, "per_split": {
+        split: sum(c.split == split for c in cases) for split in ("train", "test")}})  # fmt: skip
+    return cohort_dir
+
+
+# --------------------------------------------------------------------------------------
+# The classifier
+# --------------------------------------------------------------------------------------
+
+
+def train_classifier(
+    cohort_dir: str | os.PathLike, config: ClassifierTrainConfig, out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu", progress: bool = True,
+) -> tuple[FindingClassifier, dict[str, Any], Path]:
+    """Train the DenseNet-121 on both views of the cohort's train part; test it on its test part."""
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    train_set = XRayPairDataset(cohort_dir, "train", image_size=config.image_size)
+    test_set = XRayPairDataset(cohort_dir, "test", image_size=config.image_size, vocab=train_set.vocab)
+    labels = torch.stack([train_set[i]["labels"] for i in range(len(train_set))])
+    w_positive, w_negative = (w.to(device) for w in class_weights(labels))
+    torch.manual_seed(config.seed)
+    model = FindingClassifier().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    per_epoch = len(epoch_batches(len(train_set), config.batch_size, torch.Generator().manual_seed(0)))
+    bar = tqdm(total=config.num_epochs * per_epoch, desc=f"classifier {config.image_size}px", unit="step", disable=not progress)
+    step = 0
+    model.train()
+    for epoch in range(config.num_epochs):
+        started, loss_sum, images = time.perf_counter(), 0.0, 0
+        for indices in epoch_batches(len(train_set), config.batch_size, shuffle):
+            items = [train_set[i] for i in indices]
+            x = torch.cat([torch.stack([item[view] for item in items]) for view in ("frontal", "lateral")]).to(device)
+            y = torch.stack([item["labels"] for item in items]).repeat(2, 1).to(device)
+            loss = weighted_bce(model(x), y, w_positive, w_negative)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"the evaluation classifier's loss became {float(loss)} at step {step + 1} (epoch {epoch}); "
+                    "lower evaluators.classifier_lr"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            value = float(loss.detach())
+            loss_sum += value * len(indices)
+            images += len(x)
+            bar.update()
+            bar.set_postfix(loss=f"{value:.3f}")
+        seconds = time.perf_counter() - started
+        append_jsonl(out_dir / METRICS_NAME, {
+            "kind": "classifier", "epoch": epoch, "step": step, "loss": loss_sum / max(len(train_set), 1),
+            "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None})  # fmt: skip
+    bar.close()
+    model.eval().requires_grad_(False)
+    metrics = {"test_auroc": classifier_auroc(model, test_set), "num_train": len(train_set), "num_test": len(test_set)}
+    append_jsonl(out_dir / METRICS_NAME, {"kind": "classifier_test", **metrics})
+    path = save_checkpoint(out_dir / CLASSIFIER_NAME, "classifier", config, train_set.vocab,
+                           state=model.state_dict(), metrics=metrics, step=step)  # fmt: skip
+    return model, metrics, path
+
+
+def load_classifier(
+    path: str | os.PathLike, config: ClassifierTrainConfig | None = None, device: str | torch.device = "cpu"
+) -> tuple[FindingClassifier, dict[str, Any]]:
+    """A classifier checkpoint (checked against ``config`` when given), frozen in eval mode."""
+    payload = load_checkpoint(path, "classifier", config=config, map_location=device)
+    checkpoint_config(payload, ClassifierTrainConfig, path)
+    model = FindingClassifier()
+    model.load_state_dict(payload["state"])
+    return model.to(device).eval().requires_grad_(False), dict(payload.get("metrics", {}))
+
+
+def ensure_evaluators(
+    config: EvaluatorConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu", progress: bool = True,
+) -> Evaluators:
+    """The evaluators of ``data_dir`` in ``out_dir``: loaded, or rendered and trained (module docstring)."""
+    out_dir = Path(out_dir)
+    cohort_dir = ensure_cohort(data_dir, config, out_dir / COHORT_DIR, progress)
+    classifier_config = config.classifier_config()
+    classifier_path = out_dir / CLASSIFIER_NAME
+    if classifier_path.is_file():
+        classifier, classifier_metrics = load_classifier(classifier_path, classifier_config, device)
+    else:
+        classifier, classifier_metrics, _ = train_classifier(cohort_dir, classifier_config, out_dir, device, progress)
+    vocabulary = Vocabulary.load(cohort_dir / VOCAB_NAME)
+    vcn = ensure_vcns(out_dir, cohort_dir, [config.vcn_config()], vocabulary, device, progress)[config.image_size]
+    cohort = json.loads((cohort_dir / COHORT_NAME).read_text(encoding="utf-8"))
+    metrics = {"classifier": classifier_metrics, "vcn": vcn.metrics, "cohort": cohort, "config": asdict(config)}
+    return Evaluators(
+        classifier=classifier, vcn=vcn.model, classifier_path=classifier_path, vcn_path=vcn_path(out_dir, config.image_size),
+        image_size=config.image_size, metrics=metrics, cohort_dir=cohort_dir,
+    )  # fmt: skip

@@ -1,0 +1,598 @@
+"""Training the Table-1 baselines (GAN-INT-CLS, StackGAN, AttnGAN) with XRayGAN's report encoder.
+
+The paper compares XRayGAN with three text-to-image GANs "given the same hierarchical report
+encoder". Here each baseline (networks in :mod:`xrg.models.baselines`) is trained with an
+HAE built from scratch (:func:`xrg.models.encoder.build_encoder`, ``kind="hierarchical"``)
+and trained jointly with its generators, as in XRayGAN, on the train split only. Both views
+are generated, one generator and discriminator (per stage) per view, from one shared report
+condition. All losses are the originals' non-saturating binary cross-entropies; Adam with
+``lr`` 2e-4 and β = (0.5, 0.999), the learning rate halved every ``lr_decay_every`` (100)
+epochs of a phase (GAN-INT-CLS and StackGAN; AttnGAN kept it fixed: ``lr_decay: 1``).
+
+* ``gan_int_cls`` (Reed et al. 2016), one phase at the final size. **GAN-CLS**, the
+  matching-aware discriminator: ``L_D = BCE(D(x, c), 1) + ½·[BCE(D(G(z, c), c), 0) +
+  mismatch_weight · BCE(D(x, c_wrong), 0)]`` where ``c_wrong`` is the report of another case of
+  the batch, of another patient (:func:`mismatched_partners`). **GAN-INT**: the generator is also
+  trained on interpolated reports, ``L_G = BCE(D(G(z, c), c), 1) + BCE(D(G(z', c_β), c_β), 1)``
+  with ``c_β = β·c₁ + (1 − β)·c₂``, β = 0.5, ``c₂`` the mismatched partner's report.
+* ``stackgan`` (Zhang et al. 2017), two phases: Stage I at ``base_size`` for
+  ``round(stage1_fraction · num_epochs)`` epochs (at least 1), then Stage II at the final size
+  for the rest, with everything that makes the Stage-I image — the encoder, Stage I's CA and
+  generators — frozen (eval mode, no gradients; StackGAN's text encoder was fixed throughout).
+  Each stage's discriminators have the matching-aware loss above; the generator adds
+  ``kl_weight`` (2 in the original) × the KL term of the stage's conditioning augmentation.
+* ``attngan`` (Xu et al. 2018), one phase training the whole cascade end to end. Every stage's
+  discriminator has AttnGAN's loss, ``L_D = ½·[BCE(D_u(x), 1) + BCE(D_c(x, c), 1)] +
+  ⅓·[BCE(D_u(x̂), 0) + BCE(D_c(x̂, c), 0) + mismatch_weight · BCE(D_c(x, c_wrong), 0)]``; the
+  generator sums ``BCE(D_u(x̂), 1) + BCE(D_c(x̂, c), 1)`` over the stages, plus ``kl_weight`` ×
+  the CA KL term (1 in AttnGAN's code). The DAMSM term is left out (see
+  :mod:`xrg.models.baselines`).
+
+The discriminators see ``c`` detached; the encoder learns from the generator losses, as in
+XRayGAN. ``rec_weight`` (default 0: the originals have no such term) adds ``rec_weight ×
+Σ MSE(fake, real)`` over views and trained stages to the generator loss, so the baselines
+can be given XRayGAN's L2 × 100 for a comparison with equal supervision; ``rec_loss`` is
+logged either way. Real targets of lower stages are the real images area-downsampled.
+
+Runs behave like XRayGAN runs (:mod:`xrg.train.xraygan`, whose helpers are reused): a new run
+refuses a directory holding a checkpoint, ``resume=True`` continues one to the bit on CPU
+(from the exact batch); ``RUN/checkpoint.pt`` is written at the start, after every epoch and
+on SIGINT/SIGTERM; a NaN or infinite loss raises :class:`~xrg.errors.TrainingDiverged`
+before any step on it; every epoch appends a row to ``RUN/metrics.jsonl`` (``kind:
+"baseline"``), re-estimates the generators' BatchNorm statistics and writes
+``RUN/samples/stage<k>_<size>px.png``. :func:`load_baseline` turns a checkpoint into the
+evaluation's :class:`~xrg.eval.generators.PairGenerator`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xrg.data.datasets import collate_pairs, resize_image
+from xrg.data.images import save_png
+from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, Vocabulary
+from xrg.errors import CheckpointError, ConfigError
+from xrg.models.baselines import (
+    BASELINE_METHODS,
+    VIEWS,
+    BaselineConfig,
+    ConditionalDiscriminator,
+    GeneratorOutput,
+    TextCondition,
+    build_discriminators,
+    build_generator,
+    compact_words,
+    kl_divergence,
+)
+from xrg.models.encoder import EncoderConfig, build_encoder
+from xrg.models.xraygan import to_image_range
+from xrg.profiles import Profile
+from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint
+from xrg.train.config import config_from_mapping
+from xrg.train.loop import CHECKPOINT_NAME, SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite
+from xrg.train.runtime import epoch_batches, recalibrate_batchnorm
+from xrg.train.vcn import negative_partners
+from xrg.train.xraygan import real_images, sample_grid
+
+__all__ = [
+    "BASELINE_METHODS", "BaselineTrainConfig", "BaselineTrainer", "BaselineGenerator", "load_baseline",
+    "mismatched_partners", "training_phases",
+]  # fmt: skip
+
+#: Keys of every line of ``RUN/metrics.jsonl`` (losses a method lacks are null).
+METRIC_KEYS: tuple[str, ...] = (
+    "kind", "method", "phase", "stage", "image_size", "epoch", "step", "d_loss", "d_wrong", "g_loss", "adv_loss",
+    "kl_loss", "rec_loss", "lr", "seconds", "images_per_s",
+)  # fmt: skip
+LOSS_KEYS: tuple[str, ...] = ("d_loss", "d_wrong", "g_loss", "adv_loss", "kl_loss", "rec_loss")
+INTERPOLATION_BETA = 0.5  # GAN-INT's β (Reed et al. §4.3)
+
+
+@dataclass
+class BaselineTrainConfig:
+    """Everything one baseline run is built and trained from; defaults follow the originals at 256².
+
+    ``num_epochs`` counts passes over the train split in all; StackGAN gives
+    ``round(stage1_fraction · num_epochs)`` (at least 1) to Stage I and the rest to Stage II.
+    """
+
+    method: str = "gan_int_cls"  # one of BASELINE_METHODS
+    # report encoder: XRayGAN's HAE (§2.1), trained jointly from scratch
+    embed_dim: int = 128
+    hidden: int = 128  # LSTM units per direction; c has 4 * hidden dims
+    encoder_dropout: float = 0.0
+    max_sentences: int = MAX_SENTENCES
+    max_words: int = MAX_WORDS
+    # networks
+    image_size: int = 256  # final resolution
+    base_size: int = 64  # StackGAN Stage I, AttnGAN's first stage (64 for 256 in both papers)
+    noise_dim: int = 100
+    ca_dim: int = 128  # ĉ of the CA (StackGAN 128, AttnGAN 100), GAN-INT-CLS's compressed text (128)
+    gen_channels: int = 64
+    disc_channels: int = 64
+    max_channels: int = 512
+    # objective
+    kl_weight: float = 2.0  # StackGAN's λ (AttnGAN's code: 1)
+    mismatch_weight: float = 1.0  # the (real image, wrong report) term of the discriminator
+    rec_weight: float = 0.0  # L2 to the report's real image (XRayGAN: 100); the originals have none
+    # optimisation
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    lr_decay: float = 0.5
+    lr_decay_every: int = 100  # epochs of a phase
+    batch_size: int = 64
+    num_epochs: int = 600
+    stage1_fraction: float = 0.5  # StackGAN: share of the epochs for Stage I
+    # run
+    seed: int = 0
+    num_samples: int = 4  # validation cases in each sample grid
+    bn_recalibration_batches: int = 20  # train batches re-estimating BatchNorm statistics each epoch (0: off)
+
+    def __post_init__(self) -> None:
+        if self.method not in BASELINE_METHODS:
+            raise ConfigError(f"method must be one of {BASELINE_METHODS}, got {self.method!r}")
+        self.model_config()  # validates sizes and widths
+        self.encoder_config(vocab_size=3)  # validates the encoder settings
+        if self.max_sentences < 1 or self.max_words < 1:
+            raise ConfigError(f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 < self.lr_decay <= 1 or self.lr_decay_every < 1:
+            raise ConfigError(f"need 0 < lr_decay <= 1 and lr_decay_every >= 1, got {self.lr_decay}, {self.lr_decay_every}")
+        if self.batch_size < 2:
+            raise ConfigError(f"batch_size must be at least 2 (BatchNorm, mismatched pairs), got {self.batch_size}")
+        if self.num_epochs < 1:
+            raise ConfigError(f"num_epochs must be at least 1, got {self.num_epochs}")
+        if not 0 < self.stage1_fraction < 1:
+            raise ConfigError(f"stage1_fraction must be in (0, 1), got {self.stage1_fraction}")
+        if self.method == "stackgan" and self.num_epochs < 2:
+            raise ConfigError(f"stackgan needs num_epochs >= 2 (Stage I, then Stage II), got {self.num_epochs}")
+        for name in ("kl_weight", "mismatch_weight", "rec_weight", "encoder_dropout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.num_samples < 0 or self.bn_recalibration_batches < 0:
+            raise ConfigError(
+                f"num_samples and bn_recalibration_batches must be >= 0, got {self.num_samples}, "
+                f"{self.bn_recalibration_batches}"
+            )
+
+    @classmethod
+    def from_profile(
+        cls, profile: Profile, method: str, overrides: dict[str, Any] | None = None
+    ) -> "BaselineTrainConfig":
+        """The profile's ``baselines:`` section for ``method``, then ``overrides``.
+
+        Both may hold per-method sub-sections (``attngan: {kl_weight: 1.0}``) that override
+        their common settings for that method only; the seed defaults to the profile's.
+        """
+        where = f"baselines settings of profile {profile.name!r}"
+        values: dict[str, Any] = {"seed": profile.seed}
+        for source in (profile.section("baselines"), dict(overrides or {})):
+            values.update({k: v for k, v in source.items() if k not in BASELINE_METHODS})
+            specific = source.get(method, {})
+            if not isinstance(specific, dict):
+                raise ConfigError(f"{where}: {method} must be a mapping of settings, got {specific!r}")
+            values.update(specific)
+        values["method"] = method
+        return config_from_mapping(cls, values, where=where)
+
+    def encoder_config(self, vocab_size: int) -> EncoderConfig:
+        return EncoderConfig(
+            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
+            kind="hierarchical",
+        )  # fmt: skip
+
+    def model_config(self) -> BaselineConfig:
+        return BaselineConfig(
+            method=self.method, cond_dim=4 * self.hidden, word_dim=2 * self.hidden, image_size=self.image_size,
+            base_size=self.base_size, noise_dim=self.noise_dim, ca_dim=self.ca_dim, gen_channels=self.gen_channels,
+            disc_channels=self.disc_channels, max_channels=self.max_channels,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BaselinePhase:
+    """One block of training: generator stages up to ``stage`` make ``image_size`` images."""
+
+    name: str  # "gan" (GAN-INT-CLS), "stage1"/"stage2" (StackGAN), "joint" (AttnGAN)
+    stage: int
+    image_size: int
+    num_epochs: int
+
+    def lr_at(self, epoch: int, config: BaselineTrainConfig) -> float:
+        return config.lr * config.lr_decay ** (epoch // config.lr_decay_every)
+
+
+def training_phases(config: BaselineTrainConfig) -> list[BaselinePhase]:
+    """The phases of a run, in order (see the module docstring)."""
+    sizes = config.model_config().stage_sizes
+    if config.method == "stackgan":
+        first = max(1, int(config.num_epochs * config.stage1_fraction + 0.5))
+        first = min(first, config.num_epochs - 1)
+        return [BaselinePhase("stage1", 0, sizes[0], first), BaselinePhase("stage2", 1, sizes[1], config.num_epochs - first)]
+    name = "gan" if config.method == "gan_int_cls" else "joint"
+    return [BaselinePhase(name, len(sizes) - 1, sizes[-1], config.num_epochs)]
+
+
+def mismatched_partners(patient_ids: Sequence[str], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """For GAN-CLS's wrong reports: ``(rows, partners)``, the report of case ``partners[k]`` pairs with the
+    image of case ``rows[k]``; never the same case or the same patient (see
+    :func:`xrg.train.vcn.negative_partners`: a random cyclic order, clashing rows dropped)."""
+    return negative_partners(list(patient_ids), generator)
+
+
+# --------------------------------------------------------------------------------------
+# The model of one run
+# --------------------------------------------------------------------------------------
+
+
+class BaselineModel(nn.Module):
+    """The report encoder, the baseline's generators and (for training) its discriminators.
+
+    ``discriminators[view][str(stage)]`` exists for every generator stage.
+    """
+
+    def __init__(self, config: BaselineTrainConfig, vocab_size: int, with_discriminators: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.net_config = config.model_config()
+        self.encoder = build_encoder(config.encoder_config(vocab_size))
+        self.generator = build_generator(self.net_config)
+        if with_discriminators:
+            self.discriminators = build_discriminators(self.net_config)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, batch: dict[str, Any]) -> TextCondition:
+        """The condition of a :func:`collate_pairs` batch (its id and mask tensors)."""
+        keys = ("findings_ids", "findings_mask", "impression_ids", "impression_mask")
+        inputs = [batch[key].to(self.device) for key in keys]
+        encoding = self.encoder(*inputs)
+        if self.config.method != "attngan":
+            return TextCondition(encoding.c)
+        sections = [(encoding.findings.word_states, inputs[1]), (encoding.impression.word_states, inputs[3])]
+        words, mask = compact_words(sections)
+        return TextCondition(encoding.c, words, mask)
+
+    def frozen_modules(self, phase: BaselinePhase) -> list[nn.Module]:
+        """What ``phase`` reads without training it: StackGAN Stage II freezes all that makes Stage I."""
+        if self.config.method == "stackgan" and phase.stage == 1:
+            return [self.encoder, self.generator.ca1, self.generator.stage1]
+        return []
+
+    def trained_generator_modules(self, phase: BaselinePhase) -> list[nn.Module]:
+        if self.config.method == "stackgan":
+            if phase.stage == 0:
+                return [self.encoder, self.generator.ca1, self.generator.stage1]
+            return [self.generator.ca2, self.generator.stage2]
+        return [self.encoder, self.generator]
+
+    def trained_stages(self, phase: BaselinePhase) -> tuple[int, ...]:
+        """Generator stages whose images meet a discriminator in ``phase``."""
+        if self.config.method == "attngan":
+            return tuple(range(phase.stage + 1))
+        return (phase.stage,)
+
+    def discriminator_parameters(self, phase: BaselinePhase) -> list[nn.Parameter]:
+        return [
+            p for per_view in self.discriminators.values() for stage in self.trained_stages(phase)
+            for p in per_view[str(stage)].parameters()
+        ]  # fmt: skip
+
+    def train_mode(self, phase: BaselinePhase) -> None:
+        self.train()
+        for module in self.frozen_modules(phase):
+            module.eval()
+
+    def generate_for(
+        self, phase: BaselinePhase, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[TextCondition, GeneratorOutput]:
+        """The condition and the trainable part of the generator output of ``phase``.
+
+        For StackGAN Stage II the condition and the Stage-I images come without gradients and
+        the output holds only Stage II (its image and its CA term).
+        """
+        if self.config.method == "stackgan" and phase.stage == 1:
+            with torch.no_grad():
+                condition = self.encode(batch)
+                first = self.generator.stage_one(condition.c, generator)
+            return condition, self.generator.stage_two(condition.c, first.images[0], generator)
+        condition = self.encode(batch)
+        return condition, self.generator(condition, generator, upto_stage=phase.stage)
+
+    def stage_images(self, phase: BaselinePhase, output: GeneratorOutput) -> dict[int, dict[str, torch.Tensor]]:
+        """``{stage: {view: image}}`` of the stages trained in ``phase``."""
+        stages = self.trained_stages(phase)
+        return dict(zip(stages, output.images[-len(stages) :]))
+
+
+# --------------------------------------------------------------------------------------
+# One training step
+# --------------------------------------------------------------------------------------
+
+
+def make_optimizers(model: BaselineModel, phase: BaselinePhase, phase_index: int, config: BaselineTrainConfig) -> Optimizers:
+    betas = tuple(config.betas)
+    generator_parameters = [p for m in model.trained_generator_modules(phase) for p in m.parameters()]
+    return Optimizers(
+        phase_index,
+        torch.optim.Adam(generator_parameters, lr=config.lr, betas=betas),
+        torch.optim.Adam(model.discriminator_parameters(phase), lr=config.lr, betas=betas),
+    )
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def discriminator_loss(
+    discriminator: ConditionalDiscriminator,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    c: torch.Tensor,
+    rows: torch.Tensor,
+    partners: torch.Tensor,
+    mismatch_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matching-aware loss of one discriminator (GAN-CLS; with AttnGAN's unconditional terms
+    when it has that head) and its (real image, wrong report) term, for logging.
+
+    ``fake`` and ``c`` should come detached. Rows of ``real`` pair with the reports ``c[partners]``.
+    """
+    real_features = discriminator.features(real)
+    fake_features = discriminator.features(fake)
+    real_right = _bce(discriminator.cond_logits(real_features, c), 1.0)
+    fake_right = _bce(discriminator.cond_logits(fake_features, c), 0.0)
+    wrong = torch.zeros((), device=real.device)
+    if rows.numel():
+        wrong = _bce(discriminator.cond_logits(real_features[rows], c[partners]), 0.0)
+    if discriminator.uncond is None:
+        return real_right + 0.5 * (fake_right + mismatch_weight * wrong), wrong
+    real_uncond = _bce(discriminator.uncond_logits(real_features), 1.0)
+    fake_uncond = _bce(discriminator.uncond_logits(fake_features), 0.0)
+    loss = 0.5 * (real_uncond + real_right) + (fake_uncond + fake_right + mismatch_weight * wrong) / 3.0
+    return loss, wrong
+
+
+def generator_adversarial_loss(discriminator: ConditionalDiscriminator, fake: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Non-saturating ``BCE(D(fake, c), 1)`` (+ the unconditional term for AttnGAN's discriminators)."""
+    features = discriminator.features(fake)
+    loss = _bce(discriminator.cond_logits(features, c), 1.0)
+    if discriminator.uncond is not None:
+        loss = loss + _bce(discriminator.uncond_logits(features), 1.0)
+    return loss
+
+
+def train_step(
+    model: BaselineModel, batch: dict[str, Any], phase: BaselinePhase, optimizers: Optimizers, config: BaselineTrainConfig
+) -> dict[str, float]:
+    """One discriminator update, then one generator update on the same batch (module docstring)."""
+    device = model.device
+    full = real_images(batch, VIEWS, device)
+    condition, output = model.generate_for(phase, batch)
+    fakes = model.stage_images(phase, output)
+    sizes = model.net_config.stage_sizes
+    reals = {stage: {view: resize_image(full[view], sizes[stage]) for view in VIEWS} for stage in fakes}
+    # Area-downsampling [-1, 1] images is linear, so it commutes with to_model_range.
+    rows, partners = mismatched_partners(batch["patient_id"], torch.default_generator)
+    rows, partners = rows.to(device), partners.to(device)
+    critics = {(stage, view): model.discriminators[view][str(stage)] for stage in fakes for view in VIEWS}
+    detached = condition.c.detach()
+
+    d_loss = torch.zeros((), device=device)
+    d_wrong = torch.zeros((), device=device)
+    for (stage, view), critic in critics.items():
+        loss, wrong = discriminator_loss(
+            critic, reals[stage][view], fakes[stage][view].detach(), detached, rows, partners, config.mismatch_weight
+        )
+        d_loss, d_wrong = d_loss + loss, d_wrong + wrong.detach() / len(critics)
+    require_finite({"d_loss": d_loss}, "discriminator loss")
+    optimizers.discriminator.zero_grad(set_to_none=True)
+    d_loss.backward()
+    optimizers.discriminator.step()
+
+    for critic in critics.values():
+        critic.requires_grad_(False)
+    try:
+        adv_loss = sum(generator_adversarial_loss(critic, fakes[s][v], condition.c) for (s, v), critic in critics.items())
+        if config.method == "gan_int_cls" and rows.numel():
+            mixed = INTERPOLATION_BETA * condition.c[rows] + (1.0 - INTERPOLATION_BETA) * condition.c[partners]
+            interpolated = model.generator(TextCondition(mixed)).images[-1]
+            adv_loss = adv_loss + sum(
+                generator_adversarial_loss(critic, interpolated[v], mixed) for (_, v), critic in critics.items()
+            )
+        rec_loss = sum(F.mse_loss(fakes[s][v], reals[s][v]) for s, v in critics)
+        g_loss = adv_loss + config.rec_weight * rec_loss
+        losses = {"d_loss": d_loss, "d_wrong": d_wrong, "adv_loss": adv_loss, "rec_loss": rec_loss}
+        if output.kl_terms:
+            kl_loss = sum(kl_divergence(mu, logvar) for mu, logvar in output.kl_terms)
+            g_loss = g_loss + config.kl_weight * kl_loss
+            losses["kl_loss"] = kl_loss
+        losses["g_loss"] = g_loss
+        require_finite(losses, "generator loss")
+        optimizers.generator.zero_grad(set_to_none=True)
+        g_loss.backward()
+        optimizers.generator.step()
+    finally:
+        for critic in critics.values():
+            critic.requires_grad_(True)
+    return {name: float(value.detach()) for name, value in losses.items()}
+
+
+# --------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------
+
+
+class BaselineTrainer(PhasedTrainer):
+    """One baseline run in ``run_dir`` over the data directory ``data_dir`` (module docstring).
+
+    A new run refuses a ``run_dir`` that already holds a checkpoint; ``resume=True``
+    continues one, after checking that it was written with the same config and vocabulary.
+    Checkpoints, resume and the loop are :class:`~xrg.train.loop.PhasedTrainer`'s.
+    """
+
+    kind = "baseline"
+    metric_keys = METRIC_KEYS
+    loss_keys = LOSS_KEYS
+
+    def __init__(
+        self,
+        config: BaselineTrainConfig,
+        data_dir: str | os.PathLike,
+        run_dir: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.progress = progress
+        self.phases = training_phases(config)
+        self._load_train_sets(data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words)
+        self._check_run_dir(Path(run_dir), resume)
+        torch.manual_seed(config.seed)
+        self.model = BaselineModel(config, len(self.vocabulary)).to(self.device)
+        self._start(config.seed, resume)
+
+    # ---- hooks of the shared loop -------------------------------------------------------
+
+    def _progress_extras(self) -> dict[str, Any]:
+        return {"method": self.config.method}
+
+    def _metric_extras(self) -> dict[str, Any]:
+        return {"method": self.config.method}
+
+    def _phase_label(self, phase: BaselinePhase) -> str:
+        return f"{self.config.method}, {phase.name} phase"
+
+    def _progress_label(self, phase: BaselinePhase) -> str:
+        return f"{self.config.method} {phase.name} ({phase.image_size}px)"
+
+    def _make_optimizers(self, phase: BaselinePhase, phase_index: int) -> Optimizers:
+        return make_optimizers(self.model, phase, phase_index, self.config)
+
+    def _batch_size(self, phase: BaselinePhase) -> int:
+        return self.config.batch_size
+
+    def _begin_phase(self, phase: BaselinePhase) -> None:
+        for module in self.model.frozen_modules(phase):
+            module.requires_grad_(False)
+
+    def _train_mode(self, phase: BaselinePhase) -> None:
+        self.model.train_mode(phase)
+
+    def _step(self, phase: BaselinePhase, batch: dict[str, Any]) -> dict[str, float]:
+        return train_step(self.model, batch, phase, self.optimizers, self.config)
+
+    def _after_epoch(self, phase: BaselinePhase) -> None:
+        self.recalibrate(phase)
+        self.write_samples(phase)
+
+    def recalibrate(self, phase: BaselinePhase) -> int:
+        """Re-estimate the BatchNorm statistics of the generators ``phase`` trains (as XRayGAN does).
+
+        See :func:`xrg.train.runtime.recalibrate_batchnorm`. The encoder runs in eval mode (as at
+        generation); batches and noise come from generators seeded by the run seed, the phase
+        and the epoch, so the global RNG (and so a resumed run) is untouched.
+        """
+        count = self.config.bn_recalibration_batches
+        if count == 0:
+            return 0
+        train_set = self.train_sets[phase.image_size]
+        seed = (self.config.seed * 1_000_003 + self.position.phase * 1_009 + self.position.epoch) % 2**63
+        order = epoch_batches(len(train_set), self.config.batch_size, torch.Generator().manual_seed(seed))[:count]
+        noise_source = torch.Generator().manual_seed(seed + 1)
+        trained = nn.ModuleList(m for m in self.model.trained_generator_modules(phase) if m is not self.model.encoder)
+
+        def forward_passes() -> Iterator[None]:
+            for indices in order:
+                self.model.generate_for(phase, collate_pairs([train_set[i] for i in indices]), noise_source)
+                yield None
+
+        self.model.eval()
+        try:
+            return recalibrate_batchnorm(trained, forward_passes)
+        finally:
+            self.model.train_mode(phase)
+
+    @torch.no_grad()
+    def write_samples(self, phase: BaselinePhase) -> Path | None:
+        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
+        if self.config.num_samples == 0:
+            return None
+        batch = self._sample_batch(phase.image_size, self.config.num_samples)
+        self.model.eval()
+        try:
+            _, output = self.model.generate_for(phase, batch, torch.Generator().manual_seed(self.config.seed))
+        finally:
+            self.model.train_mode(phase)
+        fake = output.images[-1]
+        real = real_images(batch, tuple(fake), self.device)
+        return save_png(self.run_dir / SAMPLES_DIR / f"stage{phase.stage}_{phase.image_size}px.png", sample_grid(real, fake))
+
+
+# --------------------------------------------------------------------------------------
+# Generation from a checkpoint
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaselineGenerator:
+    """A trained baseline behind the evaluation's :class:`~xrg.eval.generators.PairGenerator` interface."""
+
+    model: BaselineModel
+    config: BaselineTrainConfig
+    vocabulary: Vocabulary
+    path: Path
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def max_sentences(self) -> int:
+        return self.config.max_sentences
+
+    @property
+    def max_words(self) -> int:
+        return self.config.max_words
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Both views at the final size in [0, 1] on the CPU; noise and CA samples come from ``generator``."""
+        self.model.eval()
+        images = self.model.generator(self.model.encode(batch), generator).images[-1]
+        return {view: to_image_range(images[view]).clamp(0, 1).cpu() for view in VIEWS}
+
+
+def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu") -> BaselineGenerator:
+    """The generator of a baseline checkpoint (or run directory), rebuilt from its stored config."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    payload = load_checkpoint(path, "baseline", map_location=device)
+    config = checkpoint_config(payload, BaselineTrainConfig, path)
+    vocabulary = checkpoint_vocabulary(payload, path)
+    model = BaselineModel(config, len(vocabulary), with_discriminators=False)
+    try:
+        model.encoder.load_state_dict(payload["state"]["encoder"])
+        model.generator.load_state_dict(payload["state"]["generator"])
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not match its config ({config.method}): {exc}") from exc
+    return BaselineGenerator(model.to(device).eval(), config, vocabulary, path)
