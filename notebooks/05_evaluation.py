@@ -155,7 +155,7 @@ display_div
 # %% [markdown]
 # ## Controllability
 #
-# Held-out reports edited by {mod}`xrg.data.edits`: one finding negated, or its severity
+# Held-out reports edited by `xrg.data.edits`: one finding negated, or its severity
 # moved; both versions generated with the same seed. An edit succeeds when the classifier's
 # probability of the edited finding moves the intended way; the spill-over is the mean
 # change of the other findings.

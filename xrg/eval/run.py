@@ -52,6 +52,8 @@ from xrg.train.config import config_from_mapping
 
 EVAL_NAME = "eval.json"
 EVAL_FORMAT = "xrg-eval-1"
+#: What makes an existing ``eval.json`` current: the same checkpoints, data and Inception file.
+FRESHNESS_KEYS: tuple[str, ...] = ("run_sha256", "classifier_sha256", "vcn_sha256", "data_dir", "inception_weights")
 
 
 @dataclass
@@ -227,7 +229,9 @@ def evaluate_run(
         import json
 
         previous = json.loads(out_path.read_text(encoding="utf-8"))
-        if previous.get("format") == EVAL_FORMAT and previous.get("sources") == sources and previous.get("config") == dataclasses.asdict(config):
+        # Files are compared by content, not by the path they were reached by (relative or absolute).
+        same_inputs = all(previous.get("sources", {}).get(key) == sources[key] for key in FRESHNESS_KEYS)
+        if previous.get("format") == EVAL_FORMAT and same_inputs and previous.get("config") == dataclasses.asdict(config):
             return previous
 
     model = load_generator(run_path, device)
