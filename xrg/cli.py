@@ -26,7 +26,7 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from xrg.errors import DiskFullError, XrgError
 
@@ -103,6 +103,23 @@ def _resume_command(args: argparse.Namespace) -> str:
     return shlex.join([*words, "--resume"])
 
 
+def _train_to_the_end(trainer: Any, args: argparse.Namespace) -> int:
+    """Run a trainer, saying how to resume when it stops early (exit 130 after SIGINT/SIGTERM)."""
+    for note in trainer.notes:
+        print(f"note: {note}")
+    try:
+        result = trainer.train(max_steps=args.max_steps)
+    except DiskFullError:
+        print(f"xrg: once there is space again, resume with: {_resume_command(args)}", file=sys.stderr)
+        raise
+    if result.finished:
+        print(f"finished after {result.step} steps: {result.checkpoint}; metrics in {trainer.metrics_path}")
+        return 0
+    print(f"stopped ({result.stopped_by}) after step {result.step}; checkpoint saved to {result.checkpoint}")
+    print(f"resume with: {_resume_command(args)}")
+    return 130 if result.stopped_by in ("SIGINT", "SIGTERM") else 0
+
+
 def _cmd_train_xraygan(args: argparse.Namespace) -> int:
     from xrg.profiles import load_profile
     from xrg.train.config import parse_overrides
@@ -116,21 +133,9 @@ def _cmd_train_xraygan(args: argparse.Namespace) -> int:
     trainer = XRayGANTrainer(
         config, args.data, args.out, vcn_config, device=args.device, resume=args.resume, progress=not args.quiet
     )
-    for note in trainer.notes:
-        print(f"note: {note}")
     for size, vcn in sorted(trainer.vcns.items()):
         print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
-    try:
-        result = trainer.train(max_steps=args.max_steps)
-    except DiskFullError:
-        print(f"xrg: once there is space again, resume with: {_resume_command(args)}", file=sys.stderr)
-        raise
-    if result.finished:
-        print(f"finished after {result.step} steps: {result.checkpoint}; metrics in {trainer.metrics_path}")
-        return 0
-    print(f"stopped ({result.stopped_by}) after step {result.step}; checkpoint saved to {result.checkpoint}")
-    print(f"resume with: {_resume_command(args)}")
-    return 130 if result.stopped_by in ("SIGINT", "SIGTERM") else 0
+    return _train_to_the_end(trainer, args)
 
 
 def _cmd_train_baseline(args: argparse.Namespace) -> int:
@@ -141,19 +146,7 @@ def _cmd_train_baseline(args: argparse.Namespace) -> int:
     config = BaselineTrainConfig.from_profile(load_profile(args.profile), args.method, parse_overrides(args.set))
     print(f"{args.method} run {args.out} on {args.data}: {config}")
     trainer = BaselineTrainer(config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
-    for note in trainer.notes:
-        print(f"note: {note}")
-    try:
-        result = trainer.train(max_steps=args.max_steps)
-    except DiskFullError:
-        print(f"xrg: once there is space again, resume with: {_resume_command(args)}", file=sys.stderr)
-        raise
-    if result.finished:
-        print(f"finished after {result.step} steps: {result.checkpoint}; metrics in {trainer.metrics_path}")
-        return 0
-    print(f"stopped ({result.stopped_by}) after step {result.step}; checkpoint saved to {result.checkpoint}")
-    print(f"resume with: {_resume_command(args)}")
-    return 130 if result.stopped_by in ("SIGINT", "SIGTERM") else 0
+    return _train_to_the_end(trainer, args)
 
 
 def _cmd_train_vcn(args: argparse.Namespace) -> None:
