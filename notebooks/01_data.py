@@ -34,7 +34,7 @@ seed: int = 0  # seed of the dataset build (patient anatomy, split)
 examples_seed: int = 7  # phantom patient shown in the per-finding gallery
 gallery_size: int = 64  # image size of the gallery, 32..256
 # Labeller agreement
-agreement_reports: int = 300  # reports scored for MeSH vs text agreement, 0 = all
+agreement_reports: int = 300  # reports scored for MeSH vs text agreement (0 for all)
 
 # %% tags=["hide-input"]
 from collections import Counter
@@ -229,3 +229,7 @@ for col, case in enumerate(sample):
     axes[0, col].set_title(case.id, fontsize=9)
 fig.tight_layout()
 plt.show()
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish();

@@ -136,3 +136,7 @@ with torch.no_grad():
 max_difference = float((together - alone).abs().max())
 glue("encoder_padding_max_diff", max_difference, display=False)
 print(f"largest difference between batched and single encodings: {max_difference:.2e}")
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish();

@@ -94,3 +94,7 @@ summary = pd.DataFrame(rows).set_index("resolution")
 glue("vcn_test_auroc", float(summary["auroc"].iloc[-1]), display=False)
 glue("vcn_real_vc", float(summary["real_vc"].iloc[-1]), display=False)
 summary.round(3)
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish();

@@ -139,3 +139,7 @@ vc = generated_vc(pipe, vcn.model, XRayPairDataset(data_dir, split="test", image
 glue("xraygan_generated_vc", vc["generated_vc"], display=False)
 glue("xraygan_real_vc", vc["real_vc"], display=False)
 pd.Series(vc).to_frame("value")
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish();

@@ -220,3 +220,7 @@ if closest:
         ax.axis("off")
     fig.tight_layout()
     plt.show()
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish();

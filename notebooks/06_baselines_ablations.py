@@ -111,3 +111,7 @@ for row, index in enumerate(chosen):
                 ax.set_ylabel(f"{reference.cases[index].id}\n{view}", fontsize=7)
 fig.tight_layout()
 plt.show()
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish();

@@ -33,3 +33,22 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Path:
     out = tmp_path_factory.mktemp("tiny-data")
     build_dataset(out, tiny_config, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The whole book executed with the tiny profile (`xrg book run --profile tiny`) and rendered.
+
+    Data, runs, executed notebooks and HTML live in a temporary folder, so the checkout's
+    own ``book/executed`` (usually the cpu profile's) is left alone. The notebook smoke
+    tests read their executed notebooks from here and the browser test serves the HTML.
+    """
+    from xrg.book import build_html, run_book
+
+    root = tmp_path_factory.mktemp("tiny-book")
+    paths = {"executed": root / "executed", "data": root / "data" / "tiny", "runs": root / "runs" / "tiny"}
+    timings = run_book("tiny", executed_dir=paths["executed"], data_root=root / "data", runs_root=root / "runs",
+                       progress=False)
+    paths["html"] = build_html(executed_dir=paths["executed"], build_dir=root / "_build")
+    paths["timings"] = timings  # type: ignore[assignment]
+    return paths

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jupytext
@@ -31,12 +32,25 @@ def test_py_and_ipynb_pairs_agree(script: Path):
         assert not cell.get("outputs"), f"{paired.name} is committed with outputs; commit it unexecuted"
 
 
+def test_parameters_cells_parse_as_papermill_reads_them():
+    """Every name in a parameters cell is one papermill sees (a comment it cannot parse drops it)."""
+    import papermill
+
+    for script in PAIRS:
+        cell = next(c for c in jupytext.read(script).cells if "parameters" in c.metadata.get("tags", []))
+        names = {m.group(1) for m in re.finditer(r"^(\w+)\s*:\s*\w+\s*=", cell.source, flags=re.M)}
+        declared = set(papermill.inspect_notebook(str(script.with_suffix(".ipynb"))))
+        assert names == declared, f"{script.name}: papermill reads {sorted(declared)} from {sorted(names)}"
+
+
+SMOKE_TESTED = {
+    "01_data", "02_encoder", "03_vcn", "04_xraygan", "05_evaluation", "06_baselines_ablations",
+    "09_report_explorer", "99_provenance",
+}
+
+
 def test_every_notebook_has_a_smoke_test():
-    assert set(notebook_names()) == {
-        "01_data", "02_encoder", "03_vcn", "04_xraygan", "05_evaluation", "06_baselines_ablations"
-    }, (
-        "add a smoke test for each new notebook"
-    )
+    assert set(notebook_names()) == SMOKE_TESTED, "add a smoke test for each new notebook"
 
 
 def glued(notebook_path: Path) -> dict[str, object]:
@@ -59,89 +73,128 @@ def errors(notebook_path: Path) -> list[str]:
     ]
 
 
+def executed(tiny_book, notebook: str) -> Path:
+    path = Path(tiny_book["executed"]) / f"{notebook}.ipynb"
+    assert path.is_file(), f"the tiny book did not execute {notebook}"
+    return path
+
+
 @pytest.mark.slow
-def test_01_data_runs_with_tiny_parameters(tiny_data, tmp_path):
-    params = notebook_parameters("tiny", "01_data")
-    params.update(data_dir=str(tiny_data), gallery_size=32, agreement_reports=60)
-    executed = execute_notebook("01_data", params, output_dir=tmp_path)
-    assert not errors(executed)
-    values = glued(executed)
+def test_the_tiny_book_executes_every_notebook_and_records_provenance(tiny_book):
+    from xrg.notebook import executed_provenance
+
+    for notebook in notebook_names():
+        assert not errors(executed(tiny_book, notebook)), f"{notebook} has error outputs"
+    rows = executed_provenance(tiny_book["executed"], exclude=("99_provenance",))
+    assert [row["notebook"] for row in rows] == [n for n in notebook_names() if n != "99_provenance"]
+    for row in rows:
+        assert row["recorded"], f"{row['notebook']} does not call run.finish()"
+        assert row["profile"] == "tiny" and row["seed"] == 0 and row["device"] == "cpu"
+        assert row["wall_seconds"] > 0 and row["code_version"]
+        assert row["params"]["data_dir"] == str(tiny_book["data"])
+
+
+@pytest.mark.slow
+def test_01_data_runs_with_tiny_parameters(tiny_book):
+    values = glued(executed(tiny_book, "01_data"))
     assert int(values["n_reports"]) > 3300  # the whole embedded Open-i corpus is read
-    assert int(values["n_cases"]) == 12
+    assert int(values["n_cases"]) == 40  # the tiny profile's data
     assert 0.0 <= float(values["labeller_micro_f1"]) <= 1.0
 
 
-def test_bad_notebook_parameters_fail_at_once(tmp_path):
-    import papermill
-
-    params = notebook_parameters("tiny", "01_data")
-    params.update(data_dir=str(tmp_path / "missing"))
-    with pytest.raises(papermill.PapermillExecutionError, match="data_dir"):
-        execute_notebook("01_data", params, output_dir=tmp_path)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tiny_data, tmp_path_factory):
-    """The tiny profile's XRayGAN run (VCNs included) on the 12-case dataset."""
-    from xrg.train.runs import ensure_xraygan_run
-
-    run_dir = tmp_path_factory.mktemp("tiny-run")
-    ensure_xraygan_run("tiny", tiny_data, run_dir, progress=False)
-    return run_dir
+@pytest.mark.slow
+def test_xraygan_notebooks_run_with_tiny_parameters(tiny_book):
+    assert float(glued(executed(tiny_book, "02_encoder"))["encoder_padding_max_diff"]) < 1e-5
+    vcn = glued(executed(tiny_book, "03_vcn"))
+    assert 0.0 <= float(vcn["vcn_test_auroc"]) <= 1.0 and 0.0 < float(vcn["vcn_real_vc"]) < 1.0
+    assert 0.0 < float(glued(executed(tiny_book, "04_xraygan"))["xraygan_generated_vc"]) < 1.0
+    # Trained once by the first notebook that needed it, found by the others.
+    assert (Path(tiny_book["runs"]) / "xraygan" / "checkpoint.pt").is_file()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("notebook", ["02_encoder", "03_vcn", "04_xraygan"])
-def test_xraygan_notebooks_run_with_tiny_parameters(notebook, tiny_data, tiny_run, tmp_path):
-    params = notebook_parameters("tiny", notebook)
-    params.update(data_dir=str(tiny_data), run_dir=str(tiny_run))
-    executed = execute_notebook(notebook, params, output_dir=tmp_path)
-    assert not errors(executed)
-    values = glued(executed)
-    if notebook == "02_encoder":
-        assert float(values["encoder_padding_max_diff"]) < 1e-5
-    if notebook == "03_vcn":
-        assert 0.0 <= float(values["vcn_test_auroc"]) <= 1.0 and 0.0 < float(values["vcn_real_vc"]) < 1.0
-    if notebook == "04_xraygan":
-        assert 0.0 < float(values["xraygan_generated_vc"]) < 1.0
-    # Re-running finds the finished run instead of training again.
-    assert (tiny_run / "checkpoint.pt").is_file()
-
-
-@pytest.fixture(scope="module")
-def tiny_experiment(tmp_path_factory):
-    """The experiment directory shared by the evaluation notebooks: evaluators, one run per method."""
-    return tmp_path_factory.mktemp("tiny-experiment")
-
-
-@pytest.mark.slow
-def test_05_evaluation_runs_with_tiny_parameters(tiny_data, tiny_run, tiny_experiment, tmp_path):
-    params = notebook_parameters("tiny", "05_evaluation")
-    params.update(data_dir=str(tiny_data), run_dir=str(tiny_run), experiment_dir=str(tiny_experiment))
-    executed = execute_notebook("05_evaluation", params, output_dir=tmp_path)
-    assert not errors(executed)
-    values = glued(executed)
+def test_05_evaluation_runs_with_tiny_parameters(tiny_book):
+    values = glued(executed(tiny_book, "05_evaluation"))
     assert float(values["eval_fid"]) >= 0.0
     assert 0.0 < float(values["eval_vc_generated"]) < 1.0 and 0.0 < float(values["eval_vc_real"]) < 1.0
     assert -1.0 <= float(values["eval_ssim_frontal"]) <= 1.0
     assert float(values["eval_memorisation_ratio"]) > 0.0
-    eval_json = json.loads((tiny_run / "eval.json").read_text())
-    assert eval_json["num_reports"] == len([1 for line in (tiny_data / "manifest.jsonl").read_text().splitlines()
-                                            if json.loads(line)["split"] == "test"])
+    eval_json = json.loads((Path(tiny_book["runs"]) / "xraygan" / "eval.json").read_text())
+    manifest = (Path(tiny_book["data"]) / "manifest.jsonl").read_text().splitlines()
+    assert eval_json["num_reports"] == sum(json.loads(line)["split"] == "test" for line in manifest)
 
 
 @pytest.mark.slow
-def test_06_baselines_ablations_runs_with_tiny_parameters(tiny_data, tiny_experiment, tmp_path):
-    params = notebook_parameters("tiny", "06_baselines_ablations")
-    params.update(data_dir=str(tiny_data), experiment_dir=str(tiny_experiment), num_examples=1)
-    executed = execute_notebook("06_baselines_ablations", params, output_dir=tmp_path)
-    assert not errors(executed)
-    values = glued(executed)
+def test_06_baselines_ablations_runs_with_tiny_parameters(tiny_book):
+    values = glued(executed(tiny_book, "06_baselines_ablations"))
+    experiment = Path(tiny_book["runs"]) / "experiments"
     for table, methods in (("table1", ("gan_int_cls", "stackgan", "attngan", "xraygan")),
                            ("table2", ("xraygan_no_vcn", "xraygan_no_mscgan", "xraygan_no_hae", "xraygan"))):
         for method in methods:
             assert float(values[f"{table}_{method}_fid"]) >= 0.0
             assert 0.0 < float(values[f"{table}_{method}_vc"]) < 1.0
-        assert (tiny_experiment / f"{table}.md").is_file()
-    summary = json.loads((tiny_experiment / "table1.json").read_text())
+        assert (experiment / f"{table}.md").is_file()
+    summary = json.loads((experiment / "table1.json").read_text())
     assert set(summary["rows"]) == {"gan_int_cls", "stackgan", "attngan", "xraygan"}
+
+
+@pytest.mark.slow
+def test_09_report_explorer_runs_with_tiny_parameters(tiny_book):
+    path = executed(tiny_book, "09_report_explorer")
+    values = glued(path)
+    assert 0.0 < float(values["explorer_response_s"]) < 30.0
+    assert int(values["explorer_num_edits"]) >= 1
+    state = nbformat.read(path, as_version=4).metadata["widgets"]["application/vnd.jupyter.widget-state+json"]
+    models = {model["model_name"] for model in state["state"].values()}
+    assert {"ImageModel", "TextareaModel", "ButtonModel"} <= models, f"saved widget models: {sorted(models)}"
+
+
+@pytest.mark.slow
+def test_99_provenance_tabulates_the_run(tiny_book):
+    values = glued(executed(tiny_book, "99_provenance"))
+    assert int(values["run_num_notebooks"]) == len(notebook_names()) - 1
+    assert values["run_profile"].strip("'") == "tiny" and values["run_devices"].strip("'") == "cpu"
+    assert float(values["run_total_minutes"]) > 0.0
+    assert int(values["run_num_cases"]) == 40
+
+
+@pytest.mark.slow
+def test_rerunning_the_book_with_nothing_changed_executes_nothing(tiny_book):
+    from xrg.book import run_book
+
+    paths = Path(tiny_book["executed"]), Path(tiny_book["data"]).parent, Path(tiny_book["runs"]).parent
+    timings = run_book("tiny", executed_dir=paths[0], data_root=paths[1], runs_root=paths[2], progress=False)
+    assert {name: seconds for name, seconds in timings.items() if name != "data"} == dict.fromkeys(notebook_names(), 0.0)
+    # A changed chapter makes the provenance page stale, and only it is executed again.
+    chapter = paths[0] / "03_vcn.ipynb"
+    notebook = nbformat.read(chapter, as_version=4)
+    notebook.metadata["touched_by_test"] = True
+    nbformat.write(notebook, chapter)
+    timings = run_book("tiny", only=["03_vcn"], executed_dir=paths[0], data_root=paths[1], runs_root=paths[2],
+                       progress=False)
+    assert timings["03_vcn"] == 0.0 and timings["99_provenance"] > 0.0
+
+
+def test_bad_notebook_parameters_fail_at_once(tmp_path):
+    import papermill
+
+    for bad, name in (({"data_dir": str(tmp_path / "missing")}, "data_dir"), ({"profile": "nonesuch"}, "profile"),
+                      ({"seed": -3}, "seed")):
+        params = notebook_parameters("tiny", "01_data")
+        params.update(bad)
+        with pytest.raises(papermill.PapermillExecutionError, match=name):
+            execute_notebook("01_data", params, output_dir=tmp_path, progress=False)
+        assert not (tmp_path / "01_data.ipynb").exists()  # a failed run never lands under the final name
+        assert (tmp_path / "01_data.failed.ipynb").is_file()
+
+
+def test_unknown_parameters_are_refused(tmp_path):
+    from xrg.book import run_book
+    from xrg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="declares only"):
+        notebook_parameters("tiny", "03_vcn", {"03_vcn": {"num_epoch": 3}})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("03_vnc: {seed: 1}\n")
+    with pytest.raises(ConfigError, match="unknown notebooks"):
+        run_book("tiny", params_file=params_file, executed_dir=tmp_path, data_root=tmp_path, runs_root=tmp_path)

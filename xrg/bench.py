@@ -2,6 +2,7 @@
 
 :func:`bench_data` measures how fast the CT phantom (:mod:`xrg.data.phantom`) renders
 frontal/lateral pairs with several worker processes, the way a dataset build uses it.
+:func:`bench_explorer` times the teaching report explorer's responses over a trained run.
 """
 
 from __future__ import annotations
@@ -125,3 +126,42 @@ def bench_data(sizes: Sequence[int] = (128, 256), n_pairs: int = 40, workers: in
             f"{row['ms_per_pair']:>8.1f} {row['peak_rss_mb']:>11.1f} {row['worker_init_s']:>6.2f}"
         )
     return {"rows": rows}
+
+
+def bench_explorer(
+    run_dir: str, data_dir: str | None = None, n: int = 10, seed: int = 0, print_fn=print
+) -> dict[str, Any]:
+    """Response times of the report explorer (:mod:`xrg.explorer`) over a run: ``generate``
+    of ``n`` reports (the test split of ``data_dir``, those with findings to edit first; else
+    built-in reports) and each kind of edit button on them (negate, milder, more severe, flip
+    side, make present), at the run's resolution. Prints median and p90 seconds per action;
+    returns ``{"image_size", "init_s", "failed", "rows": [...]}``."""
+    from xrg.explorer import ReportExplorer, load_report_choices, time_responses, toggles
+    from xrg.train.benchmarks import BENCH_REPORTS
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be a positive integer, got {n!r}")
+    start = time.perf_counter()
+    explorer = ReportExplorer.from_run(run_dir, seed=seed)
+    explorer.warmup()
+    init_s = time.perf_counter() - start
+    if data_dir is not None:
+        choices = load_report_choices(data_dir, split="test")
+        reports = [(c.text, c.patient_seed) for c in sorted(choices, key=lambda c: not toggles(c.text))[:n]]
+    else:
+        reports = [(BENCH_REPORTS[i % len(BENCH_REPORTS)], seed + i) for i in range(n)]
+    times, failed = time_responses(explorer, reports)
+    rows = [
+        {"action": action, "n": len(values), "median_s": float(np.median(values)),
+         "p90_s": float(np.percentile(values, 90))}
+        for action, values in times.items() if values
+    ]  # fmt: skip
+    size = explorer.image_size
+    print_fn(f"report explorer over {run_dir} at {size}² (phantom CT grid {explorer.renderer.volume_size}), "
+             f"{len(reports)} reports; start-up {init_s:.2f} s")  # fmt: skip
+    print_fn(f"{'action':<12} {'n':>4} {'median s':>9} {'p90 s':>7}")
+    for row in rows:
+        print_fn(f"{row['action']:<12} {row['n']:>4} {row['median_s']:>9.3f} {row['p90_s']:>7.3f}")
+    if failed:
+        print_fn(f"{failed} listed edit(s) failed verification and were not timed")
+    return {"image_size": size, "init_s": init_s, "failed": failed, "rows": rows}

@@ -4,20 +4,35 @@
 folder ``_toc.yml`` points to) with the profile's parameters. A notebook is executed again
 only when its source, its parameters or the library's code changed since its last
 successful run (a stamp per notebook records that), so re-running the book with nothing
-changed is quick. ``build_html`` renders the executed notebooks and the prose pages with
-Jupyter Book (``execute_notebooks: "off"``), warnings as errors by default.
+changed is quick. The last notebook, :data:`PROVENANCE_NOTEBOOK`, reads the provenance every
+other executed notebook recorded and tabulates the run for the intro page; it is executed
+again whenever any other executed notebook changed.
+
+``build_html`` renders the executed notebooks and the prose pages with Jupyter Book
+(``execute_notebooks: "off"``), warnings as errors by default. The JavaScript the pages
+need (``@jupyter-widgets/html-manager`` for the saved widget state, MathJax for formulas) is
+served from the book's own static files (:func:`ensure_static_assets`), not from a CDN, so
+the rendered book reads fully offline.
+
+The data, run and output folders default to the checkout's ``data/``, ``runs/``,
+``book/executed`` and ``_build``; the tests build the tiny book elsewhere.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
+import urllib.request
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import yaml
 
@@ -28,12 +43,43 @@ from xrg.profiles import load_profile
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
 EXECUTED_DIR = ROOT / "book" / "executed"
+STATIC_DIR = ROOT / "book" / "_static"
 DATA_ROOT = ROOT / "data"
 RUNS_ROOT = ROOT / "runs"
+BUILD_DIR = ROOT / "_build"
+
+#: Executed last; tabulates the provenance of every other executed notebook.
+PROVENANCE_NOTEBOOK = "99_provenance"
+
+#: JavaScript the rendered pages need, served from the book's static files instead of a CDN
+#: so the book reads offline: npm package, version, the registry's sha512, what to keep (a
+#: path prefix inside the package, stripped) and the folder under ``book/_static``.
+STATIC_ASSETS: dict[str, dict[str, Any]] = {
+    # Renders the saved widget state of the report explorer (``_config.yml``: nb_ipywidgets_js).
+    "jupyter-widgets": {
+        "package": "@jupyter-widgets/html-manager",
+        "version": "1.0.15",
+        "tarball": "https://registry.npmjs.org/@jupyter-widgets/html-manager/-/html-manager-1.0.15.tgz",
+        "integrity": "sha512-5thBIV6ymNgmPVOHvzx+gGy8ZSKmSazhtGw4/c4xJDVzRhG9PTeQsRjF3FUTopvFi//SABeNz1yp47bCrJ3CQA==",
+        "prefix": "package/dist/",
+        "keep": ("embed.js", "embed.js.LICENSE.txt", ".woff", ".woff2", ".ttf", ".eot", ".svg"),
+        "check": "embed.js",
+    },
+    # Typesets the chapters' formulas (``_config.yml``: mathjax_path).
+    "mathjax": {
+        "package": "mathjax",
+        "version": "3.2.2",
+        "tarball": "https://registry.npmjs.org/mathjax/-/mathjax-3.2.2.tgz",
+        "integrity": "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw==",
+        "prefix": "package/es5/",
+        "keep": ("tex-chtml.js", "output/chtml/fonts/woff-v2/", "input/tex/extensions/", "ui/", "a11y/"),
+        "check": "tex-chtml.js",
+    },
+}
 
 
 def notebook_names() -> list[str]:
-    """The book's notebooks in reading order (``NN_name``)."""
+    """The book's notebooks in reading order (``NN_name``); the provenance notebook is last."""
     return sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -46,28 +92,50 @@ def library_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def notebook_parameters(profile_name: str, notebook: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def notebook_parameters(
+    profile_name: str,
+    notebook: str,
+    overrides: dict[str, Any] | None = None,
+    data_root: str | os.PathLike = DATA_ROOT,
+    runs_root: str | os.PathLike = RUNS_ROOT,
+    executed_dir: str | os.PathLike = EXECUTED_DIR,
+) -> dict[str, Any]:
     """Papermill parameters of one notebook: the profile's values plus common settings."""
     import papermill
 
     profile = load_profile(profile_name)
+    runs = Path(runs_root) / profile.name
     common: dict[str, Any] = {
         "profile": profile.name,
-        "data_dir": str(DATA_ROOT / profile.name),
-        "run_dir": str(RUNS_ROOT / profile.name / "xraygan"),
-        "experiment_dir": str(RUNS_ROOT / profile.name / "experiments"),
+        "data_dir": str(Path(data_root) / profile.name),
+        "run_dir": str(runs / "xraygan"),
+        "experiment_dir": str(runs / "experiments"),
+        "executed_dir": str(executed_dir),
         "seed": profile.seed,
     }
     declared = papermill.inspect_notebook(str(NOTEBOOKS_DIR / f"{notebook}.ipynb"))
     params = {key: value for key, value in common.items() if key in declared}
     params.update(profile.notebook_params(notebook))
     params.update((overrides or {}).get(notebook, {}))
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise ConfigError(
+            f"parameters {unknown} given for notebook {notebook!r}, which declares only {sorted(declared)}"
+        )
     return params
 
 
-def _stamp(notebook: str, params: dict[str, Any]) -> str:
+def _executed_digest(executed_dir: Path, names: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for name in names:
+        path = executed_dir / f"{name}.ipynb"
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"<missing>"))
+    return digest.hexdigest()
+
+
+def _stamp(notebook: str, params: dict[str, Any], extra: str = "") -> str:
     source = (NOTEBOOKS_DIR / f"{notebook}.ipynb").read_bytes()
-    payload = json.dumps(params, sort_keys=True).encode() + source + library_fingerprint().encode()
+    payload = json.dumps(params, sort_keys=True).encode() + source + library_fingerprint().encode() + extra.encode()
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -83,27 +151,46 @@ def _read_overrides(params_file: str | os.PathLike | None) -> dict[str, dict[str
         raise ConfigError(f"parameters file {path} is not valid YAML (plain values only): {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"parameters file {path} must map notebook names to parameter mappings")
+    unknown = sorted(set(data) - set(notebook_names()))
+    if unknown:
+        raise ConfigError(f"parameters file {path} names unknown notebooks {unknown}; available: {notebook_names()}")
     return data
 
 
-def execute_notebook(notebook: str, params: dict[str, Any], output_dir: Path = EXECUTED_DIR) -> Path:
-    """Execute one notebook with papermill into ``output_dir``; returns the executed path."""
+def execute_notebook(
+    notebook: str, params: dict[str, Any], output_dir: str | os.PathLike = EXECUTED_DIR, progress: bool = True
+) -> Path:
+    """Execute one notebook with papermill into ``output_dir``; returns the executed path.
+
+    The executed copy is written under a temporary name and moved into place only when
+    the run succeeded, so a failed run never replaces the last good executed notebook;
+    the failed copy is kept as ``NN_name.failed.ipynb`` to read the traceback in.
+    """
     import papermill
 
     source = NOTEBOOKS_DIR / f"{notebook}.ipynb"
     if not source.is_file():
         raise ConfigError(f"notebook {notebook!r} does not exist; available: {', '.join(notebook_names())}")
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     output = output_dir / f"{notebook}.ipynb"
-    papermill.execute_notebook(
-        str(source),
-        str(output),
-        parameters=params,
-        kernel_name="python3",
-        cwd=str(NOTEBOOKS_DIR),
-        progress_bar=True,
-        log_output=False,
-    )
+    partial = output_dir / f".{notebook}.running.ipynb"
+    try:
+        papermill.execute_notebook(
+            str(source),
+            str(partial),
+            parameters=params,
+            kernel_name="python3",
+            cwd=str(NOTEBOOKS_DIR),
+            progress_bar=progress,
+            log_output=False,
+        )
+    except BaseException:
+        if partial.is_file():
+            os.replace(partial, output_dir / f"{notebook}.failed.ipynb")
+        raise
+    os.replace(partial, output)
+    (output_dir / f"{notebook}.failed.ipynb").unlink(missing_ok=True)
     return output
 
 
@@ -112,38 +199,54 @@ def run_book(
     params_file: str | os.PathLike | None = None,
     only: Sequence[str] | None = None,
     force: bool = False,
+    executed_dir: str | os.PathLike = EXECUTED_DIR,
+    data_root: str | os.PathLike = DATA_ROOT,
+    runs_root: str | os.PathLike = RUNS_ROOT,
+    progress: bool = True,
 ) -> dict[str, float]:
-    """Build the profile's data, then execute the (selected) notebooks; returns seconds per step."""
+    """Build the profile's data, then execute the (selected) notebooks; returns seconds per step.
+
+    ``only`` selects notebooks; the provenance notebook is brought up to date as well
+    whenever it is stale, so the intro page always describes the notebooks it links to.
+    A notebook that is up to date takes 0 s.
+    """
     from xrg.data.build import DataBuildConfig, build_dataset
 
     profile = load_profile(profile_name)
+    executed_dir, data_root = Path(executed_dir), Path(data_root)
     overrides = _read_overrides(params_file)
     names = notebook_names()
-    selected = list(only) if only else names
+    selected = list(only) if only else list(names)
     unknown = [n for n in selected if n not in names]
     if unknown:
         raise ConfigError(f"unknown notebooks {unknown}; available: {', '.join(names)}")
+    if PROVENANCE_NOTEBOOK in names and PROVENANCE_NOTEBOOK not in selected:
+        selected.append(PROVENANCE_NOTEBOOK)
+    selected = [n for n in names if n in selected]  # reading order, provenance last
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     config = DataBuildConfig.from_profile(profile.data, seed=profile.seed)
-    print(f">> data: {DATA_ROOT / profile.name}", flush=True)
-    print(build_dataset(DATA_ROOT / profile.name, config), flush=True)
+    print(f">> data: {data_root / profile.name}", flush=True)
+    print(build_dataset(data_root / profile.name, config, progress=progress), flush=True)
     timings["data"] = time.perf_counter() - start
 
-    stamps_path = EXECUTED_DIR / ".stamps.json"
+    stamps_path = executed_dir / ".stamps.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
     for notebook in selected:
-        params = notebook_parameters(profile.name, notebook, overrides)
-        stamp = _stamp(notebook, params)
-        output = EXECUTED_DIR / f"{notebook}.ipynb"
+        params = notebook_parameters(profile.name, notebook, overrides, data_root, runs_root, executed_dir)
+        extra = ""
+        if notebook == PROVENANCE_NOTEBOOK:
+            extra = _executed_digest(executed_dir, [n for n in names if n != PROVENANCE_NOTEBOOK])
+        stamp = _stamp(notebook, params, extra)
+        output = executed_dir / f"{notebook}.ipynb"
         if not force and output.is_file() and stamps.get(notebook) == stamp:
             print(f">> {notebook}: up to date", flush=True)
             timings[notebook] = 0.0
             continue
         print(f">> {notebook}: executing with {params}", flush=True)
         start = time.perf_counter()
-        execute_notebook(notebook, params)
+        execute_notebook(notebook, params, executed_dir, progress=progress)
         timings[notebook] = time.perf_counter() - start
         stamps[notebook] = stamp
         atomic_write_json(stamps_path, stamps)
@@ -151,14 +254,132 @@ def run_book(
     return timings
 
 
-def build_html(strict: bool = True, root: Path = ROOT) -> Path:
-    """Render the book with Jupyter Book into ``_build/html``; returns that folder."""
-    missing = [n for n in notebook_names() if not (EXECUTED_DIR / f"{n}.ipynb").is_file()]
+def format_timings(timings: dict[str, float]) -> str:
+    """A small table of seconds per step (0 s: up to date) and the total."""
+    width = max(len(name) for name in timings) if timings else 5
+    lines = [f"{name:<{width}}  {seconds:8.1f} s" for name, seconds in timings.items()]
+    lines.append(f"{'total':<{width}}  {sum(timings.values()):8.1f} s")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Offline widget manager
+# --------------------------------------------------------------------------------------
+
+
+def _check_integrity(data: bytes, integrity: str, what: str) -> None:
+    algorithm, _, expected = integrity.partition("-")
+    actual = base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
+    if actual != expected:
+        raise ConfigError(f"{what} does not match its registry checksum ({integrity}); refusing to use it")
+
+
+def _keep(name: str, keep: Sequence[str]) -> bool:
+    return any(name == k or (k.endswith("/") and name.startswith(k)) or (k.startswith(".") and name.endswith(k))
+               for k in keep)
+
+
+def ensure_static_assets(static_dir: str | os.PathLike = STATIC_DIR, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Unpack every :data:`STATIC_ASSETS` package under ``static_dir``; returns ``static_dir``.
+
+    Each package comes from the npm registry once (checked against the registry's sha512
+    and cached under ``~/.cache/xrg/npm``; on an offline machine put the ``.tgz`` there by
+    hand) and is unpacked with tarfile's ``data`` filter into a staging folder that replaces
+    the old one only when complete.
+    """
+    from xrg.data.phantom import default_cache_dir
+
+    static_dir = Path(static_dir)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir() / "npm"
+    for folder, asset in STATIC_ASSETS.items():
+        target = static_dir / folder
+        marker = target / "VERSION"
+        if marker.is_file() and marker.read_text().strip() == asset["version"] and (target / asset["check"]).is_file():
+            continue
+        what = f"{asset['package']}@{asset['version']}"
+        tarball = cache / f"{folder}-{asset['version']}.tgz"
+        if tarball.is_file():
+            data = tarball.read_bytes()
+        else:
+            print(f">> fetching {what} from the npm registry", flush=True)
+            try:
+                with urllib.request.urlopen(asset["tarball"], timeout=60) as response:
+                    data = response.read()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot fetch {what} from {asset['tarball']} ({exc}); the rendered book needs it. "
+                    f"On an offline machine put that file at {tarball}."
+                ) from exc
+        _check_integrity(data, asset["integrity"], f"{what} ({tarball})")
+        if not tarball.is_file():
+            cache.mkdir(parents=True, exist_ok=True)
+            tarball.write_bytes(data)
+        staging = target.with_name(target.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+                for member in archive.getmembers():
+                    name = member.name[len(asset["prefix"]):] if member.name.startswith(asset["prefix"]) else None
+                    if not member.isfile() or not name or not _keep(name, asset["keep"]):
+                        continue
+                    member.name = name
+                    archive.extract(member, staging, filter="data")
+            if not (staging / asset["check"]).is_file():
+                raise ConfigError(f"{what} has no {asset['check']} under {asset['prefix']}; refusing to use it")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (staging / "VERSION").write_text(asset["version"] + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    return static_dir
+
+
+# --------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------
+
+_BOOK_SOURCES = ("_config.yml", "_toc.yml")
+
+
+def _stage_sources(executed_dir: Path, stage: Path) -> Path:
+    """A copy of the book's sources whose ``book/executed`` is ``executed_dir``."""
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "book").mkdir(parents=True)
+    for name in _BOOK_SOURCES:
+        shutil.copy2(ROOT / name, stage / name)
+    for page in (ROOT / "book").glob("*.md"):
+        shutil.copy2(page, stage / "book" / page.name)
+    shutil.copytree(ROOT / "book" / "_ext", stage / "book" / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(executed_dir, stage / "book" / "executed", ignore=shutil.ignore_patterns(".*"))
+    return stage
+
+
+def build_html(
+    strict: bool = True, executed_dir: str | os.PathLike = EXECUTED_DIR, build_dir: str | os.PathLike = BUILD_DIR
+) -> Path:
+    """Render the book with Jupyter Book into ``build_dir/html``; returns that folder.
+
+    With the default ``executed_dir`` the checkout is rendered as it is; another executed
+    folder is rendered from a copy of the book's sources made under ``build_dir``.
+    """
+    executed_dir, build_dir = Path(executed_dir), Path(build_dir)
+    if build_dir.name != "_build":
+        raise ConfigError(f"build_dir must be a folder named _build (Jupyter Book's layout), not {build_dir}")
+    missing = [n for n in notebook_names() if not (executed_dir / f"{n}.ipynb").is_file()]
     if missing:
-        raise ConfigError(f"notebooks not executed yet: {missing}; run `xrg book run` first")
-    command = [str(Path(sys.executable).parent / "jupyter-book"), "build", str(root), "--path-output", str(root)]
+        raise ConfigError(f"notebooks not executed yet in {executed_dir}: {missing}; run `xrg book run` first")
+    if executed_dir.resolve() == EXECUTED_DIR.resolve():
+        source = ROOT
+    else:
+        source = _stage_sources(executed_dir, build_dir.parent / "book-source")
+    ensure_static_assets(source / "book" / "_static")
+    command = [
+        str(Path(sys.executable).parent / "jupyter-book"), "build", str(source), "--path-output", str(build_dir.parent)
+    ]
     if strict:
         command += ["-W", "-n", "--keep-going"]
     print(">> " + " ".join(command), flush=True)
     subprocess.run(command, check=True)
-    return root / "_build" / "html"
+    return build_dir / "html"

@@ -13,11 +13,14 @@
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
     xrg bench train --profile cpu                       # training images/s per stage
     xrg bench generate --profile cpu [--checkpoint runs/cpu]
+    xrg bench explorer --run-dir runs/cpu/xraygan [--data-dir data/cpu]   # report explorer response times
     xrg book run --profile cpu                          # data + notebooks (papermill)
     xrg book build                                      # Jupyter Book HTML
 
 Errors that come from bad input (:class:`xrg.errors.XrgError`) are printed as one clear
-line and exit with status 2; anything else is a bug and keeps its traceback.
+line and exit with status 2; anything else is a bug and keeps its traceback. A training
+stopped by SIGINT/SIGTERM saves its state, prints the command that resumes it and exits
+with status 130.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from xrg.errors import DiskFullError, XrgError
+from xrg.errors import DiskFullError, TrainingStopped, XrgError
 
 
 def _cmd_data_build(args: argparse.Namespace) -> None:
@@ -195,6 +198,12 @@ def _cmd_bench_generate(args: argparse.Namespace) -> None:
     bench_generate(args.profile, checkpoint=args.checkpoint, n=args.n)
 
 
+def _cmd_bench_explorer(args: argparse.Namespace) -> None:
+    from xrg.bench import bench_explorer
+
+    bench_explorer(args.run_dir, data_dir=args.data_dir, n=args.n, seed=args.seed)
+
+
 def _cmd_eval(args: argparse.Namespace) -> None:
     from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
     from xrg.eval.run import EvalConfig, evaluate_run
@@ -221,9 +230,10 @@ def _cmd_experiment(args: argparse.Namespace) -> None:
 
 
 def _cmd_book_run(args: argparse.Namespace) -> None:
-    from xrg.book import run_book
+    from xrg.book import format_timings, run_book
 
-    run_book(args.profile, params_file=args.params, only=args.only, force=args.force)
+    timings = run_book(args.profile, params_file=args.params, only=args.only, force=args.force)
+    print(">> seconds per step (0: up to date)\n" + format_timings(timings), flush=True)
 
 
 def _cmd_book_build(args: argparse.Namespace) -> None:
@@ -294,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_generate.add_argument("--checkpoint", help="a run directory or XRayGAN checkpoint file")
     bench_generate.add_argument("--n", type=int, default=20, help="reports timed per device (default 20)")
     bench_generate.set_defaults(func=_cmd_bench_generate)
+    bench_explorer = bench.add_parser("explorer", help="report explorer response seconds (generate and each edit)")
+    bench_explorer.add_argument("--run-dir", required=True, help="an XRayGAN run directory or checkpoint file")
+    bench_explorer.add_argument("--data-dir", help="time the test reports of this data directory (default: built-in)")
+    bench_explorer.add_argument("--n", type=int, default=10, help="reports timed (default 10)")
+    bench_explorer.add_argument("--seed", type=int, default=0, help="noise seed and default phantom patient")
+    bench_explorer.set_defaults(func=_cmd_bench_explorer)
 
     train = commands.add_parser(
         "train", help="train XRayGAN, a Table-1 baseline or the view-consistency networks"
@@ -366,9 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         status = args.func(args)
+    except TrainingStopped as exc:
+        # A VCN or evaluator training stopped by SIGINT/SIGTERM: the same command continues it.
+        print(f"xrg: {exc}")
+        print(f"resume with: {shlex.join(['xrg', *argv])}")
+        return 130
     except XrgError as exc:
         print(f"xrg: error: {exc}", file=sys.stderr)
         return 2

@@ -62,3 +62,17 @@ class DiskFullError(OSError, XrgError):
     An :class:`OSError` (``errno`` ENOSPC, EDQUOT or EFBIG) as well as an :class:`XrgError`, so
     callers catching either see it and the command line prints it as one line.
     """
+
+
+class TrainingStopped(XrgError):
+    """A training loop stopped on SIGINT/SIGTERM after saving its progress; calling it again resumes.
+
+    ``signal`` is the signal's name, ``step`` the optimizer steps done, ``checkpoint`` the
+    resumable file written (never under the final model's name) and ``resume`` how to continue
+    (the call to make again). The command line prints it with the command that resumes and
+    exits with status 130.
+    """
+
+    def __init__(self, message: str, *, signal: str, step: int, checkpoint: object, resume: str) -> None:
+        super().__init__(message)
+        self.signal, self.step, self.checkpoint, self.resume = signal, step, checkpoint, resume

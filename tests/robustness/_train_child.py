@@ -3,7 +3,8 @@
 The forkserver preloads this module, so torch and xrg are imported once and every child
 starts in milliseconds. A child reports over a pipe: ``("step", n)`` after each optimizer
 step, ``("paused", event, n)`` when it reached the point it was asked to stop at (it then
-sleeps until killed), ``("done", step)`` or ``("error", traceback)``.
+sleeps until killed), ``("done", step)`` or ``("error", traceback)``. :func:`vcn_cli_child`
+runs ``xrg train vcn`` and reports its VCN steps the same way (for :mod:`test_resume_small`).
 
 Pause points (``pause=(event, n)``), counted within the child:
 
@@ -31,6 +32,7 @@ import xrg.cli
 import xrg.io
 import xrg.train.checkpoint
 import xrg.train.loop
+import xrg.train.vcn
 import xrg.train.xraygan
 from xrg.train.xraygan import XRayGANTrainer
 
@@ -108,9 +110,14 @@ def train_child(
 
 def cli_child(conn: Connection, argv: list[str], output: str, step_sleep: float) -> None:
     """Run ``xrg <argv>`` with the step hooks; stdout and stderr go to ``output``; exit with its status."""
+    _run_cli(conn, argv, output, lambda: _install_hooks(conn, None, step_sleep))
+
+
+def _run_cli(conn: Connection, argv: list[str], output: str, install) -> None:
+    """``install()`` the step hooks, run ``xrg <argv>`` into ``output``, report and exit with its status."""
     try:
         torch.set_num_threads(1)
-        _install_hooks(conn, None, step_sleep)
+        install()
         with open(output, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             status = xrg.cli.main(argv)
         conn.send(("exit", status))
@@ -118,3 +125,20 @@ def cli_child(conn: Connection, argv: list[str], output: str, step_sleep: float)
         conn.send(("error", traceback.format_exc()))
         raise
     sys.exit(status)
+
+
+def vcn_cli_child(conn: Connection, argv: list[str], output: str, step_sleep: float) -> None:
+    """Run ``xrg <argv>`` reporting ``("step", n)`` after each VCN step; exit with its status."""
+    def install() -> None:
+        vcn_step, count = xrg.train.vcn.vcn_step, [0]
+
+        def step(*args, **kwargs):
+            result = vcn_step(*args, **kwargs)
+            count[0] += 1
+            conn.send(("step", count[0]))
+            time.sleep(step_sleep)
+            return result
+
+        xrg.train.vcn.vcn_step = step
+
+    _run_cli(conn, argv, output, install)

@@ -12,7 +12,9 @@
 * Checkpoints: truncated at many offsets, bytes replaced, another kind, another model,
   another vocabulary, another major version, a plain state dict, and pickles whose
   ``__reduce__`` would run code (create a marker file): the marker never appears and the
-  error names the refused global. Profiles and overrides with YAML code tags are refused too.
+  error names the refused global — also for a plain ``pickle.dump`` (protocol 4/5), which
+  torch refuses before reaching any global, and for an instance of any other class. A cut or
+  garbled pickle is called truncated or corrupt, a plain pickle of plain values not a checkpoint. Profiles and overrides with YAML code tags are refused too.
 """
 
 from __future__ import annotations
@@ -561,7 +563,8 @@ class MarkerPayload:
         ("inside-state", "open", "io.open"),
         ("legacy-format", "system", "posix.system"),
         ("plain-pickle-protocol-2", "open", "io.open"),
-        ("plain-pickle-protocol-5", "system", None),  # refused as unreadable: an opcode torch never writes
+        ("plain-pickle-protocol-4", "system", "posix.system"),  # torch stops at an opcode it never writes: read by xrg
+        ("plain-pickle-protocol-5", "system", "posix.system"),
     ],
 )
 def test_pickles_with_code_payloads_are_refused_and_never_run(tmp_path, checkpoint, layout, how, refused_global):
@@ -578,15 +581,60 @@ def test_pickles_with_code_payloads_are_refused_and_never_run(tmp_path, checkpoi
     else:  # a plain pickle (no tensors) renamed to .pt
         header = {key: payload[key] for key in ("format", "kind", "xrg_version", "config", "vocabulary")}
         path.write_bytes(pickle.dumps({**header, "extra": evil}, protocol=int(layout[-1])))
-    message = refuses(path)
-    if refused_global:
-        assert f"holds a pickled {refused_global} object" in message
-    else:
-        assert "truncated or corrupt" in message
-    with pytest.raises(CheckpointError):
+    message = refuses(path, f"refused: it needs the global {refused_global}, {NOT_ALLOWED}")
+    assert "truncated or corrupt" not in message
+    with pytest.raises(CheckpointError, match=re.escape(f"the global {refused_global}, {NOT_ALLOWED}")):
         load_checkpoint(path, "xraygan")
     assert main(["generate", "--checkpoint", str(path), "--report", "Heart normal.", "--out", str(tmp_path / "o")]) == 2
     assert not marker.exists(), "the pickle payload ran"
+
+
+NOT_ALLOWED = "which weights_only loading does not allow; only load checkpoints you trust"
+
+
+class SomeClass:
+    """An ordinary class: unpickling an instance imports it (a global weights_only refuses)."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+
+SOME_CLASS = f"{SomeClass.__module__}.SomeClass"
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["torch.save-in-dict", "torch.save-top-level", "pickle.dump", "pickle.dump-protocol-2", "pickle.dump-in-dict"],
+)
+def test_pickled_objects_of_other_classes_are_refused_naming_the_global(tmp_path, how):
+    path = tmp_path / "model.pt"
+    if how == "torch.save-in-dict":
+        torch.save({"format": "xrg-checkpoint", "x": SomeClass()}, path)
+    elif how == "torch.save-top-level":
+        torch.save(SomeClass(), path)
+    else:
+        obj = {"weights": [1.0, 2.0], "model": SomeClass()} if how.endswith("in-dict") else SomeClass()
+        path.write_bytes(pickle.dumps(obj, protocol=2 if how.endswith("protocol-2") else pickle.DEFAULT_PROTOCOL))
+    message = refuses(path, f"refused: it needs the global {SOME_CLASS}, {NOT_ALLOWED}")
+    assert "corrupt" not in message
+
+
+@pytest.mark.parametrize(
+    "content, phrase",
+    [
+        (pickle.dumps(SomeClass())[:-3], "truncated or corrupt"),  # cut short: globals are not named
+        (pickle.dumps(SomeClass(), protocol=2)[:-1], "truncated or corrupt"),
+        (b"\x80\x05" + b"garbage" * 10, "truncated or corrupt"),
+        (b"garbage" * 10, "truncated or corrupt"),
+        (pickle.dumps({"weights": [1.0, 2.0]}), "a plain pickle (pickle.dump), not a torch.save file"),
+    ],
+    ids=["cut-protocol-5", "cut-protocol-2", "garbage-after-header", "garbage", "plain-pickle-of-plain-values"],
+)
+def test_damaged_pickles_say_so_and_plain_ones_are_not_checkpoints(tmp_path, content, phrase):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    message = refuses(path, phrase)
+    assert "needs the global" not in message
 
 
 def test_yaml_code_tags_in_profiles_and_overrides_are_refused(tmp_path):

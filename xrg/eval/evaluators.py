@@ -18,6 +18,10 @@ into a train and a test part; on it are trained
 Both are checkpoints in ``OUT`` that carry their settings; :func:`ensure_evaluators` loads
 them when they exist with the same settings, resumes an interrupted cohort render, trains
 what is missing, and refuses a directory made from another data directory or settings.
+SIGINT or SIGTERM stops either training after the current step, saving its state to
+``OUT/classifier.partial.pt`` or ``OUT/vcn/vcn_<size>.partial.pt`` (never a trained model's
+name) and raising :class:`~xrg.errors.TrainingStopped`; calling :func:`ensure_evaluators` (or
+:func:`train_classifier`) again resumes it to the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,14 +30,12 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from xrg.data.build import BUILD_NAME, render_pairs
 from xrg.data.datasets import XRayPairDataset
@@ -45,10 +47,10 @@ from xrg.eval.classifier import FindingClassifier, class_weights, classifier_aur
 from xrg.io import append_jsonl, atomic_write_json
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.profiles import Profile
-from xrg.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from xrg.train.checkpoint import checkpoint_config, load_checkpoint, require_finished, save_checkpoint
 from xrg.train.config import config_from_mapping
-from xrg.train.runtime import epoch_batches
-from xrg.train.vcn import VCNTrainConfig, ensure_vcns, vcn_path
+from xrg.train.loop import EpochLoop, partial_path
+from xrg.train.vcn import VCNTrainConfig, ensure_vcns, training_data_key, vcn_path
 
 COHORT_DIR = "cohort"
 COHORT_NAME = "cohort.json"
@@ -247,7 +249,11 @@ def train_classifier(
     cohort_dir: str | os.PathLike, config: ClassifierTrainConfig, out_dir: str | os.PathLike,
     device: str | torch.device = "cpu", progress: bool = True,
 ) -> tuple[FindingClassifier, dict[str, Any], Path]:
-    """Train the DenseNet-121 on both views of the cohort's train part; test it on its test part."""
+    """Train the DenseNet-121 on both views of the cohort's train part; test it on its test part.
+
+    Stopped by SIGINT/SIGTERM it saves ``OUT/classifier.partial.pt`` and raises
+    :class:`~xrg.errors.TrainingStopped`; called again it resumes from that file.
+    """
     device = torch.device(device)
     out_dir = Path(out_dir)
     train_set = XRayPairDataset(cohort_dir, "train", image_size=config.image_size)
@@ -257,42 +263,47 @@ def train_classifier(
     torch.manual_seed(config.seed)
     model = FindingClassifier().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    shuffle = torch.Generator().manual_seed(config.seed)
-    per_epoch = len(epoch_batches(len(train_set), config.batch_size, torch.Generator().manual_seed(0)))
-    bar = tqdm(total=config.num_epochs * per_epoch, desc=f"classifier {config.image_size}px", unit="step", disable=not progress)
-    step = 0
+    path = out_dir / CLASSIFIER_NAME
+    on_device = "" if device.type == "cpu" else f", device={str(device)!r}"
+    loop = EpochLoop(
+        kind="classifier", label=f"evaluation classifier {config.image_size}px", final_path=path, config=config,
+        vocabulary=train_set.vocab, model=model, optimizer=optimizer, num_items=len(train_set),
+        batch_size=config.batch_size, num_epochs=config.num_epochs, seed=config.seed, device=device,
+        metrics_path=out_dir / METRICS_NAME, metric_match={}, data_key=training_data_key(train_set), progress=progress,
+        resume=f"xrg.eval.evaluators.train_classifier({str(cohort_dir)!r}, {config!r}, {str(out_dir)!r}{on_device}) "
+        "(or ensure_evaluators(), or the command that trained it)",
+    )  # fmt: skip
+
+    def step(indices: list[int], shuffle: torch.Generator) -> tuple[float, dict[str, float]]:
+        items = [train_set[i] for i in indices]
+        x = torch.cat([torch.stack([item[view] for item in items]) for view in ("frontal", "lateral")]).to(device)
+        y = torch.stack([item["labels"] for item in items]).repeat(2, 1).to(device)
+        loss = weighted_bce(model(x), y, w_positive, w_negative)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"the evaluation classifier's loss became {float(loss)} at step {loop.step + 1} (epoch {loop.epoch}); "
+                "lower evaluators.classifier_lr"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        return value, {"loss_sum": value * len(indices), "images": len(x)}
+
+    def epoch_row(epoch: int, step: int, totals: dict[str, float]) -> dict[str, Any]:
+        seconds = totals.get("seconds", 0.0)
+        return {"kind": "classifier", "epoch": epoch, "step": step,
+                "loss": totals.get("loss_sum", 0.0) / max(len(train_set), 1), "seconds": seconds,
+                "images_per_s": totals.get("images", 0) / seconds if seconds > 0 else None}  # fmt: skip
+
     model.train()
-    for epoch in range(config.num_epochs):
-        started, loss_sum, images = time.perf_counter(), 0.0, 0
-        for indices in epoch_batches(len(train_set), config.batch_size, shuffle):
-            items = [train_set[i] for i in indices]
-            x = torch.cat([torch.stack([item[view] for item in items]) for view in ("frontal", "lateral")]).to(device)
-            y = torch.stack([item["labels"] for item in items]).repeat(2, 1).to(device)
-            loss = weighted_bce(model(x), y, w_positive, w_negative)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the evaluation classifier's loss became {float(loss)} at step {step + 1} (epoch {epoch}); "
-                    "lower evaluators.classifier_lr"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            value = float(loss.detach())
-            loss_sum += value * len(indices)
-            images += len(x)
-            bar.update()
-            bar.set_postfix(loss=f"{value:.3f}")
-        seconds = time.perf_counter() - started
-        append_jsonl(out_dir / METRICS_NAME, {
-            "kind": "classifier", "epoch": epoch, "step": step, "loss": loss_sum / max(len(train_set), 1),
-            "seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None})  # fmt: skip
-    bar.close()
+    steps = loop.run(step, epoch_row)
     model.eval().requires_grad_(False)
     metrics = {"test_auroc": classifier_auroc(model, test_set), "num_train": len(train_set), "num_test": len(test_set)}
     append_jsonl(out_dir / METRICS_NAME, {"kind": "classifier_test", **metrics})
-    path = save_checkpoint(out_dir / CLASSIFIER_NAME, "classifier", config, train_set.vocab,
-                           state=model.state_dict(), metrics=metrics, step=step)  # fmt: skip
+    save_checkpoint(path, "classifier", config, train_set.vocab, state=model.state_dict(), metrics=metrics, step=steps,
+                    progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
+    loop.finish()
     return model, metrics, path
 
 
@@ -301,6 +312,7 @@ def load_classifier(
 ) -> tuple[FindingClassifier, dict[str, Any]]:
     """A classifier checkpoint (checked against ``config`` when given), frozen in eval mode."""
     payload = load_checkpoint(path, "classifier", config=config, map_location=device)
+    require_finished(payload, path, "call ensure_evaluators() (or train_classifier()) with its settings again to finish it")
     checkpoint_config(payload, ClassifierTrainConfig, path)
     model = FindingClassifier()
     model.load_state_dict(payload["state"])
@@ -318,6 +330,7 @@ def ensure_evaluators(
     classifier_path = out_dir / CLASSIFIER_NAME
     if classifier_path.is_file():
         classifier, classifier_metrics = load_classifier(classifier_path, classifier_config, device)
+        partial_path(classifier_path).unlink(missing_ok=True)  # left by a process killed after the final save
     else:
         classifier, classifier_metrics, _ = train_classifier(cohort_dir, classifier_config, out_dir, device, progress)
     vocabulary = Vocabulary.load(cohort_dir / VOCAB_NAME)

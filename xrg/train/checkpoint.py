@@ -7,9 +7,12 @@ ints, random number generator states as tensors — so it is read back with
 ``torch.load(..., weights_only=True)`` and never unpickles code.
 
 :func:`load_checkpoint` refuses, with a :class:`~xrg.errors.CheckpointError` saying which,
-a missing, truncated or corrupt file, a file that is not an xrg checkpoint, one of another
-kind (a VCN where an XRayGAN run was expected), another major code version, another run
-config (naming the differing fields) or another vocabulary (by fingerprint).
+a missing, truncated or corrupt file, a pickle that needs a global (a class or function)
+weights_only loading does not allow (naming it; the pickle is never run), a file that is not
+an xrg checkpoint, one of another kind (a VCN where an XRayGAN run was expected), another
+major code version, another run config (naming the differing fields) or another vocabulary
+(by fingerprint). :func:`require_finished` refuses the resumable checkpoint of a training
+that was stopped part-way where a trained model is expected.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
@@ -80,12 +85,16 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses a class with "Unsupported global: GLOBAL <name>"; anything else is damage.
-        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        refused = refused_global(path, exc)
         if refused:
             raise CheckpointError(
-                f"checkpoint {path} holds a pickled {refused.group(1)} object; xrg checkpoints hold only tensors "
-                "and plain values and are never unpickled beyond that"
+                f"checkpoint {path} refused: it needs the global {refused}, which weights_only loading does not "
+                "allow; only load checkpoints you trust, and never with weights_only=False: unpickling this one "
+                "could run arbitrary code (xrg checkpoints hold only tensors and plain values)"
+            ) from exc
+        if not zipfile.is_zipfile(path) and pickle_globals(_pickle_data(path)) is not None:
+            raise CheckpointError(
+                f"checkpoint {path} is a plain pickle (pickle.dump), not a torch.save file; it is not an xrg checkpoint"
             ) from exc
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (unreadable pickle data)") from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
@@ -118,6 +127,118 @@ def load_checkpoint(
                 f"the data's is {vocabulary.fingerprint[:12]}); use the dataset it was trained on"
             )
     return payload
+
+
+def require_finished(payload: Mapping[str, Any], path: str | os.PathLike, how_to_finish: str) -> None:
+    """Refuse a checkpoint marked unfinished (a stopped training's resumable state) where a trained model is expected.
+
+    Checkpoints without the mark (written before it existed) count as finished.
+    """
+    progress = payload.get("progress")
+    if isinstance(progress, Mapping) and progress.get("finished") is False:
+        raise CheckpointError(
+            f"checkpoint {path} holds a training stopped at step {progress.get('step')}, not a trained model; "
+            f"{how_to_finish}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Naming what a refused pickle needs
+# --------------------------------------------------------------------------------------
+
+_STRING_OPCODES = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+                             "BINSTRING", "STRING"})  # fmt: skip
+_NO_PUSH_OPCODES = frozenset({"PROTO", "FRAME", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def pickle_globals(data: bytes, any_protocol: bool = False) -> list[str] | None:
+    """The globals (``module.name``) a pickle stream imports, in order, read without unpickling it.
+
+    ``None`` when ``data`` is not one complete pickle (damaged, cut short, or something else);
+    unless ``any_protocol``, only protocol 2 or later counts (those start with a PROTO opcode,
+    so other binary data is not read as protocol 0 text). The opcodes are only parsed
+    (:func:`pickletools.genops`); the strings ``STACK_GLOBAL`` takes are followed through the memo.
+    """
+    if not any_protocol and not data.startswith(b"\x80"):
+        return None
+    found: list[str] = []
+    memo: dict[int, Any] = {}
+    pushed: list[Any] = []  # the values the opcodes pushed; only strings are kept (others are None)
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            name = opcode.name
+            if name in ("GLOBAL", "INST"):
+                found.append(".".join(str(arg).split(" ", 1)))
+                pushed.append(None)
+            elif name == "STACK_GLOBAL":
+                module, attribute = pushed[-2:] if len(pushed) >= 2 else (None, None)
+                found.append(f"{module}.{attribute}" if isinstance(module, str) and isinstance(attribute, str) else "?")
+                del pushed[-2:]
+                pushed.append(None)
+            elif name in _STRING_OPCODES:
+                pushed.append(arg if isinstance(arg, str) else bytes(arg).decode("latin-1"))
+            elif name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = pushed[-1] if pushed else None
+            elif name in ("GET", "BINGET", "LONG_BINGET"):
+                pushed.append(memo.get(int(arg)))
+            elif name == "STOP":
+                return found
+            elif name not in _NO_PUSH_OPCODES:
+                pushed.append(None)
+            del pushed[:-2]  # only the last two matter
+    except Exception:  # noqa: BLE001 - anything genops cannot parse is not a complete pickle
+        return None
+    return None
+
+
+def _allowed_globals() -> set[str]:
+    """The globals torch's weights_only loading allows (empty if this torch hides its list)."""
+    allowed: set[str] = set()
+    try:
+        from torch import _weights_only_unpickler
+
+        allowed.update(_weights_only_unpickler._get_allowed_globals())
+        for item in torch.serialization.get_safe_globals():
+            item = item[0] if isinstance(item, tuple) else item
+            allowed.add(f"{getattr(item, '__module__', '')}.{getattr(item, '__qualname__', '')}")
+    except Exception:  # noqa: BLE001 - a private torch API; without it the first global is named
+        pass
+    return allowed
+
+
+def _pickle_data(path: str | os.PathLike) -> bytes:
+    """The pickle stream of ``path``: the ``data.pkl`` of a torch zip file, else the file itself (b"" if unreadable)."""
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                members = [m for m in archive.namelist() if m.endswith("/data.pkl") or m == "data.pkl"]
+                return archive.read(members[0]) if members else b""
+        return path.read_bytes()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError):
+        return b""
+
+
+def refused_global(path: str | os.PathLike, error: BaseException) -> str | None:
+    """The global that made weights_only loading refuse ``path``, or None when the file is damaged.
+
+    torch names it (``GLOBAL module.name``) when it reached it; a plain ``pickle.dump`` of
+    protocol 4 or 5 it refuses earlier, at an opcode torch never writes, so then the pickle
+    (the file itself, or the ``data.pkl`` of a torch zip file) is read without running it, and
+    the first global torch does not allow is named. Either way only a complete pickle counts:
+    one cut short is damage, whatever it would have needed.
+    """
+    data = _pickle_data(path)
+    named = re.search(r"GLOBAL (\S+)", str(error))
+    if named:
+        return named.group(1) if pickle_globals(data, any_protocol=True) is not None else None
+    found = pickle_globals(data)
+    if not found:
+        return None
+    allowed = _allowed_globals()
+    return next((name for name in found if name not in allowed), None)
 
 
 def checkpoint_config(payload: Mapping[str, Any], cls: type[ConfigT], path: str | os.PathLike = "checkpoint") -> ConfigT:

@@ -12,23 +12,30 @@ not include (they are redone). A non-finite loss stops the run with
 
 :class:`PhasedTrainer` holds that machinery; a subclass builds its phases, datasets and
 model, and says how one step goes (:meth:`PhasedTrainer._step`).
+
+:class:`EpochLoop` is the same for the offline networks (the VCNs, the evaluation
+classifier): one model, one optimizer, seeded epochs; its resumable state lives in
+``NAME.partial.pt`` beside the final ``NAME.pt`` and a stop signal ends it with
+:class:`~xrg.errors.TrainingStopped`, which says how to resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.manifest import read_manifest
-from xrg.errors import CheckpointError, TrainingDiverged
+from xrg.data.reports import Vocabulary
+from xrg.errors import CheckpointError, TrainingDiverged, TrainingStopped
 from xrg.io import append_jsonl, atomic_write_jsonl, remove_temporaries
 from xrg.train.checkpoint import load_checkpoint, save_checkpoint
 from xrg.train.runtime import StopRequests, epoch_batches, set_lr
@@ -251,11 +258,12 @@ class PhasedTrainer:
             raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
         progress = payload["progress"]
         self.position = Position(**{k: int(progress[k]) for k in ("phase", "epoch", "batch", "step")})
-        torch.set_rng_state(payload["rng"]["torch"])
+        # Generator states must be CPU byte tensors, whatever map_location moved them to.
+        torch.set_rng_state(payload["rng"]["torch"].cpu())
         if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        self.shuffle.set_state(payload["rng"]["shuffle"])
-        self._epoch_start_shuffle = payload["rng"]["shuffle"]
+            torch.cuda.set_rng_state(payload["rng"]["cuda"].cpu(), self.device)
+        self.shuffle.set_state(payload["rng"]["shuffle"].cpu())
+        self._epoch_start_shuffle = payload["rng"]["shuffle"].cpu()
         self._epoch_totals = dict(payload["epoch_totals"])
         self._last_saved_step = self.position.step
         self._trim_metrics()
@@ -400,3 +408,203 @@ class PhasedTrainer:
         self.position.batch = 0
         self._epoch_totals = {}
         self.save()
+
+
+# --------------------------------------------------------------------------------------
+# The loop of the offline networks (VCNs, the evaluation classifier)
+# --------------------------------------------------------------------------------------
+
+PARTIAL_SUFFIX = ".partial.pt"
+#: An epoch end writes the resumable checkpoint when this many seconds passed since the last
+#: one (so a SIGKILL loses at most about this much work, and short trainings write none).
+PARTIAL_SAVE_SECONDS = 60.0
+
+
+def partial_path(final: str | os.PathLike) -> Path:
+    """Where a training whose model goes to ``final`` (``NAME.pt``) keeps its resumable state: ``NAME.partial.pt``."""
+    final = Path(final)
+    stem = final.name[: -len(".pt")] if final.name.endswith(".pt") else final.name
+    return final.with_name(stem + PARTIAL_SUFFIX)
+
+
+def trim_metrics(path: Path, drop: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite the JSON-lines file ``path`` (atomically) without the rows ``drop`` selects and torn lines."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or drop(row):
+                dropped += 1
+                continue
+        except (ValueError, TypeError, KeyError):
+            dropped += 1
+            continue
+        kept.append(row)
+    if dropped:
+        atomic_write_jsonl(path, kept)
+    return dropped
+
+
+class EpochLoop:
+    """Seeded epochs over one model and optimizer that stop on SIGINT/SIGTERM and resume exactly.
+
+    The resumable state goes to :func:`partial_path` of ``final_path`` — never under the final
+    name, and marked ``progress.finished = False`` so that no loader takes it for a trained
+    model — atomically: after the step that was running when SIGINT or SIGTERM came (then
+    :class:`~xrg.errors.TrainingStopped` is raised, naming the file and ``resume``, the call
+    that continues), and at epoch ends every :data:`PARTIAL_SAVE_SECONDS`. It holds the model
+    and optimizer states, the epoch/batch/step position, the torch RNG state, the shuffle
+    generator's state at the start of the epoch (to redraw its batch order) and now (the step
+    function may draw from it too), and the epoch's running totals. :meth:`run` continues from
+    it when it exists (refusing one of other settings, vocabulary or data), so the weights end
+    bit-identical to an uninterrupted run on CPU; metric rows of this training written after
+    it (by a killed process) are dropped first. The caller writes the final checkpoint, then
+    calls :meth:`finish`, which removes the partial file.
+
+    ``metric_match`` selects this training's rows in ``metrics_path`` (besides ``kind`` for the
+    epoch rows and ``kind + "_test"`` for the test row).
+    """
+
+    def __init__(
+        self, *, kind: str, label: str, final_path: Path, config: Any, vocabulary: Vocabulary, model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer, num_items: int, batch_size: int, num_epochs: int, seed: int,
+        device: torch.device, metrics_path: Path, metric_match: Mapping[str, Any], data_key: str, resume: str,
+        progress: bool = True,
+    ) -> None:  # fmt: skip
+        self.kind, self.label, self.config, self.vocabulary = kind, label, config, vocabulary
+        self.final_path, self.path = Path(final_path), partial_path(final_path)
+        self.model, self.optimizer, self.device = model, optimizer, device
+        self.num_items, self.batch_size, self.num_epochs = num_items, batch_size, num_epochs
+        self.metrics_path, self.metric_match, self.data_key = Path(metrics_path), dict(metric_match), data_key
+        self.resume_hint, self.progress = resume, progress
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self._epoch_shuffle = self.shuffle.get_state()
+        self.epoch = self.batch = self.step = 0
+        self.totals: dict[str, float] = {}
+        self.notes: list[str] = []
+        self.per_epoch = len(epoch_batches(num_items, batch_size, torch.Generator().manual_seed(0)))
+        self._last_save = time.perf_counter()
+
+    # ---- the resumable state -------------------------------------------------------------
+
+    def save(self) -> Path:
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(), "epoch_shuffle": self._epoch_shuffle}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        save_checkpoint(
+            self.path, self.kind, self.config, self.vocabulary, state=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(), rng=rng, epoch_totals=dict(self.totals), data=self.data_key,
+            progress={"epoch": self.epoch, "batch": self.batch, "step": self.step, "finished": False},
+        )  # fmt: skip
+        self._last_save = time.perf_counter()
+        return self.path
+
+    def _load(self) -> None:
+        keep = f"it holds a stopped {self.label} training: continue it with the same settings and data, or delete it to start over"
+        try:  # on the CPU: the generator states must stay there, and load_state_dict moves the rest
+            payload = load_checkpoint(self.path, self.kind, self.config, self.vocabulary, map_location="cpu")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{exc}; {keep}") from exc
+        if payload.get("data") != self.data_key or payload.get("progress", {}).get("finished") is not False:
+            raise CheckpointError(f"{self.path} was written for other training data (or is not resumable); {keep}")
+        try:
+            self.model.load_state_dict(payload["state"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{self.path} does not match the model its config describes: {exc}; {keep}") from exc
+        progress = payload["progress"]
+        self.epoch, self.batch, self.step = (int(progress[k]) for k in ("epoch", "batch", "step"))
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
+        self.shuffle.set_state(payload["rng"]["shuffle"])
+        self._epoch_shuffle = payload["rng"]["epoch_shuffle"]
+        self.totals = dict(payload["epoch_totals"])
+        self.notes.append(f"resumed the {self.label} training from {self.path} (step {self.step})")
+
+    def _tidy(self) -> None:
+        """Partial writes of a killed process, and metric rows the resumed state does not include."""
+        for name in (self.path.name, self.final_path.name):
+            for leftover in self.path.parent.glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
+
+        def later(row: dict[str, Any]) -> bool:
+            if any(row.get(key) != value for key, value in self.metric_match.items()):
+                return False
+            return row.get("kind") == f"{self.kind}_test" or (row.get("kind") == self.kind and int(row["epoch"]) >= self.epoch)
+
+        dropped = trim_metrics(self.metrics_path, later)
+        if dropped:
+            self.notes.append(f"dropped {dropped} line(s) of {self.metrics_path} written after the saved state")
+
+    def finish(self) -> None:
+        """Remove the resumable state (call once the final checkpoint is written)."""
+        self.path.unlink(missing_ok=True)
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _batches(self) -> list[list[int]]:
+        """This epoch's batches; mid-epoch the order is redrawn from the epoch's start state."""
+        if self.batch == 0:
+            self._epoch_shuffle = self.shuffle.get_state()
+            self.totals = {}
+            return epoch_batches(self.num_items, self.batch_size, self.shuffle)
+        now = self.shuffle.get_state()
+        self.shuffle.set_state(self._epoch_shuffle)
+        batches = epoch_batches(self.num_items, self.batch_size, self.shuffle)
+        self.shuffle.set_state(now)
+        return batches
+
+    def run(
+        self,
+        step: Callable[[list[int], torch.Generator], tuple[float, dict[str, float]]],
+        epoch_row: Callable[[int, int, dict[str, float]], dict[str, Any]],
+    ) -> int:
+        """Train to the end (resuming when there is a saved state); returns the steps done.
+
+        ``step(indices, shuffle)`` does one update and returns its loss (for the progress bar)
+        and the amounts to add up over the epoch; ``epoch_row(epoch, step, totals)`` is the
+        epoch's metrics row (``totals`` has ``seconds`` too).
+        """
+        if self.path.is_file():
+            self._load()
+        self._tidy()
+        bar = tqdm(
+            total=self.num_epochs * self.per_epoch, initial=min(self.step, self.num_epochs * self.per_epoch),
+            desc=self.label, unit="step", disable=not self.progress,
+        )  # fmt: skip
+        try:
+            with StopRequests() as stop:
+                while self.epoch < self.num_epochs:
+                    batches = self._batches()
+                    for indices in batches[self.batch :]:
+                        started = time.perf_counter()
+                        loss, amounts = step(indices, self.shuffle)
+                        self.batch += 1
+                        self.step += 1
+                        for name, value in amounts.items():
+                            self.totals[name] = self.totals.get(name, 0) + value
+                        self.totals["seconds"] = self.totals.get("seconds", 0.0) + time.perf_counter() - started
+                        bar.update()
+                        bar.set_postfix(loss=f"{loss:.3f}")
+                        if stop.requested:
+                            raise self._stopped(stop.requested)
+                    append_jsonl(self.metrics_path, epoch_row(self.epoch, self.step, dict(self.totals)))
+                    self.epoch, self.batch, self.totals = self.epoch + 1, 0, {}
+                    if time.perf_counter() - self._last_save >= PARTIAL_SAVE_SECONDS:
+                        self.save()
+        finally:
+            bar.close()
+        return self.step
+
+    def _stopped(self, signal_name: str) -> TrainingStopped:
+        path = self.save()
+        return TrainingStopped(
+            f"{self.label} training stopped ({signal_name}) after step {self.step} of "
+            f"{self.num_epochs * self.per_epoch}; its state is saved in {path} (not a trained model: the final "
+            f"one goes to {self.final_path}). To resume, call {self.resume_hint} again: it continues from that "
+            "state and ends with the weights of an uninterrupted run",
+            signal=signal_name, step=self.step, checkpoint=path, resume=self.resume_hint,
+        )  # fmt: skip

@@ -18,20 +18,24 @@ negatives: every frontal with a seeded other patient's lateral): accuracy at pro
 0.5, ROC AUC (torchmetrics), and the real-pair VC of Table 1, the mean P(same patient) over
 the test positives. Checkpoints go to ``RUN/vcn/vcn_<size>.pt``, per-epoch metrics to
 ``RUN/vcn/metrics.jsonl``.
+
+SIGINT or SIGTERM stops the training after the current step with its state in
+``RUN/vcn/vcn_<size>.partial.pt`` (:class:`~xrg.train.loop.EpochLoop`) and raises
+:class:`~xrg.errors.TrainingStopped`; calling :func:`train_vcn` (or :func:`ensure_vcns`, or
+the command) again continues it to the weights an uninterrupted run ends with. The partial
+file is never loaded as a trained VCN.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.reports import Vocabulary
@@ -40,9 +44,9 @@ from xrg.io import append_jsonl
 from xrg.models.vcn import ViewConsistencyNet, freeze
 from xrg.models.xraygan import to_model_range
 from xrg.profiles import Profile
-from xrg.train.checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from xrg.train.checkpoint import checkpoint_config, load_checkpoint, require_finished, save_checkpoint
 from xrg.train.config import config_from_mapping
-from xrg.train.runtime import epoch_batches
+from xrg.train.loop import EpochLoop, partial_path
 
 VCN_DIR = "vcn"
 VCN_METRICS = "metrics.jsonl"
@@ -186,6 +190,12 @@ class VCNResult:
     metrics: dict[str, Any]
 
 
+def training_data_key(dataset: XRayPairDataset) -> str:
+    """A fingerprint of the cases (and patients) a network is trained on, kept in its resumable state."""
+    text = "\n".join(f"{case.id}\t{case.patient_id}" for case in dataset.cases)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def train_vcn(
     data_dir: str | os.PathLike,
     config: VCNTrainConfig,
@@ -193,55 +203,56 @@ def train_vcn(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> VCNResult:
-    """Train one VCN on the train split, evaluate it frozen on the test split, save it."""
+    """Train one VCN on the train split, evaluate it frozen on the test split, save it.
+
+    Stopped by SIGINT/SIGTERM it saves ``vcn_<size>.partial.pt`` and raises
+    :class:`~xrg.errors.TrainingStopped`; called again it resumes from that file.
+    """
     device = torch.device(device)
     train_set = XRayPairDataset(data_dir, "train", image_size=config.image_size)
     test_set = XRayPairDataset(data_dir, "test", image_size=config.image_size, vocab=train_set.vocab)
     torch.manual_seed(config.seed)
     model = ViewConsistencyNet(config.embed_dim, config.scale).to(device)
     optimizer = make_vcn_optimizer(model, config)
-    shuffle = torch.Generator().manual_seed(config.seed)
+    path = vcn_path(run_dir, config.image_size)
     metrics_path = Path(run_dir) / VCN_DIR / VCN_METRICS
-    steps_per_epoch = len(epoch_batches(len(train_set), config.batch_size, torch.Generator().manual_seed(0)))
-    bar = tqdm(
-        total=config.num_epochs * steps_per_epoch, desc=f"VCN {config.image_size}px", unit="step", disable=not progress
-    )
-    step = 0
+    on_device = "" if device.type == "cpu" else f", device={str(device)!r}"
+    loop = EpochLoop(
+        kind="vcn", label=f"VCN {config.image_size}px", final_path=path, config=config, vocabulary=train_set.vocab,
+        model=model, optimizer=optimizer, num_items=len(train_set), batch_size=config.batch_size,
+        num_epochs=config.num_epochs, seed=config.seed, device=device, metrics_path=metrics_path,
+        metric_match={"image_size": config.image_size}, data_key=training_data_key(train_set), progress=progress,
+        resume=f"xrg.train.vcn.train_vcn({str(data_dir)!r}, {config!r}, {str(run_dir)!r}{on_device}) "
+        "(or ensure_vcns(), or the command that trained it)",
+    )  # fmt: skip
+
+    def step(indices: list[int], shuffle: torch.Generator) -> tuple[float, dict[str, float]]:
+        batch = collate_pairs([train_set[i] for i in indices])
+        loss, correct, num_pairs = vcn_step(model, optimizer, batch, shuffle)
+        return loss, {"loss_sum": loss * num_pairs, "correct": correct, "seen": num_pairs, "images": 2 * len(indices)}
+
+    def epoch_row(epoch: int, step: int, totals: dict[str, float]) -> dict[str, Any]:
+        seen, seconds = max(totals.get("seen", 0), 1), totals.get("seconds", 0.0)
+        return {
+            "kind": "vcn",
+            "image_size": config.image_size,
+            "epoch": epoch,
+            "step": step,
+            "loss": totals.get("loss_sum", 0.0) / seen,
+            "train_accuracy": totals.get("correct", 0) / seen,
+            "lr": config.lr,
+            "seconds": seconds,
+            "images_per_s": totals.get("images", 0) / seconds if seconds > 0 else None,
+        }
+
     model.train()
-    for epoch in range(config.num_epochs):
-        start = time.perf_counter()
-        loss_sum, correct, seen, images = 0.0, 0, 0, 0
-        for indices in epoch_batches(len(train_set), config.batch_size, shuffle):
-            batch = collate_pairs([train_set[i] for i in indices])
-            loss, batch_correct, num_pairs = vcn_step(model, optimizer, batch, shuffle)
-            step += 1
-            loss_sum += loss * num_pairs
-            correct += batch_correct
-            seen += num_pairs
-            images += 2 * len(indices)
-            bar.update()
-            bar.set_postfix(loss=f"{loss:.3f}")
-        seconds = time.perf_counter() - start
-        append_jsonl(
-            metrics_path,
-            {
-                "kind": "vcn",
-                "image_size": config.image_size,
-                "epoch": epoch,
-                "step": step,
-                "loss": loss_sum / max(seen, 1),
-                "train_accuracy": correct / max(seen, 1),
-                "lr": config.lr,
-                "seconds": seconds,
-                "images_per_s": images / seconds if seconds > 0 else None,
-            },
-        )
-    bar.close()
+    steps = loop.run(step, epoch_row)
     freeze(model)
     metrics = evaluate_vcn(model, test_set, seed=config.seed)
     append_jsonl(metrics_path, {"kind": "vcn_test", **metrics})
-    path = vcn_path(run_dir, config.image_size)
-    save_checkpoint(path, "vcn", config, train_set.vocab, state=model.state_dict(), metrics=metrics, step=step)
+    save_checkpoint(path, "vcn", config, train_set.vocab, state=model.state_dict(), metrics=metrics, step=steps,
+                    progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
+    loop.finish()
     return VCNResult(path=path, model=model, metrics=metrics)
 
 
@@ -253,6 +264,7 @@ def load_vcn(
 ) -> VCNResult:
     """Load a VCN checkpoint (checked against ``config``/``vocabulary`` when given), frozen."""
     payload = load_checkpoint(path, "vcn", config=config, vocabulary=vocabulary, map_location=device)
+    require_finished(payload, path, "call train_vcn() (or ensure_vcns()) with its settings again to finish it")
     stored = checkpoint_config(payload, VCNTrainConfig, path)
     model = ViewConsistencyNet(stored.embed_dim, stored.scale)
     model.load_state_dict(payload["state"])
@@ -267,12 +279,13 @@ def ensure_vcns(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> dict[int, VCNResult]:
-    """The frozen VCN of every config's size: loaded from ``RUN/vcn`` when there, else trained."""
+    """The frozen VCN of every config's size: loaded from ``RUN/vcn`` when there, else trained (or resumed)."""
     results = {}
     for config in configs:
         path = vcn_path(run_dir, config.image_size)
         if path.is_file():
             results[config.image_size] = load_vcn(path, config, vocabulary, device)
+            partial_path(path).unlink(missing_ok=True)  # left by a process killed after the final save
         else:
             results[config.image_size] = train_vcn(data_dir, config, run_dir, device, progress)
     return results
