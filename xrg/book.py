@@ -133,9 +133,9 @@ def _executed_digest(executed_dir: Path, names: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def _stamp(notebook: str, params: dict[str, Any], extra: str = "") -> str:
+def _stamp(notebook: str, params: dict[str, Any], fingerprint: str, extra: str = "") -> str:
     source = (NOTEBOOKS_DIR / f"{notebook}.ipynb").read_bytes()
-    payload = json.dumps(params, sort_keys=True).encode() + source + library_fingerprint().encode() + extra.encode()
+    payload = json.dumps(params, sort_keys=True).encode() + source + fingerprint.encode() + extra.encode()
     return hashlib.sha256(payload).hexdigest()
 
 
@@ -231,6 +231,7 @@ def run_book(
     print(build_dataset(data_root / profile.name, config, progress=progress), flush=True)
     timings["data"] = time.perf_counter() - start
 
+    fingerprint = library_fingerprint()  # once per run: it reads every source file of the library
     stamps_path = executed_dir / ".stamps.json"
     stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
     for notebook in selected:
@@ -238,7 +239,7 @@ def run_book(
         extra = ""
         if notebook == PROVENANCE_NOTEBOOK:
             extra = _executed_digest(executed_dir, [n for n in names if n != PROVENANCE_NOTEBOOK])
-        stamp = _stamp(notebook, params, extra)
+        stamp = _stamp(notebook, params, fingerprint, extra)
         output = executed_dir / f"{notebook}.ipynb"
         if not force and output.is_file() and stamps.get(notebook) == stamp:
             print(f">> {notebook}: up to date", flush=True)
