@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from robustness._helpers import resealed
 from test_train import write_synthetic_data
 
 from xrg.data.datasets import XRayPairDataset, collate_pairs
@@ -231,7 +232,7 @@ def test_run_directories_checkpoints_and_divergence(tmp_path, data_dir):
     # A checkpoint whose weights do not fit its stored config is refused, not half-loaded.
     payload = torch.load(run / "checkpoint.pt", weights_only=True)
     payload["config"]["gen_channels"] = 16
-    torch.save(payload, tmp_path / "mismatch.pt")
+    torch.save(resealed(payload), tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="does not match its config"):
         load_baseline(tmp_path / "mismatch.pt")
 

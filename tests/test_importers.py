@@ -256,7 +256,7 @@ def test_import_openi_is_deterministic_and_reads_image_archives(tmp_path, openi)
     assert (first.n_cases, first.skipped, first.splits) == (second.n_cases, second.skipped, second.splits)
     splits_a = {c.id: c.split for c in read_manifest(tmp_path / "a")}
     assert splits_a == {c.id: c.split for c in read_manifest(tmp_path / "b")}
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["images", "manifest.jsonl", "vocab.json"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".xrg-dir.json", ".xrg.lock", "images", "manifest.jsonl", "vocab.json"]
     assert (tmp_path / "a/manifest.jsonl").read_bytes() == (tmp_path / "b/manifest.jsonl").read_bytes()
 
 

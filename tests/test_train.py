@@ -21,6 +21,8 @@ from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.profiles import PROFILE_NAMES, load_profile
 from xrg.train.benchmarks import bench_train
 from xrg.train.checkpoint import load_checkpoint, save_checkpoint
+
+from robustness._helpers import resealed
 from xrg.train.config import config_from_mapping, parse_overrides
 from xrg.train.vcn import VCNTrainConfig, load_vcn, negative_partners, train_vcn, vcn_path
 from xrg.train.xraygan import METRIC_KEYS, XRayGANTrainConfig, XRayGANTrainer, training_phases
@@ -297,7 +299,7 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path, checkpoint_file, data_dir
     save_checkpoint(future, "vcn", TINY_VCN, Vocabulary.load(data_dir / "vocab.json"), state={})
     payload = torch.load(future, weights_only=True)
     payload["xrg_version"] = "99.0.0"
-    torch.save(payload, future)
+    torch.save(resealed(payload), future)
     with pytest.raises(CheckpointError, match="different major version"):
         load_checkpoint(future, "vcn")
 

@@ -37,7 +37,7 @@ from typing import Any, Sequence
 import yaml
 
 from xrg.errors import ConfigError
-from xrg.io import atomic_write_json
+from xrg.io import atomic_write_json, read_json_mapping
 from xrg.profiles import load_profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +149,10 @@ def _read_overrides(params_file: str | os.PathLike | None) -> dict[str, dict[str
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"parameters file {path} is not valid YAML (plain values only): {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"parameters file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"parameters file {path} is unreadable: {exc.strerror or exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"parameters file {path} must map notebook names to parameter mappings")
     unknown = sorted(set(data) - set(notebook_names()))
@@ -233,7 +237,10 @@ def run_book(
 
     fingerprint = library_fingerprint()  # once per run: it reads every source file of the library
     stamps_path = executed_dir / ".stamps.json"
-    stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
+    stamps = (
+        read_json_mapping(stamps_path, "book stamp file", "delete it: every notebook is then re-executed once")
+        if stamps_path.is_file() else {}
+    )  # fmt: skip
     for notebook in selected:
         params = notebook_parameters(profile.name, notebook, overrides, data_root, runs_root, executed_dir)
         extra = ""

@@ -17,21 +17,68 @@
     xrg book run --profile cpu                          # data + notebooks (papermill)
     xrg book build                                      # Jupyter Book HTML
 
-Errors that come from bad input (:class:`xrg.errors.XrgError`) are printed as one clear
-line and exit with status 2; anything else is a bug and keeps its traceback. A training
-stopped by SIGINT/SIGTERM saves its state, prints the command that resumes it and exits
-with status 130.
+Every number option has a stated range (``--help`` shows it) and is checked before any
+work starts, as are ``--device`` (CUDA must exist) and the writability and ownership of
+``--out`` (a directory another command made, or of unknown content, is refused without
+``--force``). Errors from bad input (:class:`xrg.errors.XrgError`, and any ``OSError`` or
+``ValueError`` reaching the top level) are printed as one ``xrg: error:`` line and exit
+with status 2, never as a traceback (``XRG_DEBUG=1`` shows it). A training stopped by
+SIGINT/SIGTERM saves its state, prints the command that resumes it and exits with status
+130. A second writer into a run or data directory that is in use is refused, naming the
+holder's PID.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from xrg.errors import DiskFullError, TrainingStopped, XrgError
+
+SEED_MAX = 2**32 - 1
+
+
+def bounded(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (the range is said in the error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high}, got {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {value}")
+        return value
+
+    parse.__name__ = f"integer in {low}..{high}"
+    return parse
+
+
+def device_name(text: str) -> str:
+    """An argparse type: ``cpu``, ``cuda`` or ``cuda:N``, refused at once when this machine has no such device."""
+    if text == "cpu":
+        return text
+    match = re.fullmatch(r"cuda(?::(\d{1,3}))?", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text[:40]!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no usable CUDA device; use --device cpu")
+    if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def _claim(args: argparse.Namespace, kind: str, attribute: str = "out") -> Path:
+    from xrg.paths import claim_output_dir
+
+    return claim_output_dir(getattr(args, attribute), kind, force=getattr(args, "force", False), what=f"--{attribute}")
 
 
 def _cmd_data_build(args: argparse.Namespace) -> None:
@@ -48,34 +95,29 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
     )
     out = Path(args.out or f"data/{profile.name}")
     print(f"building the {profile.name} dataset into {out}: {config}")
-    summary = build_dataset(out, config, reports_source=args.reports, progress=not args.quiet)
+    summary = build_dataset(out, config, reports_source=args.reports, progress=not args.quiet, force=args.force)
     print(summary)
 
 
 def _cmd_import_openi(args: argparse.Namespace) -> None:
     from xrg.data.importers import import_openi
 
-    print(import_openi(args.reports, args.images, args.out, size=args.size, seed=args.seed, metadata_csv=args.metadata))
+    print(import_openi(args.reports, args.images, args.out, size=args.size, seed=args.seed, metadata_csv=args.metadata,
+                       force=args.force))  # fmt: skip
 
 
 def _cmd_import_mimic(args: argparse.Namespace) -> None:
     from xrg.data.importers import import_mimic
 
-    print(import_mimic(args.root, args.out, size=args.size, seed=args.seed, subset=args.subset or None))
+    print(import_mimic(args.root, args.out, size=args.size, seed=args.seed, subset=args.subset or None, force=args.force))
 
 
 def _cmd_phantom(args: argparse.Namespace) -> None:
     from xrg.data.phantom import render_report
 
-    if args.report_file:
-        path = Path(args.report_file)
-        if not path.is_file():
-            raise XrgError(f"report file {path} does not exist")
-        text = path.read_text(encoding="utf-8", errors="replace")
-    else:
-        text = args.report
-    result = render_report(text, seed=args.seed, size=args.size, out=args.out)
-    print(result)
+    text = _report_text(args)
+    out = _claim(args, "phantom-render")  # before rendering: a bad --out fails in a second
+    print(render_report(text, seed=args.seed, size=args.size, out=out))
 
 
 def _cmd_bench_data(args: argparse.Namespace) -> None:
@@ -84,11 +126,17 @@ def _cmd_bench_data(args: argparse.Namespace) -> None:
     bench_data(sizes=tuple(args.sizes), n_pairs=args.pairs, workers=args.workers)
 
 
+#: Largest report text read from ``--report-file`` (Open-i reports are under 5 kB).
+MAX_REPORT_FILE_BYTES = 1 << 20
+
+
 def _report_text(args: argparse.Namespace) -> str:
     if args.report_file:
         path = Path(args.report_file)
         if not path.is_file():
             raise XrgError(f"report file {path} does not exist")
+        if path.stat().st_size > MAX_REPORT_FILE_BYTES:
+            raise XrgError(f"report file {path} is over {MAX_REPORT_FILE_BYTES} bytes; a report is a few kB of text")
         return path.read_text(encoding="utf-8", errors="replace")
     return args.report
 
@@ -132,13 +180,21 @@ def _cmd_train_xraygan(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     config = XRayGANTrainConfig.from_profile(profile, parse_overrides(args.set))
     vcn_config = VCNTrainConfig.from_profile(profile, image_size=config.base_size, overrides=parse_overrides(args.vcn_set))
-    print(f"XRayGAN run {args.out} on {args.data}: {config}")
-    trainer = XRayGANTrainer(
-        config, args.data, args.out, vcn_config, device=args.device, resume=args.resume, progress=not args.quiet
-    )
-    for size, vcn in sorted(trainer.vcns.items()):
-        print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
-    return _train_to_the_end(trainer, args)
+    with _run_directory(args):
+        print(f"XRayGAN run {args.out} on {args.data}: {config}")
+        trainer = XRayGANTrainer(
+            config, args.data, args.out, vcn_config, device=args.device, resume=args.resume, progress=not args.quiet
+        )
+        for size, vcn in sorted(trainer.vcns.items()):
+            print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
+        return _train_to_the_end(trainer, args)
+
+
+def _run_directory(args: argparse.Namespace, attribute: str = "out"):
+    """The run directory, checked writable, locked for this command and claimed (a run's, or new)."""
+    from xrg.locks import own_output_dir
+
+    return own_output_dir(getattr(args, attribute), "run", force=args.force, what=f"--{attribute}")
 
 
 def _cmd_train_baseline(args: argparse.Namespace) -> int:
@@ -147,9 +203,12 @@ def _cmd_train_baseline(args: argparse.Namespace) -> int:
     from xrg.train.config import parse_overrides
 
     config = BaselineTrainConfig.from_profile(load_profile(args.profile), args.method, parse_overrides(args.set))
-    print(f"{args.method} run {args.out} on {args.data}: {config}")
-    trainer = BaselineTrainer(config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet)
-    return _train_to_the_end(trainer, args)
+    with _run_directory(args):
+        print(f"{args.method} run {args.out} on {args.data}: {config}")
+        trainer = BaselineTrainer(
+            config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet
+        )
+        return _train_to_the_end(trainer, args)
 
 
 def _cmd_train_vcn(args: argparse.Namespace) -> None:
@@ -166,7 +225,9 @@ def _cmd_train_vcn(args: argparse.Namespace) -> None:
     overrides = parse_overrides(args.set)
     configs = [VCNTrainConfig.from_profile(profile, image_size=size, overrides=overrides) for size in sizes]
     vocabulary = XRayPairDataset(args.data, "train").vocab
-    for size, vcn in ensure_vcns(args.out, args.data, configs, vocabulary, args.device, progress=not args.quiet).items():
+    with _run_directory(args):
+        vcns = ensure_vcns(args.out, args.data, configs, vocabulary, args.device, progress=not args.quiet)
+    for size, vcn in vcns.items():
         print(f"VCN {size}px ({vcn.path}): test {vcn.metrics}")
 
 
@@ -175,10 +236,12 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
     from xrg.pipelines import XRayGANPipeline, save_pair
 
+    text = _report_text(args)
     pipe = XRayGANPipeline.from_checkpoint(args.checkpoint, device=args.device)
+    out = _claim(args, "generated")  # after the checkpoint is known good: a refused one leaves nothing behind
     generator = torch.Generator().manual_seed(args.seed)
-    output = pipe(_report_text(args), generator=generator)
-    paths = save_pair(output, args.out)
+    output = pipe(text, generator=generator)
+    paths = save_pair(output, out)
     print(f"wrote {paths['frontal']} and {paths['lateral']} ({pipe.image_size}px) with {pipe}")
     if output.unknown_words:
         print(f"{output.num_unknown_words} words not in the vocabulary (read as <unk>): {', '.join(output.unknown_words)}")
@@ -223,8 +286,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _cmd_experiment(args: argparse.Namespace) -> None:
     from xrg.experiments import Experiment
 
-    experiment = Experiment.create(args.profile, args.data, args.out, args.device)
-    summary = experiment.run_table(args.table, args.inception_weights)
+    with _run_directory(args):
+        experiment = Experiment.create(args.profile, args.data, args.out, args.device)
+        summary = experiment.run_table(args.table, args.inception_weights)
     print((Path(args.out) / f"{args.table}.md").read_text(encoding="utf-8"))
     print(f"{args.table}: {summary['wall_seconds'] / 60:.1f} min; wrote {Path(args.out) / args.table}.md and .json")
 
@@ -251,10 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--profile", default="cpu", help="tiny | cpu | paper | path to a profile YAML (default cpu)")
     build.add_argument("--out", help="output directory (default data/<profile>)")
     build.add_argument("--reports", help="Open-i reports (directory or .tgz); default: the copy inside torchxrayvision")
-    build.add_argument("--workers", type=int, help="rendering processes (default from the profile)")
-    build.add_argument("--max-reports", type=int, help="render a seeded sample of this many reports")
-    build.add_argument("--image-size", type=int, help="stored resolution (default from the profile)")
-    build.add_argument("--seed", type=int, help="anatomy, sample and split seed (default from the profile)")
+    build.add_argument("--workers", type=bounded(1, 64), help="rendering processes, 1..64 (default from the profile)")
+    build.add_argument("--max-reports", type=bounded(3, 100_000), help="render a seeded sample of this many reports (3..100000)")
+    build.add_argument("--image-size", type=bounded(32, 256), help="stored resolution, 32..256 (default from the profile)")
+    build.add_argument("--seed", type=bounded(0, SEED_MAX), help="anatomy, sample and split seed (default from the profile)")
+    build.add_argument("--force", action="store_true", help="write into --out even if another command made it")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_cmd_data_build)
 
@@ -263,15 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     openi.add_argument("--images", required=True, help="directory of Open-i PNGs (CXR<n>_IM-....png)")
     openi.add_argument("--out", required=True, help="output data directory")
     openi.add_argument("--metadata", help="view metadata CSV (default: the one shipped in torchxrayvision)")
-    openi.add_argument("--size", type=int, default=256, help="stored resolution (default 256)")
-    openi.add_argument("--seed", type=int, default=0, help="split seed")
+    openi.add_argument("--size", type=bounded(8, 4096), default=256, help="stored resolution, 8..4096 (default 256)")
+    openi.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="split seed")
+    openi.add_argument("--force", action="store_true", help="write into --out even if another command made it")
     openi.set_defaults(func=_cmd_import_openi)
 
     mimic = data.add_parser("import-mimic", help="import MIMIC-CXR-JPG studies")
     mimic.add_argument("--root", required=True, help="MIMIC-CXR-JPG root (metadata CSV, files/p10/...)")
     mimic.add_argument("--out", required=True, help="output data directory")
-    mimic.add_argument("--size", type=int, default=256, help="stored resolution (default 256)")
-    mimic.add_argument("--seed", type=int, default=0, help="split seed")
+    mimic.add_argument("--size", type=bounded(8, 4096), default=256, help="stored resolution, 8..4096 (default 256)")
+    mimic.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="split seed")
+    mimic.add_argument("--force", action="store_true", help="write into --out even if another command made it")
     mimic.add_argument("--subset", default="p10", help="patient folder group to import, '' for all (default p10)")
     mimic.set_defaults(func=_cmd_import_mimic)
 
@@ -279,36 +346,37 @@ def build_parser() -> argparse.ArgumentParser:
     source = phantom.add_mutually_exclusive_group(required=True)
     source.add_argument("--report", help="report text, e.g. 'Mild cardiomegaly. Small left pleural effusion.'")
     source.add_argument("--report-file", help="file holding the report text")
-    phantom.add_argument("--seed", type=int, default=0, help="patient seed: the same seed is the same body")
-    phantom.add_argument("--size", type=int, default=256, help="image size, 32..256 (default 256)")
+    phantom.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="patient seed: the same seed is the same body")
+    phantom.add_argument("--size", type=bounded(32, 256), default=256, help="image size, 32..256 (default 256)")
     phantom.add_argument("--out", default="phantom_out", help="output directory (default phantom_out)")
+    phantom.add_argument("--force", action="store_true", help="write into --out even if something else made it")
     phantom.set_defaults(func=_cmd_phantom)
 
     bench = commands.add_parser("bench", help="benchmarks that print their figures").add_subparsers(
         dest="bench_command", required=True
     )
     bench_data = bench.add_parser("data", help="phantom rendering throughput (pairs/s)")
-    bench_data.add_argument("--sizes", type=int, nargs="+", default=[128, 256], help="image sizes (default 128 256)")
-    bench_data.add_argument("--pairs", type=int, default=40, help="pairs rendered per size (default 40)")
-    bench_data.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    bench_data.add_argument("--sizes", type=bounded(32, 256), nargs="+", default=[128, 256], help="image sizes, 32..256 (default 128 256)")
+    bench_data.add_argument("--pairs", type=bounded(1, 10_000), default=40, help="pairs rendered per size, 1..10000 (default 40)")
+    bench_data.add_argument("--workers", type=bounded(1, 64), default=2, help="processes, 1..64 (default 2)")
     bench_data.set_defaults(func=_cmd_bench_data)
     bench_train = bench.add_parser("train", help="XRayGAN training images/s per stage (synthetic batches)")
     bench_train.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
-    bench_train.add_argument("--steps", type=int, default=3, help="timed steps per phase (default 3)")
-    bench_train.add_argument("--train-cases", type=int, default=2700,
+    bench_train.add_argument("--steps", type=bounded(1, 1000), default=3, help="timed steps per phase, 1..1000 (default 3)")
+    bench_train.add_argument("--train-cases", type=bounded(1, 10_000_000), default=2700,
                              help="train split size for the epoch-time estimate (default 2700, the cpu dataset)")
-    bench_train.add_argument("--device", help="cpu | cuda (default cuda when available)")
+    bench_train.add_argument("--device", type=device_name, help="cpu | cuda (default cuda when available)")
     bench_train.set_defaults(func=_cmd_bench_train)
     bench_generate = bench.add_parser("generate", help="report → frontal/lateral pair latency")
     bench_generate.add_argument("--profile", default="cpu", help="profile of the untrained model timed without --checkpoint")
     bench_generate.add_argument("--checkpoint", help="a run directory or XRayGAN checkpoint file")
-    bench_generate.add_argument("--n", type=int, default=20, help="reports timed per device (default 20)")
+    bench_generate.add_argument("--n", type=bounded(1, 10_000), default=20, help="reports timed per device, 1..10000 (default 20)")
     bench_generate.set_defaults(func=_cmd_bench_generate)
     bench_explorer = bench.add_parser("explorer", help="report explorer response seconds (generate and each edit)")
     bench_explorer.add_argument("--run-dir", required=True, help="an XRayGAN run directory or checkpoint file")
     bench_explorer.add_argument("--data-dir", help="time the test reports of this data directory (default: built-in)")
-    bench_explorer.add_argument("--n", type=int, default=10, help="reports timed (default 10)")
-    bench_explorer.add_argument("--seed", type=int, default=0, help="noise seed and default phantom patient")
+    bench_explorer.add_argument("--n", type=bounded(1, 1000), default=10, help="reports timed, 1..1000 (default 10)")
+    bench_explorer.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed and default phantom patient")
     bench_explorer.set_defaults(func=_cmd_bench_explorer)
 
     train = commands.add_parser(
@@ -321,22 +389,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
         sub.add_argument("--data", required=True, help="data directory (xrg data build / import)")
         sub.add_argument("--out", required=True, help="run directory")
-        sub.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+        sub.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
+        sub.add_argument("--force", action="store_true", help="train into --out even if something else made it")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
     xraygan.add_argument("--set", action="append", metavar="KEY=VALUE",
                          help="override an xraygan setting, e.g. --set vc_weight=0 (repeatable)")
     xraygan.add_argument("--vcn-set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
     xraygan.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    xraygan.add_argument("--max-steps", type=int, help="stop with a checkpoint once the run has done this many steps")
+    xraygan.add_argument("--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps")
     xraygan.set_defaults(func=_cmd_train_xraygan)
     baseline.add_argument("--method", required=True, choices=("gan_int_cls", "stackgan", "attngan"), help="which baseline")
     baseline.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override a baselines setting, e.g. --set rec_weight=100 (repeatable)")
     baseline.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    baseline.add_argument("--max-steps", type=int, help="stop with a checkpoint once the run has done this many steps")
+    baseline.add_argument("--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps")
     baseline.set_defaults(func=_cmd_train_baseline)
     vcn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
-    vcn.add_argument("--sizes", type=int, nargs="+", help="resolutions (default: the profile's XRayGAN stage sizes)")
+    vcn.add_argument("--sizes", type=bounded(8, 1024), nargs="+", help="resolutions, 8..1024 (default: the profile's XRayGAN stage sizes)")
     vcn.set_defaults(func=_cmd_train_vcn)
 
     generate = commands.add_parser("generate", help="generate frontal.png and lateral.png from a report")
@@ -345,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--report-file", help="file holding the report text")
     generate.add_argument("--checkpoint", required=True, help="a run directory or an XRayGAN checkpoint file")
     generate.add_argument("--out", default="generated", help="output directory (default generated)")
-    generate.add_argument("--seed", type=int, default=0, help="noise seed (only for models with noise_dim > 0)")
-    generate.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    generate.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed (only for models with noise_dim > 0)")
+    generate.add_argument("--force", action="store_true", help="write into --out even if something else made it")
+    generate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     generate.set_defaults(func=_cmd_generate)
 
     evaluate = commands.add_parser("eval", help="score a trained run (IS, FID, SSIM, VC, fidelity ...) → RUN/eval.json")
@@ -355,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--profile", default="cpu", help="profile whose eval and evaluator sections apply (default cpu)")
     evaluate.add_argument("--evaluators", help="evaluator directory (default runs/<profile>/experiments/evaluators)")
     evaluate.add_argument("--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)")
-    evaluate.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    evaluate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     evaluate.add_argument("--force", action="store_true", help="recompute even when eval.json is up to date")
     evaluate.set_defaults(func=_cmd_eval)
 
@@ -365,7 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--data", required=True, help="data directory (xrg data build)")
     experiment.add_argument("--out", required=True, help="experiment directory: one run per method, the tables")
     experiment.add_argument("--inception-weights", help="local file of the FID Inception weights (optional)")
-    experiment.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    experiment.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
+    experiment.add_argument("--force", action="store_true", help="write into --out even if something else made it")
     experiment.set_defaults(func=_cmd_experiment)
 
     book = commands.add_parser("book", help="execute and render the book").add_subparsers(dest="book_command", required=True)
@@ -381,6 +452,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: its message, or for an OSError its reason and the file it names."""
+    if isinstance(exc, OSError) and not isinstance(exc, XrgError) and exc.strerror:
+        names = " -> ".join(str(name) for name in (exc.filename, exc.filename2) if name is not None)
+        text = f"{exc.strerror}: {names}" if names else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -391,12 +472,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"xrg: {exc}")
         print(f"resume with: {shlex.join(['xrg', *argv])}")
         return 130
-    except XrgError as exc:
-        print(f"xrg: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("xrg: interrupted", file=sys.stderr)
         return 130
+    except (XrgError, OSError, ValueError, MemoryError) as exc:
+        # Bad input, a file that cannot be read or written, a full disk: one line, no traceback.
+        if os.environ.get("XRG_DEBUG") and not isinstance(exc, XrgError):
+            raise
+        print(f"xrg: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     return status or 0
 
 

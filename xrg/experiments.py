@@ -99,9 +99,12 @@ def training_seconds(run_dir: Path) -> float:
     if not path.is_file():
         return 0.0
     total = 0.0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        if row.get("kind") in ("xraygan", "baseline") and row.get("seconds"):
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a killed process; the trainer drops it on resume
+            continue
+        if isinstance(row, dict) and row.get("kind") in ("xraygan", "baseline") and row.get("seconds"):
             total += float(row["seconds"])
     return total
 

@@ -11,12 +11,15 @@ import errno
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, BinaryIO
 
 from xrg.errors import DiskFullError
 
 #: errno values that mean "no room left": a full disk, an exceeded quota, a file too large.
+_UMASK_LOCK = threading.Lock()
+
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 
 
@@ -31,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; the rename would keep it
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -48,12 +52,41 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     return path
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def disk_full_error(path: Path, exc: OSError) -> DiskFullError:
     """The error for a write of ``path`` that ran out of space."""
     kept = f"the previous {path} is kept unchanged" if path.exists() else f"nothing was written to {path}"
     return DiskFullError(
         exc.errno, f"disk full while writing {path} ({exc.strerror or exc}); {kept}; free some space and try again"
     )
+
+
+def read_json_file(path: str | os.PathLike, what: str, fix: str) -> Any:
+    """A JSON file xrg wrote itself, or a :class:`~xrg.errors.DataDirError` naming it, what it is and ``fix``."""
+    from xrg.errors import DataDirError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataDirError(f"{what} {path} is damaged or unreadable ({exc}); {fix}") from exc
+
+
+def read_json_mapping(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:
+    """:func:`read_json_file` that must hold a JSON object."""
+    from xrg.errors import DataDirError
+
+    data = read_json_file(path, what, fix)
+    if not isinstance(data, dict):
+        raise DataDirError(f"{what} {path} is damaged (a JSON {type(data).__name__}, not an object); {fix}")
+    return data
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

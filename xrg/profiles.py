@@ -48,14 +48,18 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"profile file {path} is not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"profile file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"profile file {path} is unreadable: {exc.strerror or exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
         raise ConfigError(f"profile file {path} must be a mapping with a 'data' section")
     notebooks = raw.get("notebooks") or {}
     if not isinstance(notebooks, dict) or not all(isinstance(v, dict) for v in notebooks.values()):
         raise ConfigError(f"profile file {path}: 'notebooks' must map notebook names to parameter mappings")
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int):
-        raise ConfigError(f"profile file {path}: seed must be an integer, got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"profile file {path}: seed must be an integer in [0, 2**32), got {seed!r}")
     sections = {k: v for k, v in raw.items() if k not in ("profile", "seed", "data", "notebooks")}
     bad = [k for k, v in sections.items() if not isinstance(v, dict)]
     if bad:

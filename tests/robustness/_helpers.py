@@ -13,7 +13,7 @@ import torch
 from xrg.data.images import save_png
 from xrg.data.manifest import Case, write_manifest
 from xrg.data.reports import Vocabulary
-from xrg.train.checkpoint import save_checkpoint
+from xrg.train.checkpoint import INTEGRITY_ALGORITHM, INTEGRITY_KEY, payload_digest, save_checkpoint
 from xrg.train.xraygan import XRayGAN, XRayGANTrainConfig
 
 #: 16² → 32², narrow layers, no VCN (vc_weight 0): a full run is 4 epochs of 3 steps.
@@ -53,6 +53,13 @@ def write_synthetic_data(out: Path, num_patients: int = 20, image_size: int = 32
     write_manifest(out, cases)
     Vocabulary.build([f"{c.findings} {c.impression}" for c in cases if c.split == "train"]).save(out / "vocab.json")
     return out
+
+
+def resealed(payload: dict) -> dict:
+    """``payload`` with its checksum recomputed: as xrg itself would have written it."""
+    payload = {key: value for key, value in payload.items() if key != INTEGRITY_KEY}
+    payload[INTEGRITY_KEY] = {"algorithm": INTEGRITY_ALGORITHM, "digest": payload_digest(payload)}
+    return payload
 
 
 def random_checkpoint(path: Path, config: XRayGANTrainConfig, vocabulary: Vocabulary, seed: int = 0, **extra) -> Path:

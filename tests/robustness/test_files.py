@@ -51,11 +51,11 @@ from xrg.data.reports import Vocabulary
 from xrg.errors import ArchiveError, CheckpointError, ConfigError, ImageError
 from xrg.pipelines import XRayGANPipeline
 from xrg.profiles import load_profile
-from xrg.train.checkpoint import load_checkpoint, save_checkpoint
+from xrg.train.checkpoint import INTEGRITY_KEY, load_checkpoint, payload_digest, save_checkpoint
 from xrg.train.config import parse_overrides
 from xrg.train.vcn import VCNTrainConfig
 
-from ._helpers import TINY, random_checkpoint, tree
+from ._helpers import TINY, random_checkpoint, resealed, tree
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Duplicate name:UserWarning",  # fuzzed zip archives repeat names on purpose
@@ -507,17 +507,34 @@ def test_checkpoints_with_bytes_replaced(scratch, checkpoint, edits):
     except CheckpointError as error:
         assert str(path) in str(error)
         return
-    # Damage inside tensor data is not detectable without a checksum: the model still runs.
+    # What loads is exactly what was saved: damage inside a tensor or value is refused by the
+    # checksum, so only bytes nothing reads (zip padding, unused records) can change unnoticed.
+    original = torch.load(checkpoint, weights_only=True)
+    damaged = torch.load(path, weights_only=True)
+    assert payload_digest(damaged) == payload_digest(original)
     output = pipe("The heart is normal.")
     assert output.frontal.shape == (1, 32, 32)
+
+
+def test_a_changed_tensor_value_is_refused_by_the_checksum(tmp_path, checkpoint):
+    payload = torch.load(checkpoint, weights_only=True)
+    generator = payload["state"]["generator"]
+    name = next(key for key, value in generator.items() if value.is_floating_point() and value.numel())
+    generator[name].view(-1)[0] += 1e-3  # one weight, slightly: the file parses and the model would run
+    torch.save(payload, tmp_path / "edited.pt")
+    refuses(tmp_path / "edited.pt", "damaged", "checksum")
+    payload.pop(INTEGRITY_KEY)
+    torch.save(payload, tmp_path / "unsealed.pt")
+    refuses(tmp_path / "unsealed.pt", "no sha256-walk-v1 checksum")
 
 
 def test_checkpoints_of_other_kinds_models_vocabularies_and_versions(tmp_path, checkpoint):
     payload = torch.load(checkpoint, weights_only=True)
 
     def variant(name: str, **changes) -> Path:
+        """A checkpoint as xrg would write it with these changes (checksum recomputed)."""
         path = tmp_path / f"{name}.pt"
-        torch.save({**payload, **changes}, path)
+        torch.save(resealed({**payload, **changes}), path)
         return path
 
     save_checkpoint(tmp_path / "vcn.pt", "vcn", VCNTrainConfig(), VOCAB, state={})

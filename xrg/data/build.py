@@ -13,6 +13,7 @@ continues where it stopped, and a finished build re-runs in seconds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -26,13 +27,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xrg.data.findings import Finding, label_text, mesh_to_findings
-from xrg.data.images import save_png
+from xrg.data.images import png_bytes
 from xrg.data.manifest import VOCAB_NAME, Case, patient_split, stable_hash, write_manifest
 from xrg.data.reports import Report, Vocabulary, load_openi_reports
 from xrg.errors import ConfigError, DataDirError
-from xrg.io import atomic_write_json
+from xrg.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json_mapping
+from xrg.locks import own_output_dir
 
 BUILD_NAME = "build.json"
+#: One JSON line per rendered pair: case id, digest of the rendering settings, SHA-256 of each image.
+RENDERS_NAME = "renders.jsonl"
 FINDINGS_SOURCES = ("mesh", "text", "union")
 
 
@@ -52,23 +56,28 @@ class DataBuildConfig:
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 256:
             raise ConfigError(f"image_size must be in 32..256, got {self.image_size}")
+        if not 16 <= self.volume_size <= 512:
+            raise ConfigError(f"volume_size must be in 16..512, got {self.volume_size}")
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        if self.min_word_freq < 1:
+            raise ConfigError(f"min_word_freq must be at least 1, got {self.min_word_freq}")
         if self.max_reports is not None and self.max_reports < 3:
             raise ConfigError(f"max_reports must be at least 3 (one per split) or None, got {self.max_reports}")
-        if self.workers < 1:
-            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if not 1 <= self.workers <= 64:
+            raise ConfigError(f"workers must be in 1..64, got {self.workers}")
         if self.findings_source not in FINDINGS_SOURCES:
             raise ConfigError(f"findings_source must be one of {FINDINGS_SOURCES}, got {self.findings_source!r}")
 
     @classmethod
     def from_profile(cls, data: dict[str, Any], seed: int, **overrides: Any) -> "DataBuildConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        from xrg.train.config import config_from_mapping
+
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"unknown data settings in profile: {sorted(unknown)}")
         values = {**data, "seed": seed, **{k: v for k, v in overrides.items() if v is not None}}
-        if "split_fractions" in values:
-            values["split_fractions"] = tuple(values["split_fractions"])
-        return cls(**values)
+        return config_from_mapping(cls, values, where="data settings")
 
     def rendering_key(self) -> dict[str, Any]:
         """The settings that decide the pixels; a resumed build must match them."""
@@ -144,39 +153,89 @@ def _init_worker(volume_size: int) -> None:
     _WORKER_RENDERER = PhantomRenderer(volume_size=volume_size)
 
 
-def _render_job(job: tuple[str, list[dict], int, int, str]) -> tuple[str, dict]:
+def _render_job(job: tuple[str, list[dict], int, int, str]) -> tuple[str, dict, dict[str, str]]:
     case_id, findings_json, seed, size, out = job
     findings = [Finding.from_dict(d) for d in findings_json]
     pair = _WORKER_RENDERER.render(findings, seed=seed, size=size)
-    save_png(Path(out) / "images" / f"{case_id}_frontal.png", pair.frontal)
-    save_png(Path(out) / "images" / f"{case_id}_lateral.png", pair.lateral)
-    return case_id, dict(pair.skipped)
+    digests = {}
+    for view in ("frontal", "lateral"):
+        data = png_bytes(getattr(pair, view))
+        atomic_write_bytes(Path(out) / "images" / f"{case_id}_{view}.png", data)
+        digests[view] = hashlib.sha256(data).hexdigest()
+    return case_id, dict(pair.skipped), digests
+
+
+def _key_digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[str, Any]) -> set[str]:
+    """Ids of ``cases`` whose two images in ``out`` are this build's renders, by :data:`RENDERS_NAME`.
+
+    A case is reused only when the ledger recorded it with the same rendering settings and
+    both files still have the recorded SHA-256; a same-named image from anywhere else (or a
+    damaged one) is rendered again. Damaged ledger lines (a killed append) are ignored.
+    """
+    out = Path(out)
+    ledger = out / RENDERS_NAME
+    if not ledger.is_file():
+        return set()
+    recorded: dict[str, dict[str, Any]] = {}
+    wanted = _key_digest(key)
+    with open(ledger, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and row.get("key") == wanted and isinstance(row.get("id"), str):
+                recorded[row["id"]] = row
+    return {
+        case.id for case in cases
+        if case.id in recorded
+        and all(_file_sha256(out / getattr(case, view)) == recorded[case.id].get(view) for view in ("frontal", "lateral"))
+    }  # fmt: skip
 
 
 def render_pairs(
     jobs: Sequence[tuple[str, list[dict], int, int, str]], volume_size: int, workers: int, progress: bool = True,
-    desc: str = "rendering pairs",
+    desc: str = "rendering pairs", key: dict[str, Any] | None = None,
 ) -> Counter:
     """Render ``(case_id, findings_json, seed, size, out)`` jobs into ``out/images`` with worker processes.
 
+    Each finished pair is recorded in ``out/``:data:`RENDERS_NAME` with the SHA-256 of its
+    two files and the digest of the rendering settings ``key`` (see :func:`reusable_renders`).
     Returns the reasons (and counts) of findings that could not be drawn.
     """
     not_drawn: Counter = Counter()
     if not jobs:
         return not_drawn
+    key_digest = _key_digest(key or {})
     workers = min(workers, len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, unit="pair", disable=not progress)
+
+    def record(result: tuple[str, dict, dict[str, str]], out: str) -> None:
+        case_id, skipped, digests = result
+        not_drawn.update(skipped)
+        append_jsonl(Path(out) / RENDERS_NAME, {"id": case_id, "key": key_digest, **digests})
+        bar.update()
+
     if workers == 1:
         _init_worker(volume_size)
         for job in jobs:
-            not_drawn.update(_render_job(job)[1])
-            bar.update()
+            record(_render_job(job), job[4])
     else:
         context = mp.get_context("spawn")
         with context.Pool(workers, initializer=_init_worker, initargs=(volume_size,)) as pool:
-            for _, skipped in pool.imap_unordered(_render_job, jobs, chunksize=4):
-                not_drawn.update(skipped)
-                bar.update()
+            for job, result in zip(jobs, pool.imap(_render_job, jobs, chunksize=4)):
+                record(result, job[4])
     bar.close()
     return not_drawn
 
@@ -185,10 +244,7 @@ def _check_resumable(out: Path, config: DataBuildConfig) -> None:
     path = out / BUILD_NAME
     if not path.is_file():
         return
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataDirError(f"{path} is not valid JSON; delete it (and the images) to rebuild") from exc
+    previous = read_json_mapping(path, "data build record", "delete it (and the images) to rebuild")
     old_key = previous.get("rendering_key")
     if old_key != config.rendering_key():
         raise DataDirError(
@@ -202,11 +258,21 @@ def build_dataset(
     config: DataBuildConfig,
     reports_source: str | os.PathLike | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> BuildSummary:
-    """Render the dataset into ``out``; see the module docstring."""
+    """Render the dataset into ``out``; see the module docstring.
+
+    ``out`` must be new, empty or an earlier phantom build (``force`` overrides); it is
+    locked against a second writer, and only images recorded as this build's renders are reused.
+    """
+    with own_output_dir(out, "phantom-dataset", force=force) as out:
+        return _build_dataset(out, config, reports_source, progress)
+
+
+def _build_dataset(
+    out: Path, config: DataBuildConfig, reports_source: str | os.PathLike | None, progress: bool
+) -> BuildSummary:
     start = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_resumable(out, config)
 
     collection = load_openi_reports(reports_source)
@@ -237,12 +303,16 @@ def build_dataset(
             )
         )
 
+    reused = reusable_renders(out, cases, config.rendering_key())
     todo = [
         (c.id, [f.to_dict() for f in c.structured_findings], c.seed, config.image_size, str(out))
         for c in cases
-        if not ((out / c.frontal).is_file() and (out / c.lateral).is_file())
+        if c.id not in reused
     ]
-    not_drawn = render_pairs(todo, config.volume_size, config.workers, progress, f"rendering {config.image_size}px pairs")
+    not_drawn = render_pairs(
+        todo, config.volume_size, config.workers, progress, f"rendering {config.image_size}px pairs",
+        key=config.rendering_key(),
+    )  # fmt: skip
 
     train_texts = [f"{c.findings} {c.impression}" for c in cases if c.split == "train"]
     vocab = Vocabulary.build(train_texts, min_freq=config.min_word_freq)

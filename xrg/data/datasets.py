@@ -23,6 +23,7 @@ from xrg.data.images import load_grayscale
 from xrg.data.manifest import SPLITS, VOCAB_NAME, Case, read_manifest
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, EncodedSection, Vocabulary, encode_section, pad_sections
 from xrg.errors import ConfigError, DataDirError
+from xrg.paths import path_inside
 
 VIEWS: tuple[str, str] = ("frontal", "lateral")
 
@@ -83,7 +84,7 @@ class XRayPairDataset(Dataset):
     def _image(self, index: int, view: str) -> torch.Tensor:
         key = (index, view)
         if key not in self._images:
-            path = self.data_dir / getattr(self.cases[index], view)
+            path = path_inside(self.data_dir, getattr(self.cases[index], view), f"{self.data_dir}: {view} image")
             array = load_grayscale(path)
             self._images[key] = torch.from_numpy(np.round(array * 255).astype(np.uint8))
         image = self._images[key].float().div_(255.0).unsqueeze(0)

@@ -32,11 +32,16 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write a float image in [0, 1] as an 8-bit greyscale PNG, atomically."""
+def png_bytes(image: np.ndarray) -> bytes:
+    """A float image in [0, 1] encoded as an 8-bit greyscale PNG."""
     buffer = io.BytesIO()
     Image.fromarray(to_uint8(image), mode="L").save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write a float image in [0, 1] as an 8-bit greyscale PNG, atomically."""
+    return atomic_write_bytes(path, png_bytes(image))
 
 
 def load_grayscale(path: str | os.PathLike, expected_size: int | None = None) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import csv
+import errno
 import gzip
 import os
 import re
@@ -27,14 +28,17 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 
 from xrg.data.images import load_grayscale, resize, save_png
 from xrg.data.manifest import VOCAB_NAME, Case, patient_split, write_manifest
 from xrg.data.reports import Vocabulary, load_openi_reports, split_report_text
-from xrg.errors import ArchiveError, ConfigError, DataDirError, EmptyReportError, ImageError, ReportError
+from xrg.errors import ArchiveError, ConfigError, DataDirError, DiskFullError, EmptyReportError, ImageError, ReportError
+from xrg.io import DISK_FULL_ERRNOS, disk_full_error
+from xrg.locks import own_output_dir
+from xrg.paths import files_inside, is_safe_id, resolves_inside
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -83,23 +87,77 @@ class ImportSummary:
 # --------------------------------------------------------------------------------------
 
 
-def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> list[Path]:
+#: Most bytes :func:`safe_extract` unpacks from one archive by default (Open-i's PNGs are ~1.4 GB).
+MAX_EXTRACT_BYTES = 32 * 2**30
+#: Most members :func:`safe_extract` unpacks from one archive by default (Open-i has 7,470 images).
+MAX_EXTRACT_MEMBERS = 1_000_000
+
+
+def safe_extract(
+    archive: str | os.PathLike,
+    target: str | os.PathLike,
+    max_bytes: int = MAX_EXTRACT_BYTES,
+    max_members: int = MAX_EXTRACT_MEMBERS,
+) -> list[Path]:
     """Extract a ``.tar``/``.tgz``/``.tar.gz``/``.zip`` archive into ``target``.
 
     Every member is checked before anything is written: absolute paths, ``..`` escapes,
     symbolic and hard links, devices and FIFOs are refused with an :class:`ArchiveError`
-    naming the member, so a refused archive writes nothing. Tar archives are additionally
-    extracted with ``filter="data"``. Returns the extracted regular files, sorted.
+    naming the member, so a refused archive writes nothing. So is an archive whose members
+    add up to more than ``max_bytes`` uncompressed (a zip bomb), more than ``max_members``
+    members, or more than the free space of ``target``'s disk; the bytes actually written
+    are counted too, so a member that unpacks to more than it declares is stopped. Tar
+    archives are additionally extracted with ``filter="data"``. A disk that fills up anyway
+    is a :class:`~xrg.errors.DiskFullError`. Returns the extracted regular files, sorted.
     """
     archive = Path(archive)
     target = Path(target)
     if not archive.is_file():
         raise ArchiveError(f"archive {archive} does not exist")
+    limits = _ExtractLimits(archive, target, max_bytes, max_members)
     if zipfile.is_zipfile(archive):
-        return _extract_zip(archive, target)
+        return _extract_zip(archive, target, limits)
     if _is_tar(archive):
-        return _extract_tar(archive, target)
+        return _extract_tar(archive, target, limits)
     raise ArchiveError(f"archive {archive} is neither a tar nor a zip archive (or it is corrupted)")
+
+
+@dataclass
+class _ExtractLimits:
+    archive: Path
+    target: Path
+    max_bytes: int
+    max_members: int
+
+    def check_plan(self, sizes: Sequence[int]) -> None:
+        """Refuse, before anything is written, an archive too large in members, bytes or for the disk."""
+        if len(sizes) > self.max_members:
+            raise ArchiveError(f"archive {self.archive} has {len(sizes)} members, more than the {self.max_members} allowed")
+        total = sum(sizes)
+        if total > self.max_bytes:
+            raise ArchiveError(
+                f"archive {self.archive} unpacks to {total / 2**20:.1f} MiB, more than the {self.max_bytes / 2**20:.1f} "
+                "MiB allowed (a damaged archive or a decompression bomb); refused, nothing written"
+            )
+        existing = next((p for p in (self.target, *self.target.parents) if p.exists()), Path("."))
+        free = shutil.disk_usage(existing).free
+        if total > free:
+            raise DiskFullError(
+                errno.ENOSPC, f"archive {self.archive} unpacks to {total / 2**20:.1f} MiB but only "
+                f"{free / 2**20:.1f} MiB are free under {existing}; nothing was written; free some space and try again",
+            )  # fmt: skip
+
+    def copy(self, source: BinaryIO, sink: BinaryIO, name: str, declared: int, written: list[int]) -> None:
+        """Copy one member, stopping it past its declared size or the archive's byte limit."""
+        left = declared
+        while chunk := source.read(1 << 20):
+            left -= len(chunk)
+            written[0] += len(chunk)
+            if left < 0 or written[0] > self.max_bytes:
+                raise ArchiveError(
+                    f"archive {self.archive}: member {name!r} unpacks to more than it declares ({declared} bytes); refused"
+                )
+            sink.write(chunk)
 
 
 def _is_tar(path: Path) -> bool:
@@ -156,7 +214,7 @@ def _check_layout(archive: Path, root: Path, planned: Sequence[tuple[str, Path, 
             files[destination] = name
 
 
-def _extract_tar(archive: Path, target: Path) -> list[Path]:
+def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Path]:
     try:
         with tarfile.open(archive, mode="r:*") as tar:
             members = tar.getmembers()
@@ -181,18 +239,23 @@ def _extract_tar(archive: Path, target: Path) -> list[Path]:
                 if member.isreg():
                     files.append(destination)
             _check_layout(archive, root, planned)
+            limits.check_plan([member.size for member in members if member.isreg()])
             root.mkdir(parents=True, exist_ok=True)
             tar.extractall(root, members=members, filter="data")
-    except ArchiveError:
+    except (ArchiveError, DiskFullError):
         raise
     except tarfile.FilterError as exc:
         raise ArchiveError(f"archive {archive}: refused by the tar data filter: {exc}") from exc
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(target, exc) from exc
+        raise ArchiveError(f"archive {archive} is unreadable or truncated: {exc}") from exc
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
         raise ArchiveError(f"archive {archive} is unreadable or truncated: {exc}") from exc
     return sorted(files)
 
 
-def _extract_zip(archive: Path, target: Path) -> list[Path]:
+def _extract_zip(archive: Path, target: Path, limits: _ExtractLimits) -> list[Path]:
     try:
         with zipfile.ZipFile(archive) as zipped:
             infos = zipped.infolist()
@@ -207,19 +270,25 @@ def _extract_zip(archive: Path, target: Path) -> list[Path]:
                     raise ArchiveError(f"archive {archive}: member {info.filename!r} is a device or FIFO; refused")
                 plan.append((info, destination))
             _check_layout(archive, root, [(info.filename, destination, info.is_dir()) for info, destination in plan])
+            limits.check_plan([info.file_size for info, _ in plan if not info.is_dir()])
             root.mkdir(parents=True, exist_ok=True)
             files: list[Path] = []
+            written = [0]
             for info, destination in plan:
                 if info.is_dir():
                     destination.mkdir(parents=True, exist_ok=True)
                     continue
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with zipped.open(info) as source, open(destination, "wb") as sink:
-                    shutil.copyfileobj(source, sink)
+                    limits.copy(source, sink, info.filename, info.file_size, written)
                 files.append(destination)
-    except ArchiveError:
+    except (ArchiveError, DiskFullError):
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, zlib.error) as exc:
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(target, exc) from exc
+        raise ArchiveError(f"archive {archive} is unreadable or corrupted: {exc}") from exc
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
         raise ArchiveError(f"archive {archive} is unreadable or corrupted: {exc}") from exc
     return sorted(files)
 
@@ -229,9 +298,13 @@ def _extract_zip(archive: Path, target: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------
 
 
+#: Largest stored image side an import accepts (the paper trains at 256; 4096 holds a full-size radiograph).
+MAX_IMPORT_SIZE = 4096
+
+
 def _check_size(size: int) -> None:
-    if not isinstance(size, int) or size < 8:
-        raise ConfigError(f"image size must be an integer of at least 8 pixels, got {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= MAX_IMPORT_SIZE:
+        raise ConfigError(f"image size must be an integer in 8..{MAX_IMPORT_SIZE} pixels, got {size!r}")
 
 
 def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -251,17 +324,22 @@ def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]
 
 
 def _load_first(
-    candidates: Sequence[Path | str], size: int, refused: list[tuple[str, str]], where: Path
+    candidates: Sequence[Path | str], size: int, refused: list[tuple[str, str]], where: Path, root: Path
 ) -> np.ndarray | str:
     """Load and resize the first usable image; a string says why none was usable.
 
-    ``candidates`` are paths, or ids of images not found under ``where``. Every unusable
-    file gets a message in ``refused``.
+    ``candidates`` are paths, or ids of images not found under ``where``; a path that a
+    symbolic link takes outside ``root`` is refused unread. Every unusable file gets a
+    message in ``refused``.
     """
     unreadable = False
     for candidate in candidates:
         if isinstance(candidate, str) or not candidate.is_file():
             refused.append((str(candidate), f"image file not found in {where}"))
+            continue
+        if not resolves_inside(candidate, root):
+            refused.append((str(candidate), f"image is a link to a file outside {root}; refused, not followed"))
+            unreadable = True
             continue
         try:
             return resize(_not_blank(load_grayscale(candidate), candidate), size)
@@ -320,12 +398,13 @@ def _image_directory(images: Path, out: Path) -> Iterator[Path]:
         yield Path(temporary)
 
 
-def _index_images(directory: Path) -> dict[str, Path]:
-    """Image files below ``directory`` by file stem (``CXR1000_IM-0003-1001``)."""
+def _index_images(directory: Path, refused: list[tuple[str, str]]) -> dict[str, Path]:
+    """Image files below ``directory`` by file stem (``CXR1000_IM-0003-1001``); links out of it are refused."""
+    files, outside = files_inside(directory, IMAGE_SUFFIXES)
+    refused.extend((str(path), f"a link to outside {directory}; refused, not followed") for path in outside)
     index: dict[str, Path] = {}
-    for path in sorted(directory.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            index.setdefault(path.stem, path)
+    for path in files:
+        index.setdefault(path.stem, path)
     return index
 
 
@@ -342,6 +421,7 @@ def import_openi(
     size: int = 256,
     seed: int = 0,
     metadata_csv: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> ImportSummary:
     """Import Open-i: report XMLs (directory or ``.tgz``) and PNGs (directory or archive).
 
@@ -349,12 +429,23 @@ def import_openi(
     the views read from the DICOM metadata CSV shipped in ``torchxrayvision`` (or
     ``metadata_csv``); its structured findings come from the report's MeSH terms. Writes
     ``out/manifest.jsonl``, ``out/images/<case_id>_{frontal,lateral}.png`` at ``size`` pixels
-    and ``out/vocab.json`` built from the train split only.
+    and ``out/vocab.json`` built from the train split only. ``out`` must be empty, new or an
+    earlier Open-i import (``force`` overrides); it is locked against a second writer.
     """
-    from xrg.data.findings import mesh_to_findings  # written alongside; imported when used
 
     _check_size(size)
     out, images = Path(out), Path(images)
+    if not images.exists():
+        raise DataDirError(f"image directory {images} does not exist")
+    with own_output_dir(out, "openi-dataset", force=force):
+        return _import_openi(reports, images, out, size, seed, metadata_csv)
+
+
+def _import_openi(
+    reports: str | os.PathLike, images: Path, out: Path, size: int, seed: int, metadata_csv: str | os.PathLike | None
+) -> ImportSummary:
+    from xrg.data.findings import mesh_to_findings
+
     if metadata_csv is None:
         from xrg.resources import openi_dicom_metadata_csv
 
@@ -367,7 +458,7 @@ def import_openi(
     )
     cases: list[Case] = []
     with _image_directory(images, out) as image_dir:
-        files = _index_images(image_dir)
+        files = _index_images(image_dir, summary.refused_files)
         for report in collection.reports:
             frontal_ids = _ranked(report.image_ids, views, OPENI_FRONTAL)
             lateral_ids = _ranked(report.image_ids, views, OPENI_LATERAL)
@@ -377,11 +468,11 @@ def import_openi(
             if not lateral_ids:
                 summary.skipped["no lateral view"] += 1
                 continue
-            frontal = _load_first([files.get(i, i) for i in frontal_ids], size, summary.refused_files, images)
+            frontal = _load_first([files.get(i, i) for i in frontal_ids], size, summary.refused_files, images, image_dir)
             if isinstance(frontal, str):
                 summary.skipped[frontal] += 1
                 continue
-            lateral = _load_first([files.get(i, i) for i in lateral_ids], size, summary.refused_files, images)
+            lateral = _load_first([files.get(i, i) for i in lateral_ids], size, summary.refused_files, images, image_dir)
             if isinstance(lateral, str):
                 summary.skipped[lateral] += 1
                 continue
@@ -429,6 +520,7 @@ def import_mimic(
     size: int = 256,
     seed: int = 0,
     subset: str | None = "p10",
+    force: bool = False,
 ) -> ImportSummary:
     """Import MIMIC-CXR-JPG: one frontal (PA, else AP) and one lateral (LATERAL, else LL) per study.
 
@@ -437,26 +529,41 @@ def import_mimic(
     ``root/files/p10/p10000032/s50414267.txt`` or ``root/reports/files/...``. ``subset``
     (``"p10"`` ... ``"p19"``) limits the import to one patient group; ``None`` imports all.
     Findings come from the FINDINGS/IMPRESSION text via the rule-based labeller; the split
-    is by ``subject_id``.
+    is by ``subject_id``. A ``dicom_id`` that is not a safe id (:data:`xrg.paths.SAFE_ID`) and
+    a file that a symbolic link takes outside ``root`` are refused, never read. ``out`` must
+    be empty, new or an earlier MIMIC import (``force`` overrides); it is locked.
     """
-    from xrg.data.findings import label_text  # written alongside; imported when used
-
     _check_size(size)
     root, out = Path(root), Path(out)
     if not root.is_dir():
         raise DataDirError(f"MIMIC-CXR directory {root} does not exist")
     if subset is not None and not re.fullmatch(r"p1\d", subset):
         raise ConfigError(f"MIMIC-CXR subset must be one of p10 ... p19 or None, got {subset!r}")
+    with own_output_dir(out, "mimic-dataset", force=force):
+        return _import_mimic(root, out, size, seed, subset)
+
+
+def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | None) -> ImportSummary:
+    from xrg.data.findings import label_text
+
     rows = _read_csv_columns(_mimic_metadata(root), ("dicom_id", "subject_id", "study_id", "ViewPosition"))
     studies: dict[tuple[str, str], list[tuple[str, str]]] = collections.defaultdict(list)
-    for row in rows:
+    summary = ImportSummary(n_cases=0, skipped=collections.Counter(), refused_files=[], out=out)
+    for number, row in enumerate(rows, start=2):
         subject, study = row["subject_id"], row["study_id"]
-        if not subject.isdigit() or not study.isdigit():
-            raise DataDirError(f"MIMIC-CXR metadata: subject_id {subject!r} / study_id {study!r} are not numbers")
+        if not (subject.isascii() and subject.isdigit() and study.isascii() and study.isdigit()):
+            raise DataDirError(
+                f"MIMIC-CXR metadata line {number}: subject_id {subject[:40]!r} / study_id {study[:40]!r} are not numbers"
+            )
+        if not is_safe_id(row["dicom_id"]):
+            summary.skipped["unsafe dicom_id"] += 1
+            summary.refused_files.append(
+                (f"metadata line {number}", f"dicom_id {row['dicom_id'][:80]!r} is not a safe id; the row is refused")
+            )
+            continue
         if subset is None or f"p{subject[:2]}" == subset:
             studies[subject, study].append((row["dicom_id"], row["ViewPosition"].upper()))
 
-    summary = ImportSummary(n_cases=0, skipped=collections.Counter(), refused_files=[], out=out)
     cases: list[Case] = []
     for (subject, study), views in sorted(studies.items(), key=lambda item: (int(item[0][0]), int(item[0][1]))):
         relative = Path(f"p{subject[:2]}", f"p{subject}", f"s{study}")
@@ -472,6 +579,10 @@ def import_mimic(
             (p for p in (root / "files" / f"{relative}.txt", root / "reports" / "files" / f"{relative}.txt") if p.is_file()),
             None,
         )
+        if report_file is not None and not resolves_inside(report_file, root):
+            summary.skipped["report is a link outside the root"] += 1
+            summary.refused_files.append((str(report_file), f"a link to a file outside {root}; refused, not followed"))
+            continue
         if report_file is None:
             summary.skipped["report missing"] += 1
             summary.refused_files.append((str(root / "files" / f"{relative}.txt"), "report file not found"))
@@ -487,11 +598,11 @@ def import_mimic(
             summary.refused_files.append((str(report_file), f"unreadable report: {exc}"))
             continue
         study_dir = root / "files" / relative
-        frontal = _load_first([study_dir / f"{d}.jpg" for d in frontal_ids], size, summary.refused_files, study_dir)
+        frontal = _load_first([study_dir / f"{d}.jpg" for d in frontal_ids], size, summary.refused_files, study_dir, root)
         if isinstance(frontal, str):
             summary.skipped[frontal] += 1
             continue
-        lateral = _load_first([study_dir / f"{d}.jpg" for d in lateral_ids], size, summary.refused_files, study_dir)
+        lateral = _load_first([study_dir / f"{d}.jpg" for d in lateral_ids], size, summary.refused_files, study_dir, root)
         if isinstance(lateral, str):
             summary.skipped[lateral] += 1
             continue

@@ -19,6 +19,7 @@ import numpy as np
 from xrg.data.findings import Finding, findings_from_json, findings_to_json
 from xrg.errors import DataDirError, FindingError
 from xrg.io import atomic_write_jsonl
+from xrg.paths import check_relative, path_inside, safe_id
 
 MANIFEST_NAME = "manifest.jsonl"
 VOCAB_NAME = "vocab.json"
@@ -52,8 +53,16 @@ class Case:
         missing = required - set(data)
         if missing:
             raise DataDirError(f"{where}: case is missing fields {sorted(missing)}")
+        safe_id(data["id"], f"{where}: case id")
         if data["split"] not in SPLITS:
             raise DataDirError(f"{where}: case {data['id']!r} has unknown split {data['split']!r}")
+        for name in ("patient_id", "findings", "impression", "frontal", "lateral"):
+            if not isinstance(data[name], str):
+                raise DataDirError(f"{where}: case {data['id']!r}: {name} must be a string, got {type(data[name]).__name__}")
+        for view in ("frontal", "lateral"):
+            check_relative(data[view], f"{where}: case {data['id']!r}: {view} image path", "the data directory")
+        if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
+            raise DataDirError(f"{where}: case {data['id']!r}: seed must be an integer or null, got {data['seed']!r}")
         known = {f for f in cls.__dataclass_fields__}
         try:
             findings = findings_from_json(data["structured_findings"])
@@ -97,11 +106,11 @@ def read_manifest(directory: str | os.PathLike, check_images: bool = False) -> l
     ids = [case.id for case in cases]
     if len(set(ids)) != len(ids):
         raise DataDirError(f"{path} lists duplicate case ids")
-    if check_images:
-        for case in cases:
-            for view in (case.frontal, case.lateral):
-                if not (directory / view).is_file():
-                    raise DataDirError(f"{path}: case {case.id!r} points to missing image {view}")
+    for case in cases:  # no image path may lead out of the directory, through a link either
+        for view in (case.frontal, case.lateral):
+            image = path_inside(directory, view, f"{path}: case {case.id!r}: image")
+            if check_images and not image.is_file():
+                raise DataDirError(f"{path}: case {case.id!r} points to missing image {view}")
     return cases
 
 

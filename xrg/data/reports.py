@@ -137,21 +137,30 @@ def _text_of(element: Element) -> str:
 
 
 def _report_id(root: Element, source: str) -> str:
+    from xrg.paths import safe_id
+
     uid = root.find("uId")
+    value = ""
     if uid is not None and (value := (uid.get("id") or "").strip()):
         match = _UID.fullmatch(value)
-        return match.group(1) if match else value
-    if source != "<string>":
-        stem = Path(source).name.rsplit(".", 1)[0]
-        if stem:
-            return stem
-    raise ReportError(f"report {source}: has no <uId id=...> and no file name to take an id from")
+        value, what = (match.group(1) if match else value), "its <uId id=...>"
+    elif source != "<string>":
+        value, what = Path(source).name.rsplit(".", 1)[0], "its file name"
+    if not value:
+        raise ReportError(f"report {source}: has no <uId id=...> and no file name to take an id from")
+    try:  # the id becomes part of image file names
+        return safe_id(value, f"report {source}: the id taken from {what},")
+    except DataDirError as exc:
+        raise ReportError(str(exc)) from exc
 
 
 def _natural_key(name: str) -> list[Any]:
     """Sort key so that ``2.xml`` comes before ``10.xml``."""
     return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
+
+#: Most bytes of report XML read from one archive (they are held in memory to be sorted).
+MAX_ARCHIVE_REPORT_BYTES = 1 << 30
 
 _TAR_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -177,10 +186,12 @@ def iter_report_sources(
             on_skip(name, reason)
 
     if path.is_dir():
-        files = sorted(
-            (p for p in path.rglob("*") if p.suffix.lower() == ".xml" and p.is_file() and not p.is_symlink()),
-            key=lambda p: _natural_key(p.relative_to(path).as_posix()),
-        )
+        from xrg.paths import files_inside
+
+        inside, outside = files_inside(path, (".xml",))
+        for link in outside:  # a symbolic link out of the tree is never followed
+            skip(link.relative_to(path).as_posix(), "link outside the directory")
+        files = sorted(inside, key=lambda p: _natural_key(p.relative_to(path).as_posix()))
         for file in files:
             name = file.relative_to(path).as_posix()
             if file.stat().st_size > max_bytes:
@@ -201,6 +212,7 @@ def iter_report_sources(
         raise ArchiveError(f"report source {path} is neither a directory, an .xml file nor a tar archive")
     # Read in archive order (a gzip stream cannot seek back cheaply), then sort.
     members: list[tuple[str, bytes]] = []
+    total = 0
     try:
         with tarfile.open(path, mode="r:*") as archive:
             for member in archive:
@@ -212,6 +224,12 @@ def iter_report_sources(
                 handle = archive.extractfile(member)
                 if handle is None:
                     continue
+                total += member.size
+                if total > MAX_ARCHIVE_REPORT_BYTES:
+                    raise ArchiveError(
+                        f"report archive {path} holds more than {MAX_ARCHIVE_REPORT_BYTES // 2**20} MiB of .xml reports "
+                        "(Open-i has about 20 MiB); refused as damaged or a decompression bomb"
+                    )
                 members.append((member.name, handle.read()))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ArchiveError(f"report archive {path} is unreadable or truncated: {exc}") from exc
@@ -270,7 +288,12 @@ def load_openi_reports(source: str | os.PathLike | None = None, max_bytes: int =
             collection.errors.append((name, str(exc)))
             continue
         except ReportError as exc:
-            reason = "unsafe xml" if isinstance(exc.__cause__, defusedxml.DefusedXmlException) else "malformed xml"
+            if isinstance(exc.__cause__, DataDirError):
+                reason = "unsafe id"
+            elif isinstance(exc.__cause__, defusedxml.DefusedXmlException):
+                reason = "unsafe xml"
+            else:
+                reason = "malformed xml"
             collection.skipped[reason] += 1
             collection.errors.append((name, str(exc)))
             continue

@@ -37,14 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from xrg.data.build import BUILD_NAME, render_pairs
+from xrg.data.build import BUILD_NAME, render_pairs, reusable_renders
 from xrg.data.datasets import XRayPairDataset
 from xrg.data.manifest import MANIFEST_NAME, VOCAB_NAME, Case, read_manifest, stable_hash, write_manifest
 from xrg.data.phantom import volume_size_for
 from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError, DataDirError, TrainingDiverged
 from xrg.eval.classifier import FindingClassifier, class_weights, classifier_auroc, weighted_bce
-from xrg.io import append_jsonl, atomic_write_json
+from xrg.io import append_jsonl, atomic_write_json, read_json_mapping
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.profiles import Profile
 from xrg.train.checkpoint import checkpoint_config, load_checkpoint, require_finished, save_checkpoint
@@ -192,7 +192,9 @@ def _render_settings(data_dir: Path, config: EvaluatorConfig) -> tuple[int, int]
     """``(image size, CT grid)`` of the cohort: the data build's where there is one."""
     build = data_dir / BUILD_NAME
     if config.render_size == 0 and build.is_file():
-        key = json.loads(build.read_text(encoding="utf-8")).get("config", {})
+        key = read_json_mapping(build, "data build record", "rebuild the data directory").get("config", {})
+        if not isinstance(key, dict):
+            raise DataDirError(f"data build record {build} is damaged (its config is not a mapping); rebuild it")
         size = int(key.get("image_size", config.image_size))
         return size, int(key.get("volume_size", volume_size_for(size)))
     size = config.render_size or min(max(config.image_size, 32), 256)
@@ -216,7 +218,7 @@ def ensure_cohort(
     }
     stamp_path = cohort_dir / COHORT_NAME
     if stamp_path.is_file():
-        previous = json.loads(stamp_path.read_text(encoding="utf-8"))
+        previous = read_json_mapping(stamp_path, "cohort record", f"delete {cohort_dir} to render the cohort again")
         if previous.get("key") != stamp:
             raise DataDirError(
                 f"{cohort_dir} holds an evaluation cohort made from another data directory or other settings "
@@ -227,12 +229,13 @@ def ensure_cohort(
     cohort_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stamp_path, {"key": stamp, "complete": False})
     cases = cohort_cases(data_cases, config)
+    reused = reusable_renders(cohort_dir, cases, stamp)
     jobs = [
         (c.id, [f.to_dict() for f in c.structured_findings], int(c.seed), size, str(cohort_dir))
         for c in cases
-        if not ((cohort_dir / c.frontal).is_file() and (cohort_dir / c.lateral).is_file())
+        if c.id not in reused
     ]
-    render_pairs(jobs, volume_size, config.workers, progress, f"rendering the evaluation cohort ({size}px)")
+    render_pairs(jobs, volume_size, config.workers, progress, f"rendering the evaluation cohort ({size}px)", key=stamp)
     shutil.copyfile(data_dir / VOCAB_NAME, cohort_dir / VOCAB_NAME)
     write_manifest(cohort_dir, cases)
     atomic_write_json(stamp_path, {"key": stamp, "complete": True, "per_split": {
@@ -335,7 +338,7 @@ def ensure_evaluators(
         classifier, classifier_metrics, _ = train_classifier(cohort_dir, classifier_config, out_dir, device, progress)
     vocabulary = Vocabulary.load(cohort_dir / VOCAB_NAME)
     vcn = ensure_vcns(out_dir, cohort_dir, [config.vcn_config()], vocabulary, device, progress)[config.image_size]
-    cohort = json.loads((cohort_dir / COHORT_NAME).read_text(encoding="utf-8"))
+    cohort = read_json_mapping(cohort_dir / COHORT_NAME, "cohort record", f"delete {cohort_dir} to render it again")
     metrics = {"classifier": classifier_metrics, "vcn": vcn.metrics, "cohort": cohort, "config": asdict(config)}
     return Evaluators(
         classifier=classifier, vcn=vcn.model, classifier_path=classifier_path, vcn_path=vcn_path(out_dir, config.image_size),

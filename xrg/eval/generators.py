@@ -20,7 +20,7 @@ import torch
 from xrg.data.reports import Vocabulary, encode_section, pad_sections, split_report_text
 from xrg.errors import CheckpointError
 from xrg.models.xraygan import to_image_range
-from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint
+from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint, read_checkpoint
 from xrg.train.xraygan import CHECKPOINT_NAME, XRayGAN, XRayGANTrainConfig
 
 VIEWS: tuple[str, str] = ("frontal", "lateral")
@@ -50,11 +50,8 @@ def checkpoint_path(run: str | os.PathLike) -> Path:
 
 def checkpoint_kind(path: str | os.PathLike) -> str:
     """The ``kind`` a checkpoint was saved as (``xraygan``, ``baseline`` ...), read safely."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # load_checkpoint gives the precise reason below
-        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
-    if not isinstance(payload, dict) or "kind" not in payload:
+    payload = read_checkpoint(path)  # refuses damage, foreign pickles and unverifiable files, naming why
+    if "kind" not in payload:
         raise CheckpointError(f"{path} is not an xrg checkpoint")
     return str(payload["kind"])
 

@@ -660,6 +660,8 @@ def inception_available(weights_path: str | os.PathLike) -> tuple[bool, str]:
 def _inception_network(path: str, modified: float, device: str) -> nn.Module:
     from torchmetrics.image.fid import NoTrainInceptionV3
 
+    from xrg.train.checkpoint import torch_error_summary
+
     # torch-fidelity reads the file with torch.load(weights_only=False), which would run any code
     # pickled into it; a file that loads with weights_only=True holds only tensors and is safe.
     try:
@@ -667,14 +669,14 @@ def _inception_network(path: str, modified: float, device: str) -> nn.Module:
     except Exception as error:
         raise ConfigError(
             f"Inception weights file {path} is refused: it does not load as plain tensors with "
-            f"torch.load(weights_only=True) ({str(error).splitlines()[0][:200]})"
+            f"torch.load(weights_only=True) ({torch_error_summary(error)})"
         ) from None
     try:
         network = NoTrainInceptionV3(
             name="inception-v3-compat", features_list=["2048", "logits_unbiased"], feature_extractor_weights_path=path
         )
     except Exception as error:  # torch.load / load_state_dict of a file that is not these weights
-        raise ConfigError(f"Inception weights file {path} could not be loaded: {error}") from None
+        raise ConfigError(f"Inception weights file {path} could not be loaded: {torch_error_summary(error)}") from None
     return network.to(device)
 
 

@@ -226,9 +226,9 @@ def evaluate_run(
     }
     out_path = run_dir / EVAL_NAME
     if out_path.is_file() and not force:
-        import json
+        from xrg.io import read_json_mapping
 
-        previous = json.loads(out_path.read_text(encoding="utf-8"))
+        previous = read_json_mapping(out_path, "evaluation result", "delete it, or pass --force to recompute it")
         # Files are compared by content, not by the path they were reached by (relative or absolute).
         same_inputs = all(previous.get("sources", {}).get(key) == sources[key] for key in FRESHNESS_KEYS)
         if previous.get("format") == EVAL_FORMAT and same_inputs and previous.get("config") == dataclasses.asdict(config):

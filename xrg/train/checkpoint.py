@@ -17,6 +17,7 @@ that was stopped part-way where a trained model is expected.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -35,6 +36,10 @@ from xrg.io import atomic_write_bytes
 from xrg.train.config import config_differences, config_from_mapping, config_to_dict
 
 CHECKPOINT_FORMAT = "xrg-checkpoint"
+INTEGRITY_KEY = "integrity"
+#: SHA-256 over every value of the checkpoint in a fixed order: each tensor's dtype, shape
+#: and bytes, each plain value's type and repr, each mapping's keys.
+INTEGRITY_ALGORITHM = "sha256-walk-v1"
 CHECKPOINT_KINDS: tuple[str, ...] = ("xraygan", "vcn", "baseline", "classifier")
 
 ConfigT = TypeVar("ConfigT")
@@ -62,9 +67,45 @@ def save_checkpoint(
         "vocabulary": vocabulary.to_dict(),
         **contents,
     }
+    payload[INTEGRITY_KEY] = {"algorithm": INTEGRITY_ALGORITHM, "digest": payload_digest(payload)}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load an xrg checkpoint of any kind and verify its checksum; every failure is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except RuntimeError as exc:
+        if "cuda" in str(exc).lower() and not torch.cuda.is_available():
+            raise CheckpointError(
+                f"checkpoint {path} could not be put on {map_location}: this machine has no usable CUDA device "
+                "(the file itself was not judged); use --device cpu"
+            ) from exc
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {torch_error_summary(exc)}") from exc
+    except pickle.UnpicklingError as exc:
+        refused = refused_global(path, exc)
+        if refused:
+            raise CheckpointError(
+                f"checkpoint {path} refused: it needs the global {refused}, which weights_only loading does not "
+                "allow; only load checkpoints you trust, and never with weights_only=False: unpickling this one "
+                "could run arbitrary code (xrg checkpoints hold only tensors and plain values)"
+            ) from exc
+        if not zipfile.is_zipfile(path) and pickle_globals(_pickle_data(path)) is not None:
+            raise CheckpointError(
+                f"checkpoint {path} is a plain pickle (pickle.dump), not a torch.save file; it is not an xrg checkpoint"
+            ) from exc
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (unreadable pickle data)") from exc
+    except (EOFError, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {torch_error_summary(exc)}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an xrg checkpoint (a torch file without the {CHECKPOINT_FORMAT!r} header)")
+    verify_integrity(payload, path)
+    return payload
 
 
 def load_checkpoint(
@@ -80,27 +121,7 @@ def load_checkpoint(
     must continue with the settings and the words it started with).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = refused_global(path, exc)
-        if refused:
-            raise CheckpointError(
-                f"checkpoint {path} refused: it needs the global {refused}, which weights_only loading does not "
-                "allow; only load checkpoints you trust, and never with weights_only=False: unpickling this one "
-                "could run arbitrary code (xrg checkpoints hold only tensors and plain values)"
-            ) from exc
-        if not zipfile.is_zipfile(path) and pickle_globals(_pickle_data(path)) is not None:
-            raise CheckpointError(
-                f"checkpoint {path} is a plain pickle (pickle.dump), not a torch.save file; it is not an xrg checkpoint"
-            ) from exc
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt (unreadable pickle data)") from exc
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an xrg checkpoint (a torch file without the {CHECKPOINT_FORMAT!r} header)")
+    payload = read_checkpoint(path, map_location)
     if payload.get("kind") != kind:
         raise CheckpointError(f"checkpoint {path} is a {payload.get('kind')!r} checkpoint, expected {kind!r}")
     stored_version = str(payload.get("xrg_version"))
@@ -127,6 +148,54 @@ def load_checkpoint(
                 f"the data's is {vocabulary.fingerprint[:12]}); use the dataset it was trained on"
             )
     return payload
+
+
+def payload_digest(payload: Mapping[str, Any]) -> str:
+    """The :data:`INTEGRITY_ALGORITHM` digest of a checkpoint payload (its ``integrity`` entry left out)."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().to("cpu").contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}:".encode())
+            if tensor.numel():
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            digest.update(f"M{len(value)}:".encode())
+            for key in sorted(value, key=repr):
+                digest.update(f"K{key!r}:".encode())
+                walk(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{type(value).__name__}{len(value)}:".encode())
+            for item in value:
+                walk(item)
+        else:
+            digest.update(f"V{type(value).__name__}:{value!r};".encode())
+
+    walk({key: value for key, value in payload.items() if key != INTEGRITY_KEY})
+    return digest.hexdigest()
+
+
+def verify_integrity(payload: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose stored digest is missing or does not match its contents."""
+    record = payload.get(INTEGRITY_KEY)
+    if not isinstance(record, Mapping) or record.get("algorithm") != INTEGRITY_ALGORITHM:
+        raise CheckpointError(
+            f"checkpoint {path} carries no {INTEGRITY_ALGORITHM} checksum (written by an older xrg, or damaged); "
+            "it cannot be verified: retrain it with this xrg"
+        )
+    if record.get("digest") != payload_digest(payload):
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: its contents do not match the checksum stored in it "
+            "(bytes changed inside a tensor or value); restore it from a copy or retrain"
+        )
+
+
+def torch_error_summary(error: BaseException) -> str:
+    """torch's message about a file it could not load, first line only, without its advice to unpickle code."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = re.split(r"(?i)\b(?:re-?running|this file can still be loaded|in pytorch 2\.6|if you trust|weights_only=False)", text)[0].rstrip(" .;:,(")
+    return text[:300] or type(error).__name__
 
 
 def require_finished(payload: Mapping[str, Any], path: str | os.PathLike, how_to_finish: str) -> None:

@@ -9,6 +9,7 @@ weights_only=True)``; :func:`config_differences` names the fields in which two d
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, Mapping, TypeVar
 
@@ -36,6 +37,11 @@ def config_from_mapping(cls: type[ConfigT], values: Mapping[str, Any], where: st
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """``value`` as the annotated type: ints and numeric strings ("1e-4") become floats, lists tuples."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value is None:
+            return None
+        others = [arg for arg in args if arg is not type(None)]
+        return _coerce(value, others[0], where) if len(others) == 1 else value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")

@@ -37,6 +37,7 @@ from xrg.data.manifest import read_manifest
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, TrainingDiverged, TrainingStopped
 from xrg.io import append_jsonl, atomic_write_jsonl, remove_temporaries
+from xrg.locks import directory_lock
 from xrg.train.checkpoint import load_checkpoint, save_checkpoint
 from xrg.train.runtime import StopRequests, epoch_batches, set_lr
 
@@ -143,6 +144,8 @@ class PhasedTrainer:
         self.metrics_path = self.run_dir / METRICS_NAME
         if resume and not self.checkpoint_path.is_file():
             raise CheckpointError(f"nothing to resume: {self.checkpoint_path} does not exist")
+        if resume:  # a damaged or foreign checkpoint is refused now, before any other work is done
+            load_checkpoint(self.checkpoint_path, self.kind)
         if not resume and self.checkpoint_path.is_file():
             raise CheckpointError(
                 f"{self.run_dir} already holds a run ({self.checkpoint_path}); pass --resume (resume=True) "
@@ -150,11 +153,17 @@ class PhasedTrainer:
             )
         #: What was tidied up after an earlier run was killed (printed by the command line).
         self.notes: list[str] = []
-        # A process killed while writing leaves ``.NAME.*.tmp`` files (never a partial NAME).
-        for directory in (self.run_dir, *(self.run_dir / name for name in tidy)):
-            removed = remove_temporaries(directory)
-            if removed:
-                self.notes.append(f"removed {len(removed)} partial file(s) a killed run left in {directory}")
+        #: Whether the checkpoint file, if there is one, is this trainer's (resumed from or written by it).
+        self._checkpoint_is_ours = resume
+        if not self.run_dir.is_dir():
+            return
+        # A process killed while writing leaves ``.NAME.*.tmp`` files (never a partial NAME); only
+        # the directory's one writer may remove them.
+        with directory_lock(self.run_dir, "run directory"):
+            for directory in (self.run_dir, *(self.run_dir / name for name in tidy)):
+                removed = remove_temporaries(directory)
+                if removed:
+                    self.notes.append(f"removed {len(removed)} partial file(s) a killed run left in {directory}")
 
     def _start(self, seed: int, resume: bool) -> None:
         """The shuffle generator and the position; then the checkpoint's state when resuming."""
@@ -244,6 +253,7 @@ class PhasedTrainer:
             **self._checkpoint_extras(),
         )
         self._last_saved_step = self.position.step
+        self._checkpoint_is_ours = True
         return self.checkpoint_path
 
     def _load(self, path: Path) -> None:
@@ -315,19 +325,24 @@ class PhasedTrainer:
 
         A stopped run writes a checkpoint first; ``resume=True`` continues it exactly.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.checkpoint_path.is_file():
-            self.save()
-        with StopRequests() as stop:
-            while not self.finished:
-                phase = self.phases[self.position.phase]
-                stopped = self._train_phase(phase, max_steps, stop)
-                if stopped:
-                    self.save()
-                    return TrainResult(self.run_dir, self.checkpoint_path, False, self.position.step, stopped)
-                self.position = Position(phase=self.position.phase + 1, step=self.position.step)
-                self.optimizers = None
+        with directory_lock(self.run_dir, "run directory"):
+            if self.checkpoint_path.is_file() and not self._checkpoint_is_ours:
+                raise CheckpointError(
+                    f"{self.checkpoint_path} was written by another run after this one was set up; "
+                    "resume that run (--resume) or choose another output directory"
+                )
+            if not self.checkpoint_path.is_file():
                 self.save()
+            with StopRequests() as stop:
+                while not self.finished:
+                    phase = self.phases[self.position.phase]
+                    stopped = self._train_phase(phase, max_steps, stop)
+                    if stopped:
+                        self.save()
+                        return TrainResult(self.run_dir, self.checkpoint_path, False, self.position.step, stopped)
+                    self.position = Position(phase=self.position.phase + 1, step=self.position.step)
+                    self.optimizers = None
+                    self.save()
         return TrainResult(self.run_dir, self.checkpoint_path, True, self.position.step)
 
     def _batches_per_epoch(self, phase: Any) -> int:
@@ -568,6 +583,14 @@ class EpochLoop:
         and the amounts to add up over the epoch; ``epoch_row(epoch, step, totals)`` is the
         epoch's metrics row (``totals`` has ``seconds`` too).
         """
+        with directory_lock(self.path.parent, "run directory"):
+            return self._run(step, epoch_row)
+
+    def _run(
+        self,
+        step: Callable[[list[int], torch.Generator], tuple[float, dict[str, float]]],
+        epoch_row: Callable[[int, int, dict[str, float]], dict[str, Any]],
+    ) -> int:
         if self.path.is_file():
             self._load()
         self._tidy()

@@ -1,0 +1,197 @@
+"""Untrusted names never become paths, and an output directory is not somebody else's.
+
+Ids read from inputs (an Open-i ``<uId>``, a MIMIC ``dicom_id``, a manifest's case id) are
+checked against :data:`SAFE_ID` before they are put into a file name (:func:`safe_id`);
+a relative path read from a manifest must stay inside its data directory
+(:func:`path_inside`), and a file found while walking an input tree is used only when it
+resolves inside that tree, so a symbolic link to a system file is refused, not followed
+(:func:`resolves_inside`).
+
+Every directory xrg writes into carries a marker, ``.xrg-dir.json``, saying what made it
+(:func:`claim_output_dir`). Writing one kind of output into a directory of another kind,
+or into a directory of unknown content, is refused unless ``force`` is given; the
+directory's writability is checked first, so a command fails in a second, not after
+minutes of work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Iterable
+
+import xrg
+from xrg.errors import DataDirError, XrgError
+from xrg.io import atomic_write_json
+
+#: What an id that becomes part of a file name may look like: letters, digits, ``.``, ``_``,
+#: ``-``, starting with a letter or digit, at most 128 characters (so never ``..`` alone,
+#: never a separator, never empty, never hidden).
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+MARKER_NAME = ".xrg-dir.json"
+
+#: The kinds of directory xrg makes, and the command that makes each.
+DIRECTORY_KINDS: dict[str, str] = {
+    "phantom-dataset": "xrg data build",
+    "openi-dataset": "xrg data import-openi",
+    "mimic-dataset": "xrg data import-mimic",
+    "phantom-render": "xrg phantom",
+    "generated": "xrg generate",
+    "run": "xrg train",
+}
+
+#: Files xrg itself leaves in a directory before or besides its marker (locks, temporaries).
+_OWN_NAMES = re.compile(r"^(\.xrg\.lock|\.xrg-dir\.json|\..+\.tmp)$")
+
+
+def safe_id(value: object, what: str) -> str:
+    """``value`` if it is a safe id (:data:`SAFE_ID`, not ``.``/``..``), else a :class:`DataDirError` naming ``what``."""
+    if not isinstance(value, str) or not SAFE_ID.fullmatch(value) or set(value) <= {"."}:
+        shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80]) + "..."
+        raise DataDirError(
+            f"{what} {shown} is not a safe id: ids that become file names must be 1-128 letters, digits, "
+            "'.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def is_safe_id(value: object) -> bool:
+    try:
+        safe_id(value, "id")
+    except DataDirError:
+        return False
+    return True
+
+
+def path_inside(root: str | os.PathLike, relative: object, what: str) -> Path:
+    """``root / relative`` for a relative POSIX path that stays inside ``root`` (links resolved).
+
+    Refuses absolute paths, ``..`` components, backslashes, NUL bytes, and a path that a
+    symbolic link takes outside ``root``.
+    """
+    path = Path(root) / check_relative(relative, what, f"{root}")
+    if not resolves_inside(path, root):
+        raise DataDirError(f"{what} {relative!r} leads outside {root} through a symbolic link; refused")
+    return path
+
+
+def check_relative(relative: object, what: str, root: str = "its directory") -> PurePosixPath:
+    """``relative`` as a relative POSIX path without ``..``, NUL or backslash (not looked up on disk)."""
+    if not isinstance(relative, str) or not relative or "\x00" in relative or "\\" in relative:
+        raise DataDirError(f"{what} {relative!r} is not a relative path inside {root}")
+    posix = PurePosixPath(relative)
+    if posix.is_absolute() or re.match(r"^[A-Za-z]:", relative) or ".." in posix.parts:
+        raise DataDirError(f"{what} {relative!r} points outside {root} (absolute or with '..'); refused")
+    return posix
+
+
+def resolves_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
+    """Whether ``path``, with every symbolic link resolved, lies inside ``root`` (or is it)."""
+    try:
+        resolved, base = Path(path).resolve(), Path(root).resolve()
+    except (OSError, RuntimeError):  # a link loop
+        return False
+    return resolved == base or base in resolved.parents
+
+
+def files_inside(root: str | os.PathLike, suffixes: Iterable[str]) -> tuple[list[Path], list[Path]]:
+    """Regular files below ``root`` with one of ``suffixes`` (case-insensitive), sorted.
+
+    Returns ``(files, refused)``: ``refused`` are those that a symbolic link takes outside
+    ``root`` (they are never read). Directories reached through such a link are not entered.
+    """
+    wanted = tuple(s.lower() for s in suffixes)
+    root = Path(root)
+    files: list[Path] = []
+    refused: list[Path] = []
+    for directory, subdirectories, names in os.walk(root, followlinks=False):
+        base = Path(directory)
+        for name in list(subdirectories):
+            if (base / name).is_symlink() and not resolves_inside(base / name, root):
+                refused.append(base / name)
+                subdirectories.remove(name)
+        for name in names:
+            path = base / name
+            if not name.lower().endswith(wanted):
+                continue
+            if not resolves_inside(path, root):
+                refused.append(path)
+            elif path.is_file():
+                files.append(path)
+    return sorted(files), sorted(refused)
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create ``path`` if needed and prove it writable by writing a file; one clear error otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise XrgError(f"{what} {path} is a file, not a directory; choose a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".xrg-write-check.", suffix=".tmp"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise XrgError(f"{what} {path} is not writable ({reason}); choose another directory") from exc
+    return path
+
+
+def read_marker(directory: str | os.PathLike) -> dict | None:
+    """The marker of ``directory`` (None when it has none); a damaged one is refused, naming it."""
+    path = Path(directory) / MARKER_NAME
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataDirError(f"{path} is damaged ({exc}); delete it if you know what made {directory}") from exc
+    if not isinstance(marker, dict) or marker.get("kind") not in DIRECTORY_KINDS:
+        raise DataDirError(f"{path} is not an xrg directory marker; delete it if you know what made {directory}")
+    return marker
+
+
+def _legacy_kind(directory: Path) -> str | None:
+    """The kind of a directory made before markers existed, when its files say it unambiguously."""
+    if (directory / "build.json").is_file() and (directory / "manifest.jsonl").is_file():
+        return "phantom-dataset"
+    if any((directory / name).exists() for name in ("checkpoint.pt", "metrics.jsonl", "vcn", "evaluators")) or any(
+        directory.glob("*.pt")
+    ):
+        return "run"
+    return None
+
+
+def claim_output_dir(directory: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out") -> Path:
+    """Make ``directory`` (writable) ``kind``'s output, refusing a directory that belongs to something else.
+
+    An empty or new directory, or one already marked ``kind``, is claimed (the marker is
+    written). A directory marked with another kind, or holding files but no marker, is
+    refused with what made it, unless ``force``.
+    """
+    if kind not in DIRECTORY_KINDS:
+        raise ValueError(f"kind must be one of {sorted(DIRECTORY_KINDS)}, got {kind!r}")
+    directory = check_writable_dir(directory, what)
+    marker = read_marker(directory)
+    found = marker["kind"] if marker else _legacy_kind(directory)
+    if found is None:
+        foreign = sorted(p.name for p in directory.iterdir() if not _OWN_NAMES.match(p.name))
+        if foreign and not force:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise DataDirError(
+                f"{what} {directory} already holds files that xrg did not make ({shown}); refusing to write "
+                f"{DIRECTORY_KINDS[kind]} output into it: choose an empty directory, or pass --force"
+            )
+    elif found != kind and not force:
+        raise DataDirError(
+            f"{what} {directory} was made by `{DIRECTORY_KINDS[found]}` ({found}); refusing to write "
+            f"`{DIRECTORY_KINDS[kind]}` output ({kind}) into it: choose another directory, or pass --force"
+        )
+    if marker is None or marker.get("kind") != kind:
+        atomic_write_json(
+            directory / MARKER_NAME, {"kind": kind, "made_by": DIRECTORY_KINDS[kind], "xrg_version": xrg.__version__}
+        )
+    return directory
