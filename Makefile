@@ -1,10 +1,11 @@
 # xrg: `make book` builds the book on the embedded data, `make test` runs the tests.
 # Both create .venv with pip when it is missing. PROFILE = tiny | cpu | paper.
+# `make test-fast` skips the slow book tests, `make lint` runs ruff.
 PROFILE ?= cpu
 PYTHON  := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: venv test book data notebooks html clean
+.PHONY: venv test test-fast lint book data notebooks html clean
 
 venv: $(STAMP)
 
@@ -19,6 +20,15 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 test: venv
 	$(PYTHON) -m pytest -q --timeout=900 tests
+
+# The inner loop: everything but the tests marked slow (the tiny book, its notebooks, the browser test).
+test-fast: venv
+	$(PYTHON) -m pytest -q --timeout=900 -m "not slow" tests
+
+# Ruff with the settings in pyproject.toml; the format check passes once the tree is formatted.
+lint: venv
+	$(PYTHON) -m ruff check xrg tests notebooks
+	$(PYTHON) -m ruff format --check xrg tests notebooks
 
 # The whole book for one profile: data build, notebooks by papermill, Jupyter Book HTML.
 book: venv

@@ -185,7 +185,7 @@ examples = {
 }
 normal = renderer.render([], seed=examples_seed, size=gallery_size)
 fig, axes = plt.subplots(len(examples), 4, figsize=(8, 2.1 * len(examples)))
-for row, (kind, finding) in enumerate(examples.items()):
+for row, finding in enumerate(examples.values()):
     with_finding = renderer.render([finding], seed=examples_seed, size=gallery_size)
     images = (normal.frontal, with_finding.frontal, normal.lateral, with_finding.lateral)
     for col, image in enumerate(images):

@@ -35,7 +35,6 @@ num_reports: int = 200  # test reports over which word attention is averaged
 
 # %% tags=["hide-input"]
 from collections import defaultdict
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np

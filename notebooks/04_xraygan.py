@@ -62,8 +62,8 @@ pipe
 # ## Training, stage by stage
 
 # %% tags=["hide-input"]
-lines = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if l]
-log = pd.DataFrame([l for l in lines if l.get("kind") == "xraygan"])
+lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+log = pd.DataFrame([row for row in lines if row.get("kind") == "xraygan"])
 log["x"] = range(1, len(log) + 1)
 panels = [("rec_loss", "reconstruction (L2)"), ("d_loss", "critic loss"), ("adv_loss", "generator adversarial"),
           ("vc_prob", "VCN P(same) of generated pairs")]

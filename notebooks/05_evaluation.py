@@ -43,13 +43,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 from myst_nb import glue
 
 from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS
-from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
 from xrg.eval.classifier import classifier_auroc
+from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
 from xrg.eval.generators import load_generator
 from xrg.eval.run import EvalConfig, evaluate_run, generate_for_texts
 from xrg.notebook import check_params, setup

@@ -55,8 +55,18 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from xrg.data.phantom import PhantomRenderer, volume_size_for
-from xrg.explorer import (ExplorerApp, ReportExplorer, load_report_choices, one_of_each, pick_report,
-                          plot_snapshots, snapshot_rows, snapshot_table, time_responses, toggles)
+from xrg.explorer import (
+    ExplorerApp,
+    ReportExplorer,
+    load_report_choices,
+    one_of_each,
+    pick_report,
+    plot_snapshots,
+    snapshot_rows,
+    snapshot_table,
+    time_responses,
+    toggles,
+)
 from xrg.notebook import check_params, setup
 from xrg.pipelines import XRayGANPipeline
 from xrg.train.runs import ensure_xraygan_run

@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny dataset built once per test session from the real embedded data."""
+"""Shared fixtures: a tiny dataset built once per test session from the real embedded data, a
+synthetic one and the tiny VCNs trained on it, the tiny book. Plain helpers are in helpers.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -33,6 +35,27 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_config) -> Path:
     out = tmp_path_factory.mktemp("tiny-data")
     build_dataset(out, tiny_config, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic data directory of 30 patients (18 train cases), shared read-only by the training
+    tests; a module that needs other data defines its own ``data_dir``."""
+    from helpers import write_synthetic_data
+
+    return write_synthetic_data(tmp_path_factory.mktemp("synthetic"), num_patients=30)
+
+
+@pytest.fixture(scope="session")
+def vcn_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A run directory holding the tiny VCNs every XRayGAN test run copies (trained once, read-only)."""
+    from helpers import VCN_TINY, XRAYGAN_TINY
+    from xrg.train.vcn import train_vcn
+
+    run = tmp_path_factory.mktemp("vcn-run")
+    for size in XRAYGAN_TINY.vcn_sizes:
+        train_vcn(data_dir, dataclasses.replace(VCN_TINY, image_size=size), run, progress=False)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,17 @@
-"""The Table-1 baselines (xrg.train.baselines, xrg.models.baselines): mechanisms, runs, resume, loading."""
+"""The Table-1 baselines (xrg.train.baselines, xrg.models.baselines): mechanisms, runs, resume, loading.
+
+``data_dir`` is the 30-patient synthetic data of conftest.py (18 train cases); the bit-exact
+stop-and-resume check of each method is in test_resume.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from robustness._helpers import resealed
-from test_train import write_synthetic_data
 
+from helpers import BASELINE_TINY as TINY, metric_rows, resealed, torch_threads
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.eval.generators import load_generator
@@ -35,24 +36,12 @@ from xrg.train.baselines import (
 )
 from xrg.train.checkpoint import load_checkpoint
 
-TINY = BaselineTrainConfig(
-    embed_dim=8, hidden=8, image_size=32, base_size=16, noise_dim=8, ca_dim=8, gen_channels=8, disc_channels=8,
-    max_channels=32, lr=1e-3, batch_size=6, num_epochs=2, num_samples=2, bn_recalibration_batches=2,
-)  # fmt: skip
-
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny networks gain nothing from a second thread, and lose a lot to it on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_synthetic_data(tmp_path_factory.mktemp("synthetic"), num_patients=30)  # 18 train cases
+    with torch_threads(1):
+        yield
 
 
 def tiny(method: str, **changes) -> BaselineTrainConfig:
@@ -61,10 +50,6 @@ def tiny(method: str, **changes) -> BaselineTrainConfig:
 
 def trainer(config: BaselineTrainConfig, data_dir: Path, run: Path, **kwargs) -> BaselineTrainer:
     return BaselineTrainer(config, data_dir, run, progress=False, **kwargs)
-
-
-def metric_rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +142,7 @@ def test_each_baseline_trains_and_generates_both_views(tmp_path, data_dir, metho
     assert [row["step"] for row in rows] == [3, 6]
     assert all(row["seconds"] > 0 and row["images_per_s"] > 0 and row["d_wrong"] > 0 for row in rows)
     assert all((row["kl_loss"] is None) == (method == "gan_int_cls") for row in rows)
-    for name, stage, size in phases:
+    for _name, stage, size in phases:
         assert (run / "samples" / f"stage{stage}_{size}px.png").is_file()
     payload = load_checkpoint(run / "checkpoint.pt", "baseline", config=config)
     assert payload["progress"]["finished"] and payload["progress"]["step"] == 6
@@ -192,31 +177,6 @@ def test_stackgan_stage_two_leaves_stage_one_and_the_encoder_frozen(tmp_path, da
     after = {f"{prefix}.{k}": v for prefix, m in (("encoder", model.encoder), ("stage1", model.generator.stage1), ("ca1", model.generator.ca1)) for k, v in m.state_dict().items()}  # fmt: skip
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())
     assert any(not torch.equal(v, model.generator.stage2.state_dict()[k]) for k, v in stage2.items())
-
-
-def test_a_resumed_run_ends_bit_identical_to_a_straight_run(tmp_path, data_dir):
-    # Dropout, noise, CA samples and wrong reports use the torch RNG, shuffling its own generator.
-    config = tiny("stackgan", encoder_dropout=0.2, lr_decay_every=1, num_epochs=4)
-    straight = trainer(config, data_dir, tmp_path / "straight").train()
-    assert straight.finished and straight.step == 12
-
-    run = tmp_path / "stopped"
-    # Stops mid-epoch (2, 4), at the end of Stage I (6) and mid Stage II (8).
-    for number, stop in enumerate((2, 4, 6, 8)):
-        result = trainer(config, data_dir, run, resume=number > 0).train(max_steps=stop)
-        assert not result.finished and result.step == stop and result.stopped_by == "max_steps"
-    assert trainer(config, data_dir, run, resume=True).train().finished
-
-    expected = load_checkpoint(straight.checkpoint, "baseline")
-    actual = load_checkpoint(run / "checkpoint.pt", "baseline")
-    for part, state in expected["state"].items():
-        for name, tensor in state.items():
-            assert torch.equal(tensor, actual["state"][part][name]), f"{part}.{name} differs"
-
-    def without_timing(rows):
-        return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in rows]
-
-    assert without_timing(metric_rows(run)) == without_timing(metric_rows(straight.run_dir))
 
 
 def test_run_directories_checkpoints_and_divergence(tmp_path, data_dir):

@@ -40,7 +40,7 @@ def test_vocabulary_comes_from_the_train_split_only(tiny_data):
 
     cases = read_manifest(tiny_data)
     vocab = Vocabulary.load(tiny_data / "vocab.json")
-    words = lambda split: {w for c in cases if c.split == split
+    words = lambda split: {w for c in cases if c.split == split  # noqa: E731
                            for s in split_sentences(f"{c.findings} {c.impression}") for w in tokenize(s)}
     train, held_out = words("train"), words("val") | words("test")
     assert train <= set(vocab.word(i) for i in range(len(vocab)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
@@ -138,10 +139,10 @@ def test_add_makes_a_negated_finding_present():
 def test_apply_edit_dispatches():
     for operation, kind, argument in E.possible_edits(TWO):
         direct = {
-            "negate": lambda: E.negate(TWO, kind),
-            "set_severity": lambda: E.set_severity(TWO, kind, argument),
-            "flip_side": lambda: E.flip_side(TWO, kind),
-            "add": lambda: E.add_finding(TWO, kind),
+            "negate": partial(E.negate, TWO, kind),
+            "set_severity": partial(E.set_severity, TWO, kind, argument),
+            "flip_side": partial(E.flip_side, TWO, kind),
+            "add": partial(E.add_finding, TWO, kind),
         }[operation]()
         assert E.apply_edit(TWO, operation, kind, argument) == direct
 

@@ -293,7 +293,7 @@ MIMIC_REPORT = """                                 FINAL REPORT
  IMPRESSION:
  
  {impression}
-"""
+"""  # noqa: W293 (the blank lines with a space are part of the MIMIC layout)
 
 
 @pytest.fixture

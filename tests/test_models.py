@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from xrg.errors import ConfigError
-from xrg.models.encoder import AdditiveAttention, EncoderConfig, FlatEncoder, HierarchicalEncoder, build_encoder, run_bilstm
+from xrg.models.encoder import (
+    AdditiveAttention,
+    EncoderConfig,
+    FlatEncoder,
+    HierarchicalEncoder,
+    build_encoder,
+    run_bilstm,
+)
 from xrg.models.vcn import ViewConsistencyNet, freeze
 from xrg.models.xraygan import (
     BasicGenerator,

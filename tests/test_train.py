@@ -1,97 +1,33 @@
-"""XRayGAN and VCN training (xrg.train): learning, freezing, resume, checkpoints, divergence, metrics."""
+"""XRayGAN and VCN training (xrg.train): learning, freezing, resume, checkpoints, divergence, metrics.
+
+The bit-exact stop-and-resume check of every trainer is in test_resume.py."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import xrg
-from xrg.data.images import load_grayscale, save_png
-from xrg.data.manifest import Case, write_manifest
+from helpers import VCN_TINY as TINY_VCN, XRAYGAN_TINY as TINY, metric_rows, new_run, resealed, write_synthetic_data
+from xrg.data.images import load_grayscale
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.profiles import PROFILE_NAMES, load_profile
 from xrg.train.benchmarks import bench_train
 from xrg.train.checkpoint import load_checkpoint, save_checkpoint
-
-from robustness._helpers import resealed
 from xrg.train.config import config_from_mapping, parse_overrides
 from xrg.train.vcn import VCNTrainConfig, load_vcn, negative_partners, train_vcn, vcn_path
 from xrg.train.xraygan import METRIC_KEYS, XRayGANTrainConfig, XRayGANTrainer, training_phases
 
-TINY = XRayGANTrainConfig(
-    embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
-    max_channels=32, disc_max_downsamplings=2, lr=(2e-3, 2e-3), batch_size=(6, 6), num_epochs=(2, 2),
-    pretrain_epochs=1, num_samples=2,
-)  # fmt: skip
-TINY_VCN = VCNTrainConfig(num_epochs=1, batch_size=8)
-
-
-def write_synthetic_data(out: Path, num_patients: int, image_size: int = 32, seed: int = 0) -> Path:
-    """A data directory whose two views of a patient share a patient-specific brightness.
-
-    The frontal shows an ellipse and the lateral a band whose width also follows the patient;
-    the report says whether the heart (the width) is enlarged and the lungs (the brightness)
-    dense. Splits cycle train, train, train, val, test.
-    """
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
-    cases = []
-    for i in range(num_patients):
-        level, width = rng.uniform(0.15, 0.85), rng.uniform(0.1, 0.3)
-        frontal = 0.7 * level + 0.3 * ((((xx - 0.5) / width) ** 2 + ((yy - 0.5) / 0.35) ** 2) < 1)
-        lateral = 0.7 * level + 0.3 * (np.abs(xx - 0.5) < 0.8 * width)
-        case_id = f"case{i:03d}"
-        for view, image in (("frontal", frontal), ("lateral", lateral)):
-            save_png(out / "images" / f"{case_id}_{view}.png", np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1))
-        heart = "enlarged" if width > 0.2 else "normal"
-        lungs = "dense" if level > 0.5 else "clear"
-        cases.append(
-            Case(
-                id=case_id, patient_id=f"patient{i}", split=("train", "train", "train", "val", "test")[i % 5],
-                findings=f"The heart is {heart}. The lungs are {lungs}.", impression="No effusion.",
-                structured_findings=[], frontal=f"images/{case_id}_frontal.png", lateral=f"images/{case_id}_lateral.png",
-            )  # fmt: skip
-        )
-    write_manifest(out, cases)
-    Vocabulary.build([f"{c.findings} {c.impression}" for c in cases if c.split == "train"]).save(out / "vocab.json")
-    return out
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_synthetic_data(tmp_path_factory.mktemp("synthetic"), num_patients=30)
-
-
-@pytest.fixture(scope="module")
-def vcn_run(tmp_path_factory, data_dir) -> Path:
-    """A run directory holding the tiny VCNs every XRayGAN test run copies (trained once)."""
-    run = tmp_path_factory.mktemp("vcn-run")
-    for size in TINY.vcn_sizes:
-        train_vcn(data_dir, dataclasses.replace(TINY_VCN, image_size=size), run, progress=False)
-    return run
-
-
-def new_run(tmp_path: Path, vcn_run: Path, name: str = "run") -> Path:
-    run = tmp_path / name
-    shutil.copytree(vcn_run / "vcn", run / "vcn")
-    return run
-
 
 def trainer(config, data_dir, run, **kwargs) -> XRayGANTrainer:
     return XRayGANTrainer(config, data_dir, run, TINY_VCN, progress=False, **kwargs)
-
-
-def metric_rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 # --------------------------------------------------------------------------------------
@@ -165,31 +101,6 @@ def test_losses_go_down_metrics_and_samples_are_written_and_the_vcn_stays_frozen
         assert vcn.model.frozen and not vcn.model.training
         assert all(p.grad is None and not p.requires_grad for p in vcn.model.parameters())
         assert all(torch.equal(v, vcn_before[size][k]) for k, v in vcn.model.state_dict().items())
-
-
-def test_a_resumed_run_ends_bit_identical_to_a_straight_run(tmp_path, data_dir, vcn_run):
-    # Dropout and noise use the torch RNG, shuffling its own generator: both must be restored.
-    config = dataclasses.replace(TINY, encoder_dropout=0.2, noise_dim=3, lr_decay_every=1, num_epochs=(1, 2))
-    straight = trainer(config, data_dir, new_run(tmp_path, vcn_run, "straight")).train()
-    assert straight.finished and straight.step == 12
-
-    run = new_run(tmp_path, vcn_run, "stopped")
-    # Stops mid-epoch (2, 4), at the end of stage 0 (6) and at an epoch boundary of stage 1 (9).
-    for number, stop in enumerate((2, 4, 6, 9)):
-        result = trainer(config, data_dir, run, resume=number > 0).train(max_steps=stop)
-        assert not result.finished and result.step == stop and result.stopped_by == "max_steps"
-    assert trainer(config, data_dir, run, resume=True).train().finished
-
-    expected = load_checkpoint(straight.checkpoint, "xraygan")
-    actual = load_checkpoint(run / "checkpoint.pt", "xraygan")
-    for part, state in expected["state"].items():
-        for name, tensor in state.items():
-            assert torch.equal(tensor, actual["state"][part][name]), f"{part}.{name} differs"
-
-    def without_timing(rows):
-        return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_s")} for row in rows]
-
-    assert without_timing(metric_rows(run)) == without_timing(metric_rows(straight.run_dir))
 
 
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, vcn_run):

@@ -27,7 +27,15 @@ import torch
 from PIL import Image
 
 from xrg.data.images import save_png, to_uint8
-from xrg.data.reports import EncodedSection, Vocabulary, encode_section, pad_sections, split_report_text, split_sentences, tokenize
+from xrg.data.reports import (
+    EncodedSection,
+    Vocabulary,
+    encode_section,
+    pad_sections,
+    split_report_text,
+    split_sentences,
+    tokenize,
+)
 from xrg.errors import CheckpointError, EmptyReportError
 from xrg.models.encoder import SectionEncoding
 from xrg.models.xraygan import to_image_range

@@ -1,4 +1,4 @@
-"""Shared pieces of the robustness suite: a tiny synthetic data directory, a tiny XRayGAN
+"""Shared pieces of the robustness suite: a tiny synthetic data directory (from tests/helpers.py), a tiny XRayGAN
 config, a randomly initialised checkpoint written by the real checkpoint functions, and a few
 real Open-i XML reports."""
 
@@ -7,13 +7,11 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from xrg.data.images import save_png
-from xrg.data.manifest import Case, write_manifest
+from helpers import resealed, write_synthetic_data  # noqa: F401 (re-exported: tests/helpers.py holds them)
 from xrg.data.reports import Vocabulary
-from xrg.train.checkpoint import INTEGRITY_ALGORITHM, INTEGRITY_KEY, payload_digest, save_checkpoint
+from xrg.train.checkpoint import save_checkpoint
 from xrg.train.xraygan import XRayGAN, XRayGANTrainConfig
 
 #: 16² → 32², narrow layers, no VCN (vc_weight 0): a full run is 4 epochs of 3 steps.
@@ -27,39 +25,6 @@ TINY = XRayGANTrainConfig(
 TRAIN_CASES = 12
 STEPS_PER_EPOCH = TRAIN_CASES // 4
 TOTAL_STEPS = STEPS_PER_EPOCH * (1 + 2 + 1)
-
-
-def write_synthetic_data(out: Path, num_patients: int = 20, image_size: int = 32, seed: int = 0) -> Path:
-    """A small data directory: per patient an ellipse (frontal) and a band (lateral), a short report."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
-    cases = []
-    for i in range(num_patients):
-        level, width = rng.uniform(0.15, 0.85), rng.uniform(0.1, 0.3)
-        frontal = 0.7 * level + 0.3 * ((((xx - 0.5) / width) ** 2 + ((yy - 0.5) / 0.35) ** 2) < 1)
-        lateral = 0.7 * level + 0.3 * (np.abs(xx - 0.5) < 0.8 * width)
-        case_id = f"case{i:03d}"
-        for view, image in (("frontal", frontal), ("lateral", lateral)):
-            save_png(out / "images" / f"{case_id}_{view}.png", np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1))
-        heart = "enlarged" if width > 0.2 else "normal"
-        lungs = "dense" if level > 0.5 else "clear"
-        cases.append(
-            Case(
-                id=case_id, patient_id=f"patient{i}", split=("train", "train", "train", "val", "test")[i % 5],
-                findings=f"The heart is {heart}. The lungs are {lungs}.", impression="No effusion.",
-                structured_findings=[], frontal=f"images/{case_id}_frontal.png", lateral=f"images/{case_id}_lateral.png",
-            )  # fmt: skip
-        )
-    write_manifest(out, cases)
-    Vocabulary.build([f"{c.findings} {c.impression}" for c in cases if c.split == "train"]).save(out / "vocab.json")
-    return out
-
-
-def resealed(payload: dict) -> dict:
-    """``payload`` with its checksum recomputed: as xrg itself would have written it."""
-    payload = {key: value for key, value in payload.items() if key != INTEGRITY_KEY}
-    payload[INTEGRITY_KEY] = {"algorithm": INTEGRITY_ALGORITHM, "digest": payload_digest(payload)}
-    return payload
 
 
 def random_checkpoint(path: Path, config: XRayGANTrainConfig, vocabulary: Vocabulary, seed: int = 0, **extra) -> Path:

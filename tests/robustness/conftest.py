@@ -4,12 +4,11 @@ machine a second thread spin-waiting for the first makes every call a hundred ti
 from __future__ import annotations
 
 import pytest
-import torch
+
+from helpers import torch_threads
 
 
 @pytest.fixture(scope="package", autouse=True)
 def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(1):
+        yield

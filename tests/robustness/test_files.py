@@ -25,7 +25,6 @@ import io
 import os
 import pickle
 import re
-import shutil
 import stat
 import struct
 import tarfile
@@ -38,9 +37,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.control import currently_in_test_context, event
-from hypothesis import strategies as st
 from PIL import Image
 
 from xrg.cli import main

@@ -29,6 +29,7 @@ import torch
 import xrg.eval.evaluators
 import xrg.train.loop
 import xrg.train.vcn
+from helpers import stop_at
 from xrg.cli import main
 from xrg.errors import CheckpointError, TrainingStopped
 from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig, load_classifier, train_classifier
@@ -91,20 +92,6 @@ def assert_nothing_final(directory: Path, final: Path) -> None:
     assert not final.exists(), f"{final} written by a stopped training"
     assert partial_path(final).is_file()
     assert not list(directory.rglob("*.tmp"))
-
-
-def stop_at(monkeypatch, module, name: str, steps: set[int]) -> list[int]:
-    """Wrap ``module.name`` (called once per step) to send SIGTERM to this process at the given calls."""
-    real, calls = getattr(module, name), []
-
-    def wrapped(*args, **kwargs):
-        calls.append(len(calls) + 1)
-        if calls[-1] in steps:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler of StopRequests runs at once, in this thread
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapped)
-    return calls
 
 
 # --------------------------------------------------------------------------------------

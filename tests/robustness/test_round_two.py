@@ -30,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from xrg.cli import build_parser, main
 from xrg.data.images import save_png
@@ -93,7 +92,7 @@ def _openi_report(uid: str, findings: str = "Heart size normal.") -> bytes:
         f'<Abstract><AbstractText Label="FINDINGS">{findings}</AbstractText>'
         '<AbstractText Label="IMPRESSION">Normal chest.</AbstractText></Abstract></Article></MedlineCitation>'
         '<MeSH><major>normal</major></MeSH><parentImage id="IM-1"><figureId>F</figureId></parentImage></eCitation>'
-    ).encode("utf-8")
+    ).encode()
 
 
 @fuzz("report_uids")

@@ -44,7 +44,7 @@ from xrg.io import append_jsonl
 from xrg.train.checkpoint import load_checkpoint
 from xrg.train.xraygan import XRayGANTrainer
 
-from ._helpers import STEPS_PER_EPOCH, TINY, TOTAL_STEPS, write_synthetic_data
+from ._helpers import TINY, TOTAL_STEPS, write_synthetic_data
 from ._train_child import PAUSE_EVENTS, cli_child, train_child
 
 ROOT = Path(__file__).resolve().parents[2]

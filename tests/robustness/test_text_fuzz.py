@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.control import currently_in_test_context, event as hypothesis_event
-from hypothesis import strategies as st
 
 from xrg.data.findings import Finding, label_text
 from xrg.data.reports import (

@@ -27,7 +27,6 @@ name) and raising :class:`~xrg.errors.TrainingStopped`; calling :func:`ensure_ev
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field

@@ -121,7 +121,7 @@ def _vc(vcn: torch.nn.Module, frontal: torch.Tensor, lateral: torch.Tensor, size
     scores = []
     for part in _batches(len(frontal), batch_size):
         f = vcn.embed(to_model_range(resize_image(frontal[part.start : part.stop], size)).to(device))
-        l = vcn.embed(to_model_range(resize_image(lateral[part.start : part.stop], size)).to(device))
+        l = vcn.embed(to_model_range(resize_image(lateral[part.start : part.stop], size)).to(device))  # noqa: E741 (lateral)
         scores.append(torch.sigmoid(vcn.head((f - l).abs())).squeeze(-1).cpu())
     return torch.cat(scores).double()
 
