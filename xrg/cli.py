@@ -115,9 +115,7 @@ def _cmd_import_mimic(args: argparse.Namespace) -> None:
 def _cmd_phantom(args: argparse.Namespace) -> None:
     from xrg.data.phantom import render_report
 
-    text = _report_text(args)
-    out = _claim(args, "phantom-render")  # before rendering: a bad --out fails in a second
-    print(render_report(text, seed=args.seed, size=args.size, out=out))
+    print(render_report(_report_text(args), seed=args.seed, size=args.size, out=args.out, force=args.force))
 
 
 def _cmd_bench_data(args: argparse.Namespace) -> None:

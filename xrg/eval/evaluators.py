@@ -44,6 +44,7 @@ from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError, DataDirError, TrainingDiverged
 from xrg.eval.classifier import FindingClassifier, class_weights, classifier_auroc, weighted_bce
 from xrg.io import append_jsonl, atomic_write_json, read_json_mapping
+from xrg.locks import directory_lock
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.profiles import Profile
 from xrg.train.checkpoint import checkpoint_config, load_checkpoint, require_finished, save_checkpoint
@@ -203,8 +204,12 @@ def _render_settings(data_dir: Path, config: EvaluatorConfig) -> tuple[int, int]
 def ensure_cohort(
     data_dir: str | os.PathLike, config: EvaluatorConfig, cohort_dir: str | os.PathLike, progress: bool = True
 ) -> Path:
-    """Render (or finish rendering) the evaluation cohort of ``data_dir`` into ``cohort_dir``."""
-    data_dir, cohort_dir = Path(data_dir), Path(cohort_dir)
+    """Render (or finish rendering) the evaluation cohort of ``data_dir`` into ``cohort_dir`` (locked meanwhile)."""
+    with directory_lock(cohort_dir, "evaluation cohort directory"):
+        return _ensure_cohort(Path(data_dir), config, Path(cohort_dir), progress)
+
+
+def _ensure_cohort(data_dir: Path, config: EvaluatorConfig, cohort_dir: Path, progress: bool) -> Path:
     data_cases = read_manifest(data_dir)
     size, volume_size = _render_settings(data_dir, config)
     stamp = {

@@ -358,21 +358,25 @@ class PhantomRenderer:
 
 
 def render_report(
-    text: str, seed: int = 0, size: int = 256, out: str | os.PathLike = "phantom_out", volume_size: int | None = None
+    text: str, seed: int = 0, size: int = 256, out: str | os.PathLike = "phantom_out", volume_size: int | None = None,
+    force: bool = False,
 ) -> str:
     """Label a free-text report, render its findings into patient ``seed`` and write
     ``frontal.png``, ``lateral.png`` and ``findings.json`` to ``out`` (``xrg phantom``).
-    Returns a short summary of what was drawn."""
+
+    ``out`` is checked first (writable; new, empty or an earlier ``xrg phantom`` output, unless
+    ``force``), so a bad one fails before the rendering. Returns a summary of what was drawn."""
     from xrg.data.findings import findings_to_json, label_text
     from xrg.data.images import save_png
     from xrg.io import atomic_write_json
+    from xrg.paths import claim_output_dir
 
     if not isinstance(text, str) or not text.strip():
         raise EmptyReportError("the report is empty; type findings, e.g. 'Small left pleural effusion.'")
+    out = claim_output_dir(out, "phantom-render", force=force)
     findings = label_text(text)
     renderer = PhantomRenderer(volume_size or volume_size_for(size))
     pair = renderer.render(findings, seed=seed, size=size)
-    out = Path(out)
     save_png(out / "frontal.png", pair.frontal)
     save_png(out / "lateral.png", pair.lateral)
     atomic_write_json(out / "findings.json", {"seed": seed, "size": size, "findings": findings_to_json(findings)})
