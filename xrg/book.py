@@ -34,11 +34,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
-
 from xrg.errors import ConfigError
 from xrg.io import atomic_write_json, read_json_mapping
-from xrg.profiles import load_profile
+from xrg.profiles import load_profile, read_yaml_file
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS_DIR = ROOT / "notebooks"
@@ -145,14 +143,7 @@ def _read_overrides(params_file: str | os.PathLike | None) -> dict[str, dict[str
     path = Path(params_file)
     if not path.is_file():
         raise ConfigError(f"parameters file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"parameters file {path} is not valid YAML (plain values only): {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"parameters file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise ConfigError(f"parameters file {path} is unreadable: {exc.strerror or exc}") from exc
+    data = read_yaml_file(path, "parameters file") or {}
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"parameters file {path} must map notebook names to parameter mappings")
     unknown = sorted(set(data) - set(notebook_names()))

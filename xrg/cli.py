@@ -266,14 +266,20 @@ def _cmd_bench_explorer(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
+    from xrg.data.manifest import read_manifest
     from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+    from xrg.eval.generators import checkpoint_path
     from xrg.eval.run import EvalConfig, evaluate_run
     from xrg.experiments import table_row
+    from xrg.locks import own_output_dir
     from xrg.profiles import load_profile
 
     profile = load_profile(args.profile)
+    checkpoint_path(args.run)  # inputs first: a missing run or data directory fails before any training
+    read_manifest(args.data)
     evaluators_dir = Path(args.evaluators) if args.evaluators else Path("runs") / profile.name / "experiments" / "evaluators"
-    evaluators = ensure_evaluators(EvaluatorConfig.from_profile(profile), args.data, evaluators_dir, args.device)
+    with own_output_dir(evaluators_dir, "evaluators", force=args.force, what="--evaluators") as evaluators_dir:
+        evaluators = ensure_evaluators(EvaluatorConfig.from_profile(profile), args.data, evaluators_dir, args.device)
     result = evaluate_run(args.run, args.data, evaluators, EvalConfig.from_profile(profile), args.device,
                           args.inception_weights, force=args.force)  # fmt: skip
     for key, value in table_row(result).items():
@@ -424,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--evaluators", help="evaluator directory (default runs/<profile>/experiments/evaluators)")
     evaluate.add_argument("--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)")
     evaluate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
-    evaluate.add_argument("--force", action="store_true", help="recompute even when eval.json is up to date")
+    evaluate.add_argument("--force", action="store_true",
+                          help="recompute even when eval.json is up to date; use --evaluators even if something else made it")
     evaluate.set_defaults(func=_cmd_eval)
 
     experiment = commands.add_parser("experiment", help="train what is missing and write the paper's Table 1 or 2")
@@ -478,6 +485,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("XRG_DEBUG") and not isinstance(exc, XrgError):
             raise
         print(f"xrg: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - e.g. torch's RuntimeError for an allocation a setting made too large
+        if os.environ.get("XRG_DEBUG"):
+            raise
+        print(f"xrg: error: {type(exc).__name__}: {_one_line(exc)[:500]} (XRG_DEBUG=1 shows where)", file=sys.stderr)
         return 2
     return status or 0
 

@@ -53,7 +53,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and putting it back, under a lock)."""
+    """The process's umask: from /proc/self/status (Linux), else by setting it and putting it back."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     with _UMASK_LOCK:
         mask = os.umask(0o022)
         os.umask(mask)
@@ -75,8 +82,8 @@ def read_json_file(path: str | os.PathLike, what: str, fix: str) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataDirError(f"{what} {path} is damaged or unreadable ({exc}); {fix}") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DataDirError(f"{what} {path} is damaged or unreadable ({str(exc)[:200]}); {fix}") from exc
 
 
 def read_json_mapping(path: str | os.PathLike, what: str, fix: str) -> dict[str, Any]:

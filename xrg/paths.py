@@ -30,7 +30,9 @@ from xrg.io import atomic_write_json
 #: What an id that becomes part of a file name may look like: letters, digits, ``.``, ``_``,
 #: ``-``, starting with a letter or digit, at most 128 characters (so never ``..`` alone,
 #: never a separator, never empty, never hidden).
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,159}")
+#: Longest id read from an input (a report's ``<uId>``, a ``dicom_id``): a case id adds a prefix such as ``openi-``.
+MAX_INPUT_ID = 128
 
 MARKER_NAME = ".xrg-dir.json"
 
@@ -42,26 +44,29 @@ DIRECTORY_KINDS: dict[str, str] = {
     "phantom-render": "xrg phantom",
     "generated": "xrg generate",
     "run": "xrg train",
+    "evaluators": "xrg eval",
 }
 
-#: Files xrg itself leaves in a directory before or besides its marker (locks, temporaries).
-_OWN_NAMES = re.compile(r"^(\.xrg\.lock|\.xrg-dir\.json|\..+\.tmp)$")
+#: Files xrg itself leaves in a directory before or besides its marker (its lock, its write check).
+_OWN_NAMES = re.compile(r"^(\.xrg\.lock|\.xrg-dir\.json|\.xrg-write-check\..+\.tmp)$")
 
 
-def safe_id(value: object, what: str) -> str:
-    """``value`` if it is a safe id (:data:`SAFE_ID`, not ``.``/``..``), else a :class:`DataDirError` naming ``what``."""
-    if not isinstance(value, str) or not SAFE_ID.fullmatch(value) or set(value) <= {"."}:
+def safe_id(value: object, what: str, max_length: int = 160) -> str:
+    """``value`` if it is a safe id (:data:`SAFE_ID`, at most ``max_length`` characters), else a
+    :class:`DataDirError` naming ``what``."""
+    if not isinstance(value, str) or len(value) > max_length or not SAFE_ID.fullmatch(value):
         shown = repr(value) if not isinstance(value, str) or len(value) <= 80 else repr(value[:80]) + "..."
         raise DataDirError(
-            f"{what} {shown} is not a safe id: ids that become file names must be 1-128 letters, digits, "
+            f"{what} {shown} is not a safe id: ids that become file names must be 1-{max_length} letters, digits, "
             "'.', '_' or '-', starting with a letter or digit"
         )
     return value
 
 
-def is_safe_id(value: object) -> bool:
+def is_safe_id(value: object, max_length: int = MAX_INPUT_ID) -> bool:
+    """Whether an id read from an input may become part of a file name (see :func:`safe_id`)."""
     try:
-        safe_id(value, "id")
+        safe_id(value, "id", max_length)
     except DataDirError:
         return False
     return True
@@ -145,9 +150,11 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
     path = Path(directory) / MARKER_NAME
     if not path.is_file():
         return None
+    if path.is_symlink():
+        raise DataDirError(f"{path} is a symbolic link, not an xrg directory marker; delete it")
     try:
         marker = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DataDirError(f"{path} is damaged ({exc}); delete it if you know what made {directory}") from exc
     if not isinstance(marker, dict) or marker.get("kind") not in DIRECTORY_KINDS:
         raise DataDirError(f"{path} is not an xrg directory marker; delete it if you know what made {directory}")
@@ -155,26 +162,38 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
 
 
 def _legacy_kind(directory: Path) -> str | None:
-    """The kind of a directory made before markers existed, when its files say it unambiguously."""
+    """The kind of a directory made before markers existed (or by the library, which writes none),
+    when its files say it unambiguously: a phantom build's record, or an xrg checkpoint that loads."""
     if (directory / "build.json").is_file() and (directory / "manifest.jsonl").is_file():
-        return "phantom-dataset"
-    if any((directory / name).exists() for name in ("checkpoint.pt", "metrics.jsonl", "vcn", "evaluators")) or any(
-        directory.glob("*.pt")
-    ):
-        return "run"
+        try:
+            if "rendering_key" in json.loads((directory / "build.json").read_text(encoding="utf-8")):
+                return "phantom-dataset"
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            pass
+    from xrg.errors import CheckpointError
+    from xrg.train.checkpoint import read_checkpoint
+
+    candidates = [directory / "checkpoint.pt", *sorted(directory.glob("*.pt"))[:4], *sorted(directory.glob("vcn/*.pt"))[:4]]
+    for candidate in candidates:
+        if candidate.is_file() and not candidate.is_symlink():
+            try:
+                read_checkpoint(candidate)
+            except CheckpointError:
+                continue
+            return "evaluators" if (directory / "cohort").is_dir() else "run"
     return None
 
 
-def claim_output_dir(directory: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out") -> Path:
-    """Make ``directory`` (writable) ``kind``'s output, refusing a directory that belongs to something else.
+def check_claim(directory: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out") -> str | None:
+    """Refuse (a :class:`DataDirError`) what :func:`claim_output_dir` would refuse, writing nothing.
 
-    An empty or new directory, or one already marked ``kind``, is claimed (the marker is
-    written). A directory marked with another kind, or holding files but no marker, is
-    refused with what made it, unless ``force``.
+    Returns the kind the directory already has (None for a new or empty one).
     """
     if kind not in DIRECTORY_KINDS:
         raise ValueError(f"kind must be one of {sorted(DIRECTORY_KINDS)}, got {kind!r}")
-    directory = check_writable_dir(directory, what)
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
     marker = read_marker(directory)
     found = marker["kind"] if marker else _legacy_kind(directory)
     if found is None:
@@ -190,6 +209,19 @@ def claim_output_dir(directory: str | os.PathLike, kind: str, *, force: bool = F
             f"{what} {directory} was made by `{DIRECTORY_KINDS[found]}` ({found}); refusing to write "
             f"`{DIRECTORY_KINDS[kind]}` output ({kind}) into it: choose another directory, or pass --force"
         )
+    return found
+
+
+def claim_output_dir(directory: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out") -> Path:
+    """Make ``directory`` (writable) ``kind``'s output, refusing a directory that belongs to something else.
+
+    An empty or new directory, or one already marked ``kind``, is claimed (the marker is
+    written). A directory marked with another kind, or holding files but no marker, is
+    refused with what made it, unless ``force``.
+    """
+    check_claim(directory, kind, force=force, what=what)
+    directory = check_writable_dir(directory, what)
+    marker = read_marker(directory)
     if marker is None or marker.get("kind") != kind:
         atomic_write_json(
             directory / MARKER_NAME, {"kind": kind, "made_by": DIRECTORY_KINDS[kind], "xrg_version": xrg.__version__}

@@ -38,20 +38,27 @@ class Profile:
         return dict(self.sections.get(name, {}))
 
 
+def read_yaml_file(path: Path, what: str) -> Any:
+    """A YAML file's plain values (``yaml.safe_load``); a :class:`ConfigError` naming ``what`` and the file otherwise."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML (plain values only): {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{what} {path} nests its values too deeply") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is unreadable: {exc.strerror or exc}") from exc
+
+
 def load_profile(name_or_path: str | os.PathLike) -> Profile:
     """Load a profile by name (``tiny``/``cpu``/``paper``) or from a YAML file path."""
     text = str(name_or_path)
     path = PROFILES_DIR / f"{text}.yaml" if text in PROFILE_NAMES else Path(text)
     if not path.is_file():
         raise ConfigError(f"profile {text!r} is neither one of {', '.join(PROFILE_NAMES)} nor an existing YAML file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"profile file {path} is not valid YAML: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"profile file {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except OSError as exc:
-        raise ConfigError(f"profile file {path} is unreadable: {exc.strerror or exc}") from exc
+    raw = read_yaml_file(path, "profile file")
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
         raise ConfigError(f"profile file {path} must be a mapping with a 'data' section")
     notebooks = raw.get("notebooks") or {}

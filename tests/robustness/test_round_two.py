@@ -39,7 +39,7 @@ from xrg.data.manifest import Case, read_manifest, write_manifest
 from xrg.data.reports import Vocabulary, load_openi_reports, parse_report_xml
 from xrg.errors import ArchiveError, DataDirError, DiskFullError, ReportError
 from xrg.locks import LOCK_NAME, DirectoryBusyError, directory_lock
-from xrg.paths import MARKER_NAME, SAFE_ID, check_relative, claim_output_dir, is_safe_id, path_inside
+from xrg.paths import MARKER_NAME, MAX_INPUT_ID, SAFE_ID, check_relative, claim_output_dir, is_safe_id, path_inside
 
 from ._helpers import TINY, random_checkpoint, real_openi_xml, tree, write_synthetic_data
 
@@ -81,7 +81,7 @@ def test_an_id_is_a_file_name_inside_its_directory_or_refused(tmp_path_factory, 
         assert path.resolve().parent == (root / "images").resolve()  # one name, in that folder
         assert "/" not in value and "\\" not in value and value not in (".", "..") and not value.startswith(".")
     else:
-        assert value in HOSTILE_IDS or not SAFE_ID.fullmatch(value) or set(value) <= {"."}
+        assert value in HOSTILE_IDS or not SAFE_ID.fullmatch(value) or len(value) > MAX_INPUT_ID
 
 
 def _openi_report(uid: str, findings: str = "Heart size normal.") -> bytes:
@@ -405,15 +405,15 @@ def test_two_trainers_set_up_on_one_directory_cannot_both_write_it(tmp_path):
 # An output directory is not somebody else's
 # --------------------------------------------------------------------------------------
 
-KINDS = ["phantom-dataset", "openi-dataset", "mimic-dataset", "phantom-render", "generated", "run"]
+KINDS = ["phantom-dataset", "openi-dataset", "mimic-dataset", "phantom-render", "generated", "run", "evaluators"]
 
 
 @fuzz("directory_states")
 @given(
     st.sampled_from(KINDS),
     st.one_of(st.none(), st.sampled_from(KINDS), st.just("corrupt")),
-    st.lists(st.sampled_from(["frontal.png", "notes.txt", "manifest.jsonl", "build.json", ".xrg.lock", "images"]),
-             unique=True, max_size=4),  # fmt: skip
+    st.lists(st.sampled_from(["frontal.png", "notes.txt", "manifest.jsonl", "build.json", ".xrg.lock", "images",
+                              ".draft.tmp", "resnet50.pt", "metrics.jsonl"]), unique=True, max_size=4),  # fmt: skip
     st.booleans(),
 )
 def test_a_directory_is_claimed_only_when_it_is_new_empty_or_of_the_same_kind(
@@ -428,8 +428,7 @@ def test_a_directory_is_claimed_only_when_it_is_new_empty_or_of_the_same_kind(
         (directory / MARKER_NAME).write_text(json.dumps({"kind": marker}))
     before = {name: (directory / name).read_text() for name in names if name != "images"}
     foreign = [name for name in names if name != ".xrg.lock"]
-    legacy = "phantom-dataset" if {"manifest.jsonl", "build.json"} <= set(names) else None
-    found = marker if marker not in (None, "corrupt") else legacy
+    found = marker if marker not in (None, "corrupt") else None  # none of these files is really xrg's
     expect_ok = marker != "corrupt" and (force or (found == kind if found else not foreign))
     try:
         claim_output_dir(directory, kind, force=force)
@@ -596,3 +595,113 @@ def test_files_are_written_with_the_umasks_permissions(tmp_path):
         assert atomic_write_text(tmp_path / "private.txt", "x").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+# --------------------------------------------------------------------------------------
+# Found by the outside review of this round (each was a hole before it was closed)
+# --------------------------------------------------------------------------------------
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_untouched(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("my thesis")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(Exception, match="is a symbolic link; refused"):
+        with directory_lock(run):
+            pass
+    assert victim.read_text() == "my thesis"
+
+
+def test_a_refused_output_directory_gets_no_lock_file(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("x")
+    (mine / ".draft.tmp").write_text("not xrg's")
+    assert main(["data", "build", "--profile", "tiny", "--out", str(mine)]) == 2
+    assert sorted(p.name for p in mine.iterdir()) == [".draft.tmp", "thesis.txt"]
+    assert "did not make" in capsys.readouterr().err
+
+
+def test_a_damaged_compressed_archive_is_refused_before_anything_is_written(tmp_path):
+    with tarfile.open(tmp_path / "ok.tgz", "w:gz") as archive:
+        for number in range(20):
+            data = np.random.default_rng(number).bytes(3000)
+            info = tarfile.TarInfo(f"png/m{number}.bin")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    damaged = bytearray((tmp_path / "ok.tgz").read_bytes())
+    for offset in range(8):
+        damaged[len(damaged) // 2 + offset] ^= 0xFF
+    (tmp_path / "bad.tgz").write_bytes(bytes(damaged))
+    with pytest.raises(ArchiveError, match="unreadable or truncated"):
+        safe_extract(tmp_path / "bad.tgz", tmp_path / "target")
+    assert not (tmp_path / "target").exists()
+    assert len(safe_extract(tmp_path / "ok.tgz", tmp_path / "target")) == 20
+
+
+def test_a_checkpoint_repacked_with_compression_is_refused_unread(tmp_path):
+    from xrg.errors import CheckpointError
+    from xrg.train.checkpoint import load_checkpoint
+
+    data = write_synthetic_data(tmp_path / "data", num_patients=5)
+    original = random_checkpoint(tmp_path / "model.pt", TINY, Vocabulary.load(data / "vocab.json"))
+    with zipfile.ZipFile(original) as source, zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as sink:
+        for info in source.infolist():
+            sink.writestr(info.filename, source.read(info))
+    with pytest.raises(CheckpointError, match="compressed entries"):
+        load_checkpoint(tmp_path / "deflated.pt", "xraygan")
+
+
+def test_top_level_files_that_are_links_out_of_the_tree_are_refused(tmp_path):
+    outside = tmp_path / "outside.csv"
+    outside.write_text("dicom_id,subject_id,study_id,ViewPosition\nTOP SECRET,1,1,PA\n")
+    root = _mimic_root(tmp_path / "mimic", ["d1", "d2"])
+    (root / "mimic-cxr-2.0.0-metadata.csv.gz").unlink()
+    (root / "mimic-cxr-2.0.0-metadata.csv").symlink_to(outside)
+    with pytest.raises(DataDirError, match="link to a file outside") as refused:
+        import_mimic(root, tmp_path / "out", size=32)
+    assert "SECRET" not in str(refused.value)
+    data = write_synthetic_data(tmp_path / "data", num_patients=5)
+    (tmp_path / "manifest.jsonl").write_bytes((data / "manifest.jsonl").read_bytes())
+    (data / "manifest.jsonl").unlink()
+    (data / "manifest.jsonl").symlink_to(tmp_path / "manifest.jsonl")
+    with pytest.raises(DataDirError, match="symbolic link"):
+        read_manifest(data)
+
+
+def test_a_huge_mimic_report_is_refused_unread(tmp_path):
+    from xrg.data.reports import MAX_REPORT_BYTES
+
+    root = _mimic_root(tmp_path / "mimic", ["d1", "d2"])
+    report = root / "files" / "p10" / "p10000001" / "s50000001.txt"
+    with open(report, "r+b") as handle:  # sparse: no disk used, but reading it whole would take the memory
+        handle.truncate(MAX_REPORT_BYTES * 300)
+    with pytest.raises(DataDirError, match="no usable case") as refused:
+        import_mimic(root, tmp_path / "out", size=32)
+    assert "report too large" in str(refused.value)
+
+
+def test_eval_checks_its_inputs_and_its_evaluators_directory_before_training(tmp_path, capsys):
+    data = write_synthetic_data(tmp_path / "data", num_patients=5)
+    foreign = tmp_path / "evaluators"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["eval", "--run", str(tmp_path / "missing"), "--data", str(data), "--profile", "tiny",
+                 "--evaluators", str(foreign)]) == 2  # fmt: skip
+    assert "holds no trained model" in capsys.readouterr().err
+    run = tmp_path / "run"
+    random_checkpoint(run / "checkpoint.pt", TINY, Vocabulary.load(data / "vocab.json"))
+    assert main(["eval", "--run", str(run), "--data", str(data), "--profile", "tiny", "--evaluators", str(foreign)]) == 2
+    assert "files that xrg did not make (notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_a_deeply_nested_marker_or_manifest_line_is_one_line(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / MARKER_NAME).write_text("[" * 100_000)
+    assert main(["phantom", "--report", "Heart normal.", "--size", "32", "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("xrg: error: ") and "Traceback" not in error and len(error.splitlines()) == 1

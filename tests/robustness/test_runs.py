@@ -146,7 +146,7 @@ def check_after_kill(run: Path, steps_done: int) -> list[Path]:
             assert path.name.startswith("."), name  # atomic_write's temporary names only
             leftovers.append(path)
             continue
-        assert name == "checkpoint.pt" or name == "metrics.jsonl" or name.startswith("samples/"), name
+        assert name in ("checkpoint.pt", "metrics.jsonl", ".xrg.lock") or name.startswith("samples/"), name
         if name == "metrics.jsonl":
             for line in path.read_text().splitlines():
                 json.loads(line)

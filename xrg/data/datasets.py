@@ -66,7 +66,7 @@ class XRayPairDataset(Dataset):
         if not self.cases:
             raise DataDirError(f"{self.data_dir} has no cases in split {split!r}")
         if vocab is None:
-            vocab_path = self.data_dir / VOCAB_NAME
+            vocab_path = path_inside(self.data_dir, VOCAB_NAME, f"{self.data_dir}: vocabulary")
             if not vocab_path.is_file():
                 raise DataDirError(f"{self.data_dir} has no {VOCAB_NAME}; pass a vocabulary or rebuild the dataset")
             vocab = Vocabulary.load(vocab_path)

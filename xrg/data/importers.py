@@ -18,6 +18,7 @@ import contextlib
 import csv
 import errno
 import gzip
+import lzma
 import os
 import re
 import shutil
@@ -34,7 +35,7 @@ import numpy as np
 
 from xrg.data.images import load_grayscale, resize, save_png
 from xrg.data.manifest import VOCAB_NAME, Case, patient_split, write_manifest
-from xrg.data.reports import Vocabulary, load_openi_reports, split_report_text
+from xrg.data.reports import MAX_REPORT_BYTES, Vocabulary, load_openi_reports, split_report_text
 from xrg.errors import ArchiveError, ConfigError, DataDirError, DiskFullError, EmptyReportError, ImageError, ReportError
 from xrg.io import DISK_FULL_ERRNOS, disk_full_error
 from xrg.locks import own_output_dir
@@ -90,7 +91,7 @@ class ImportSummary:
 #: Most bytes :func:`safe_extract` unpacks from one archive by default (Open-i's PNGs are ~1.4 GB).
 MAX_EXTRACT_BYTES = 32 * 2**30
 #: Most members :func:`safe_extract` unpacks from one archive by default (Open-i has 7,470 images).
-MAX_EXTRACT_MEMBERS = 1_000_000
+MAX_EXTRACT_MEMBERS = 100_000
 
 
 def safe_extract(
@@ -217,7 +218,11 @@ def _check_layout(archive: Path, root: Path, planned: Sequence[tuple[str, Path, 
 def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Path]:
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            members = tar.getmembers()
+            members = []
+            while (member := tar.next()) is not None:  # counted as read: a million empty members is refused early
+                members.append(member)
+                if len(members) > limits.max_members:
+                    raise ArchiveError(f"archive {archive} has more than the {limits.max_members} members allowed")
             root = target.resolve()
             files: list[Path] = []
             planned: list[tuple[str, Path, bool]] = []
@@ -240,6 +245,7 @@ def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
                     files.append(destination)
             _check_layout(archive, root, planned)
             limits.check_plan([member.size for member in members if member.isreg()])
+            read_to_the_end(tar)  # the compressor's checksum, before anything is written
             root.mkdir(parents=True, exist_ok=True)
             tar.extractall(root, members=members, filter="data")
     except (ArchiveError, DiskFullError):
@@ -250,9 +256,19 @@ def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
         if exc.errno in DISK_FULL_ERRNOS:
             raise disk_full_error(target, exc) from exc
         raise ArchiveError(f"archive {archive} is unreadable or truncated: {exc}") from exc
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, RuntimeError, ValueError) as exc:
         raise ArchiveError(f"archive {archive} is unreadable or truncated: {exc}") from exc
     return sorted(files)
+
+
+def read_to_the_end(tar: tarfile.TarFile) -> None:
+    """Read a (compressed) tar stream to its end, so that its checksum (gzip CRC, xz check) is verified.
+
+    tarfile stops at the end-of-archive blocks, before the compressor's trailer; a damaged
+    member would otherwise be read without any error.
+    """
+    while tar.fileobj.read(1 << 20):
+        pass
 
 
 def _extract_zip(archive: Path, target: Path, limits: _ExtractLimits) -> list[Path]:
@@ -288,7 +304,8 @@ def _extract_zip(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
         if exc.errno in DISK_FULL_ERRNOS:
             raise disk_full_error(target, exc) from exc
         raise ArchiveError(f"archive {archive} is unreadable or corrupted: {exc}") from exc
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, RuntimeError, NotImplementedError,
+            lzma.LZMAError, ValueError) as exc:  # fmt: skip
         raise ArchiveError(f"archive {archive} is unreadable or corrupted: {exc}") from exc
     return sorted(files)
 
@@ -307,6 +324,13 @@ def _check_size(size: int) -> None:
         raise ConfigError(f"image size must be an integer in 8..{MAX_IMPORT_SIZE} pixels, got {size!r}")
 
 
+#: Most rows and decompressed bytes a metadata CSV may have (MIMIC-CXR: 377,110 rows, ~60 MiB).
+MAX_METADATA_ROWS = 2_000_000
+MAX_METADATA_BYTES = 512 << 20
+#: Refused rows listed one by one in an import summary; the rest are only counted.
+MAX_LISTED_REFUSALS = 1000
+
+
 def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a (possibly gzipped) CSV, keeping ``columns``; refuses a file lacking them."""
     if not path.is_file():
@@ -318,7 +342,17 @@ def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataDirError(f"metadata file {path} lacks the columns {missing}")
-            return [{c: (row[c] or "").strip() for c in columns} for row in reader]
+            rows = []
+            characters = 0
+            for row in reader:
+                characters += sum(len(value) for value in row.values() if isinstance(value, str))
+                if len(rows) >= MAX_METADATA_ROWS or characters > MAX_METADATA_BYTES:
+                    raise DataDirError(
+                        f"metadata file {path} has more than {MAX_METADATA_ROWS} rows or {MAX_METADATA_BYTES >> 20} MiB "
+                        "of text (MIMIC-CXR has 377,110 rows, about 60 MiB); refused as damaged or a decompression bomb"
+                    )
+                rows.append({c: (row[c] or "").strip()[:256] for c in columns})
+            return rows
     except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as exc:
         raise DataDirError(f"metadata file {path} is unreadable: {exc}") from exc
 
@@ -546,20 +580,26 @@ def import_mimic(
 def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | None) -> ImportSummary:
     from xrg.data.findings import label_text
 
-    rows = _read_csv_columns(_mimic_metadata(root), ("dicom_id", "subject_id", "study_id", "ViewPosition"))
+    metadata = _mimic_metadata(root)
+    if not resolves_inside(metadata, root):
+        raise DataDirError(f"MIMIC-CXR metadata {metadata} is a link to a file outside {root}; refused, not followed")
+    rows = _read_csv_columns(metadata, ("dicom_id", "subject_id", "study_id", "ViewPosition"))
     studies: dict[tuple[str, str], list[tuple[str, str]]] = collections.defaultdict(list)
     summary = ImportSummary(n_cases=0, skipped=collections.Counter(), refused_files=[], out=out)
     for number, row in enumerate(rows, start=2):
         subject, study = row["subject_id"], row["study_id"]
-        if not (subject.isascii() and subject.isdigit() and study.isascii() and study.isdigit()):
+        if not (subject.isascii() and subject.isdigit() and study.isascii() and study.isdigit()) or max(
+            len(subject), len(study)
+        ) > 20:
             raise DataDirError(
                 f"MIMIC-CXR metadata line {number}: subject_id {subject[:40]!r} / study_id {study[:40]!r} are not numbers"
             )
         if not is_safe_id(row["dicom_id"]):
             summary.skipped["unsafe dicom_id"] += 1
-            summary.refused_files.append(
-                (f"metadata line {number}", f"dicom_id {row['dicom_id'][:80]!r} is not a safe id; the row is refused")
-            )
+            if summary.skipped["unsafe dicom_id"] <= MAX_LISTED_REFUSALS:
+                summary.refused_files.append(
+                    (f"metadata line {number}", f"dicom_id {row['dicom_id'][:80]!r} is not a safe id; the row is refused")
+                )
             continue
         if subset is None or f"p{subject[:2]}" == subset:
             studies[subject, study].append((row["dicom_id"], row["ViewPosition"].upper()))
@@ -586,6 +626,10 @@ def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | Non
         if report_file is None:
             summary.skipped["report missing"] += 1
             summary.refused_files.append((str(root / "files" / f"{relative}.txt"), "report file not found"))
+            continue
+        if report_file.stat().st_size > MAX_REPORT_BYTES:
+            summary.skipped["report too large"] += 1
+            summary.refused_files.append((str(report_file), f"over {MAX_REPORT_BYTES} bytes; a report is a few kB"))
             continue
         try:
             findings, impression = split_report_text(report_file.read_text(encoding="utf-8"))

@@ -89,6 +89,7 @@ def read_manifest(directory: str | os.PathLike, check_images: bool = False) -> l
     path = directory / MANIFEST_NAME
     if not path.is_file():
         raise DataDirError(f"data directory {directory} has no {MANIFEST_NAME}; it is not an xrg dataset")
+    path_inside(directory, MANIFEST_NAME, "manifest")  # not a link out of the data directory
     cases: list[Case] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -98,6 +99,8 @@ def read_manifest(directory: str | os.PathLike, check_images: bool = False) -> l
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataDirError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            except RecursionError as exc:
+                raise DataDirError(f"{path}:{number}: nested too deeply to be a case") from exc
             if not isinstance(row, dict):
                 raise DataDirError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             cases.append(Case.from_json(row, where=f"{path}:{number}"))

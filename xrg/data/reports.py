@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import lzma
 import os
 import re
 import tarfile
@@ -137,7 +138,7 @@ def _text_of(element: Element) -> str:
 
 
 def _report_id(root: Element, source: str) -> str:
-    from xrg.paths import safe_id
+    from xrg.paths import MAX_INPUT_ID, safe_id
 
     uid = root.find("uId")
     value = ""
@@ -149,7 +150,7 @@ def _report_id(root: Element, source: str) -> str:
     if not value:
         raise ReportError(f"report {source}: has no <uId id=...> and no file name to take an id from")
     try:  # the id becomes part of image file names
-        return safe_id(value, f"report {source}: the id taken from {what},")
+        return safe_id(value, f"report {source}: the id taken from {what},", MAX_INPUT_ID)
     except DataDirError as exc:
         raise ReportError(str(exc)) from exc
 
@@ -161,6 +162,8 @@ def _natural_key(name: str) -> list[Any]:
 
 #: Most bytes of report XML read from one archive (they are held in memory to be sorted).
 MAX_ARCHIVE_REPORT_BYTES = 1 << 30
+#: Most members of a report archive (Open-i's has 3,955 reports).
+MAX_ARCHIVE_MEMBERS = 100_000
 
 _TAR_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -215,7 +218,9 @@ def iter_report_sources(
     total = 0
     try:
         with tarfile.open(path, mode="r:*") as archive:
-            for member in archive:
+            for count, member in enumerate(archive, start=1):
+                if count > MAX_ARCHIVE_MEMBERS:
+                    raise ArchiveError(f"report archive {path} has more than {MAX_ARCHIVE_MEMBERS} members; refused")
                 if not member.isreg() or not member.name.lower().endswith(".xml"):
                     continue
                 if member.size > max_bytes:
@@ -231,7 +236,9 @@ def iter_report_sources(
                         "(Open-i has about 20 MiB); refused as damaged or a decompression bomb"
                     )
                 members.append((member.name, handle.read()))
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            while archive.fileobj.read(1 << 20):  # to the end: the gzip CRC / xz check is verified
+                pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise ArchiveError(f"report archive {path} is unreadable or truncated: {exc}") from exc
     members.sort(key=lambda item: _natural_key(item[0]))
     yield from members

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -240,7 +239,7 @@ def _ensure_cohort(data_dir: Path, config: EvaluatorConfig, cohort_dir: Path, pr
         if c.id not in reused
     ]
     render_pairs(jobs, volume_size, config.workers, progress, f"rendering the evaluation cohort ({size}px)", key=stamp)
-    shutil.copyfile(data_dir / VOCAB_NAME, cohort_dir / VOCAB_NAME)
+    Vocabulary.load(data_dir / VOCAB_NAME).save(cohort_dir / VOCAB_NAME)  # written anew: never through a link
     write_manifest(cohort_dir, cases)
     atomic_write_json(stamp_path, {"key": stamp, "complete": True, "per_split": {
         split: sum(c.split == split for c in cases) for split in ("train", "test")}})  # fmt: skip

@@ -31,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import io
 import itertools
 import math
 import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -663,20 +665,27 @@ def _inception_network(path: str, modified: float, device: str) -> nn.Module:
     from xrg.train.checkpoint import torch_error_summary
 
     # torch-fidelity reads the file with torch.load(weights_only=False), which would run any code
-    # pickled into it; a file that loads with weights_only=True holds only tensors and is safe.
+    # pickled into it; a file that loads with weights_only=True holds only tensors and is safe. The
+    # bytes are read once and checked, and torch-fidelity is given a private copy of exactly those
+    # bytes, so a file swapped after the check is never what it loads.
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        data = Path(path).read_bytes()
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:
         raise ConfigError(
             f"Inception weights file {path} is refused: it does not load as plain tensors with "
             f"torch.load(weights_only=True) ({torch_error_summary(error)})"
         ) from None
-    try:
-        network = NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048", "logits_unbiased"], feature_extractor_weights_path=path
-        )
-    except Exception as error:  # torch.load / load_state_dict of a file that is not these weights
-        raise ConfigError(f"Inception weights file {path} could not be loaded: {torch_error_summary(error)}") from None
+    with tempfile.TemporaryDirectory(prefix="xrg-inception-") as private:  # mode 0700
+        copy = Path(private) / "weights.pth"
+        copy.write_bytes(data)
+        try:
+            network = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048", "logits_unbiased"],
+                feature_extractor_weights_path=str(copy),
+            )  # fmt: skip
+        except Exception as error:  # load_state_dict of a file that is not these weights
+            raise ConfigError(f"Inception weights file {path} could not be loaded: {torch_error_summary(error)}") from None
     return network.to(device)
 
 

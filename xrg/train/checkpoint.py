@@ -78,6 +78,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_container(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except RuntimeError as exc:
@@ -100,12 +101,42 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
                 f"checkpoint {path} is a plain pickle (pickle.dump), not a torch.save file; it is not an xrg checkpoint"
             ) from exc
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt (unreadable pickle data)") from exc
-    except (EOFError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load of damaged bytes raises many kinds (EOFError, IndexError ...)
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {torch_error_summary(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an xrg checkpoint (a torch file without the {CHECKPOINT_FORMAT!r} header)")
-    verify_integrity(payload, path)
+    try:
+        verify_integrity(payload, path)
+    except RecursionError as exc:
+        raise CheckpointError(f"checkpoint {path} nests its values too deeply to be an xrg checkpoint") from exc
+    for key, kind in (("progress", dict), ("state", dict), ("config", dict), ("vocabulary", dict)):
+        if key in payload and payload[key] is not None and not isinstance(payload[key], kind):
+            raise CheckpointError(f"checkpoint {path}: {key} is a {type(payload[key]).__name__}, not a mapping")
     return payload
+
+
+#: Largest checkpoint read (a paper-profile XRayGAN with optimizer states is well under 2 GiB).
+MAX_CHECKPOINT_BYTES = 16 << 30
+
+
+def _check_container(path: Path) -> None:
+    """Refuse a zip whose entries torch.save would never write: compressed ones (a decompression bomb
+    unpacks inside torch.load, before any check), or more bytes than :data:`MAX_CHECKPOINT_BYTES`."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return  # torch.load names the damage
+    compressed = [info.filename for info in infos if info.compress_type != zipfile.ZIP_STORED]
+    if compressed:
+        raise CheckpointError(
+            f"checkpoint {path} has compressed entries ({compressed[0]!r} ...), which torch.save never writes; "
+            "refused unread (a repacked or crafted file)"
+        )
+    if sum(info.file_size for info in infos) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"checkpoint {path} unpacks to more than {MAX_CHECKPOINT_BYTES >> 30} GiB; refused")
 
 
 def load_checkpoint(

@@ -105,4 +105,6 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             overrides[key.strip()] = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        except RecursionError as exc:
+            raise ConfigError(f"override {item[:40]!r}...: value nests too deeply") from exc
     return overrides
