@@ -373,20 +373,22 @@ def test_random_unicode_never_fails():
 
 
 def test_long_text_is_fast():
+    # CPU time of this process, not wall time: the bound is about the labeller (no quadratic
+    # blow-up), and must hold on a busy machine too.
     sentence = (
         "There is increased opacity within the right upper lobe with possible mass and associated atelectasis. "
         "No pleural effusion or pneumothorax. Heart size and pulmonary vascular engorgement appear within limits "
         "of normal. Nodular opacity overlying the left 5th rib. "
     )
     for text in [(sentence * 500)[:100_000], ("no effusion " * 10_000)[:100_000], "a" * 100_000, "heart " * 16_000]:
-        start = time.perf_counter()
+        start = time.process_time()
         label_text(text)
-        assert time.perf_counter() - start < 1.0
+        assert time.process_time() - start < 1.0
     rng = random.Random(1)
     text = "".join(chr(rng.randrange(0x20, 0x2FFF)) for _ in range(100_000))
-    start = time.perf_counter()
+    start = time.process_time()
     label_text(text)
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 # --------------------------------------------------------------------------------------
