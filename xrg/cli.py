@@ -190,8 +190,11 @@ def _cmd_train_xraygan(args: argparse.Namespace) -> int:
 
 def _run_directory(args: argparse.Namespace, attribute: str = "out"):
     """The run directory, checked writable, locked for this command and claimed (a run's, or new)."""
+    from xrg.data.manifest import read_manifest
     from xrg.locks import own_output_dir
 
+    if getattr(args, "data", None):
+        read_manifest(args.data)  # a bad --data fails before --out is touched
     return own_output_dir(getattr(args, attribute), "run", force=args.force, what=f"--{attribute}")
 
 
@@ -278,7 +281,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     checkpoint_path(args.run)  # inputs first: a missing run or data directory fails before any training
     read_manifest(args.data)
     evaluators_dir = Path(args.evaluators) if args.evaluators else Path("runs") / profile.name / "experiments" / "evaluators"
-    with own_output_dir(evaluators_dir, "evaluators", force=args.force, what="--evaluators") as evaluators_dir:
+    with own_output_dir(evaluators_dir, "evaluators", force=args.force_evaluators, what="--evaluators") as evaluators_dir:
         evaluators = ensure_evaluators(EvaluatorConfig.from_profile(profile), args.data, evaluators_dir, args.device)
     result = evaluate_run(args.run, args.data, evaluators, EvalConfig.from_profile(profile), args.device,
                           args.inception_weights, force=args.force)  # fmt: skip
@@ -430,8 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--evaluators", help="evaluator directory (default runs/<profile>/experiments/evaluators)")
     evaluate.add_argument("--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)")
     evaluate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
-    evaluate.add_argument("--force", action="store_true",
-                          help="recompute even when eval.json is up to date; use --evaluators even if something else made it")
+    evaluate.add_argument("--force", action="store_true", help="recompute even when eval.json is up to date")
+    evaluate.add_argument("--force-evaluators", action="store_true",
+                          help="use --evaluators even if something else made it")
     evaluate.set_defaults(func=_cmd_eval)
 
     experiment = commands.add_parser("experiment", help="train what is missing and write the paper's Table 1 or 2")

@@ -181,6 +181,15 @@ def _legacy_kind(directory: Path) -> str | None:
             except CheckpointError:
                 continue
             return "evaluators" if (directory / "cohort").is_dir() else "run"
+    # An experiment directory (the book's, or `xrg experiment`'s): it holds runs and evaluators.
+    for child in sorted(p for p in directory.iterdir() if p.is_dir() and not p.is_symlink())[:32]:
+        try:
+            marker = read_marker(child)
+        except DataDirError:
+            continue
+        kind = marker["kind"] if marker else _legacy_kind(child)
+        if kind in ("run", "evaluators"):
+            return "run"
     return None
 
 

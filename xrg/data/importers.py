@@ -245,7 +245,7 @@ def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
                     files.append(destination)
             _check_layout(archive, root, planned)
             limits.check_plan([member.size for member in members if member.isreg()])
-            read_to_the_end(tar)  # the compressor's checksum, before anything is written
+            read_to_the_end(tar, limits.max_bytes)  # the compressor's checksum, before anything is written
             root.mkdir(parents=True, exist_ok=True)
             tar.extractall(root, members=members, filter="data")
     except (ArchiveError, DiskFullError):
@@ -261,14 +261,18 @@ def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
     return sorted(files)
 
 
-def read_to_the_end(tar: tarfile.TarFile) -> None:
+def read_to_the_end(tar: tarfile.TarFile, max_bytes: int) -> None:
     """Read a (compressed) tar stream to its end, so that its checksum (gzip CRC, xz check) is verified.
 
     tarfile stops at the end-of-archive blocks, before the compressor's trailer; a damaged
-    member would otherwise be read without any error.
+    member would otherwise be read without any error. More than ``max_bytes`` after the point
+    reached is refused (zeros packed after the end of the archive).
     """
-    while tar.fileobj.read(1 << 20):
-        pass
+    left = max_bytes
+    while chunk := tar.fileobj.read(1 << 20):
+        left -= len(chunk)
+        if left < 0:
+            raise ArchiveError(f"archive {tar.name} has more than {max_bytes >> 20} MiB after its last member; refused")
 
 
 def _extract_zip(archive: Path, target: Path, limits: _ExtractLimits) -> list[Path]:
@@ -331,6 +335,23 @@ MAX_METADATA_BYTES = 512 << 20
 MAX_LISTED_REFUSALS = 1000
 
 
+#: Longest line of a metadata CSV (a MIMIC line is about 200 characters).
+MAX_CSV_LINE = 64 << 10
+
+
+def _capped_lines(handle, path: Path) -> Iterator[str]:
+    """The lines of a CSV, each read with a length cap, the total capped too: a bomb is refused as it is read."""
+    total = 0
+    while line := handle.readline(MAX_CSV_LINE + 1):
+        total += len(line)
+        if len(line) > MAX_CSV_LINE or total > MAX_METADATA_BYTES:
+            raise DataDirError(
+                f"metadata file {path} has a line over {MAX_CSV_LINE} characters or over {MAX_METADATA_BYTES >> 20} MiB "
+                "of text (MIMIC-CXR has about 60 MiB); refused as damaged or a decompression bomb"
+            )
+        yield line
+
+
 def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
     """Rows of a (possibly gzipped) CSV, keeping ``columns``; refuses a file lacking them."""
     if not path.is_file():
@@ -338,15 +359,15 @@ def _read_csv_columns(path: Path, columns: Sequence[str]) -> list[dict[str, str]
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(_capped_lines(handle, path))
             missing = [c for c in columns if c not in (reader.fieldnames or [])]
             if missing:
                 raise DataDirError(f"metadata file {path} lacks the columns {missing}")
             rows = []
-            characters = 0
             for row in reader:
-                characters += sum(len(value) for value in row.values() if isinstance(value, str))
-                if len(rows) >= MAX_METADATA_ROWS or characters > MAX_METADATA_BYTES:
+                if None in row:
+                    raise DataDirError(f"metadata file {path} line {reader.line_num} has more fields than its header")
+                if len(rows) >= MAX_METADATA_ROWS:
                     raise DataDirError(
                         f"metadata file {path} has more than {MAX_METADATA_ROWS} rows or {MAX_METADATA_BYTES >> 20} MiB "
                         "of text (MIMIC-CXR has 377,110 rows, about 60 MiB); refused as damaged or a decompression bomb"

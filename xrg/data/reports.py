@@ -236,8 +236,9 @@ def iter_report_sources(
                         "(Open-i has about 20 MiB); refused as damaged or a decompression bomb"
                     )
                 members.append((member.name, handle.read()))
-            while archive.fileobj.read(1 << 20):  # to the end: the gzip CRC / xz check is verified
-                pass
+            from xrg.data.importers import read_to_the_end
+
+            read_to_the_end(archive, MAX_ARCHIVE_REPORT_BYTES)  # to the end: the gzip CRC / xz check is verified
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
         raise ArchiveError(f"report archive {path} is unreadable or truncated: {exc}") from exc
     members.sort(key=lambda item: _natural_key(item[0]))
