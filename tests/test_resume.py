@@ -38,10 +38,11 @@ from helpers import (
     torch_threads,
     without_timing,
 )
+from xrg.checkpoint import load_checkpoint
 from xrg.errors import TrainingStopped
-from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig, train_classifier
+from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig
 from xrg.train.baselines import BASELINE_METHODS, BaselineTrainer
-from xrg.train.checkpoint import load_checkpoint
+from xrg.train.evaluators import train_classifier
 from xrg.train.loop import PhasedTrainer, partial_path
 from xrg.train.vcn import VCN_DIR, train_vcn, vcn_path
 from xrg.train.xraygan import XRayGANTrainer

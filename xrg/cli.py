@@ -170,8 +170,8 @@ def _train_to_the_end(trainer: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_train_xraygan(args: argparse.Namespace) -> int:
+    from xrg.config import parse_overrides
     from xrg.profiles import load_profile
-    from xrg.train.config import parse_overrides
     from xrg.train.vcn import VCNTrainConfig
     from xrg.train.xraygan import XRayGANTrainConfig, XRayGANTrainer
 
@@ -196,9 +196,9 @@ def _run_directory(args: argparse.Namespace, attribute: str = "out"):
 
 
 def _cmd_train_baseline(args: argparse.Namespace) -> int:
+    from xrg.config import parse_overrides
     from xrg.profiles import load_profile
     from xrg.train.baselines import BaselineTrainConfig, BaselineTrainer
-    from xrg.train.config import parse_overrides
 
     config = BaselineTrainConfig.from_profile(load_profile(args.profile), args.method, parse_overrides(args.set))
     with _run_directory(args):
@@ -210,9 +210,9 @@ def _cmd_train_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_vcn(args: argparse.Namespace) -> None:
+    from xrg.config import parse_overrides
     from xrg.data.datasets import XRayPairDataset
     from xrg.profiles import load_profile
-    from xrg.train.config import parse_overrides
     from xrg.train.vcn import VCNTrainConfig, ensure_vcns
     from xrg.train.xraygan import XRayGANTrainConfig
 
@@ -266,10 +266,11 @@ def _cmd_bench_explorer(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+    from xrg.eval.evaluators import EvaluatorConfig
     from xrg.eval.run import EvalConfig, evaluate_run
     from xrg.experiments import table_row
     from xrg.profiles import load_profile
+    from xrg.train.evaluators import ensure_evaluators
 
     profile = load_profile(args.profile)
     evaluators_dir = Path(args.evaluators) if args.evaluators else Path("runs") / profile.name / "experiments" / "evaluators"
