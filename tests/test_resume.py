@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-import xrg.eval.evaluators
+import xrg.train.evaluators
 import xrg.train.vcn
 from helpers import (
     BASELINE_TINY,
@@ -169,7 +169,7 @@ CASES = {
     # 6 steps in 2 epochs. Stops mid-epoch (2), then once more in the next epoch (4).
     "classifier": Stoppable(
         "classifier", lambda data, out: train_classifier(data, CLASSIFIER, out, progress=False),
-        lambda out: out / CLASSIFIER_NAME, lambda out: out, xrg.eval.evaluators, "weighted_bce",
+        lambda out: out / CLASSIFIER_NAME, lambda out: out, xrg.train.evaluators, "weighted_bce",
         total_steps=6, stops=(2, 4),
     ),
 }  # fmt: skip

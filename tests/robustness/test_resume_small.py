@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import xrg.eval.evaluators
+import xrg.train.evaluators
 import xrg.train.loop
 import xrg.train.vcn
 from helpers import stop_at
@@ -219,7 +219,7 @@ def test_the_evaluation_classifier_stopped_by_sigterm_resumes_exactly(
 ):
     final = tmp_path / CLASSIFIER_NAME
     with monkeypatch.context() as patch:
-        calls = stop_at(patch, xrg.eval.evaluators, "weighted_bce", {2})
+        calls = stop_at(patch, xrg.train.evaluators, "weighted_bce", {2})
         with pytest.raises(TrainingStopped) as caught:
             train_classifier(data_dir, CLASSIFIER, tmp_path, progress=False)
     message = str(caught.value)
