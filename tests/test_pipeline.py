@@ -12,7 +12,7 @@ import torch
 
 from xrg.cli import main
 from xrg.data.images import load_grayscale
-from xrg.errors import EmptyReportError
+from xrg.errors import EmptyReportError, ReportError
 from xrg.pipelines import Pipeline, XRayGANPipeline
 from xrg.train.benchmarks import bench_generate
 
@@ -99,8 +99,12 @@ def test_a_list_of_reports_gives_one_output_each_as_one_at_a_time(pipe):
                 assert batched_weights == pytest.approx(single_weights, abs=1e-5)
             assert output.attention[name].sentence_weights == pytest.approx(attention.sentence_weights, abs=1e-5)
     assert batched[1].unknown_words == ["zorblax"]
-    with pytest.raises(EmptyReportError):
+    with pytest.raises(EmptyReportError, match=r"\(report 2 of the list of 2\)"):
         pipe([REPORT, "   "])
+    with pytest.raises(ReportError, match="a tuple of reports must hold strings, got a bytes"):
+        pipe((REPORT, b"FINDINGS: heart."))
+    with pytest.raises(ReportError, match="report text must be a string, got NoneType"):
+        pipe(None)
 
 
 def test_the_pipeline_is_a_pipeline(pipe):

@@ -39,7 +39,7 @@ from xrg.data.reports import (
     split_sentences,
     tokenize,
 )
-from xrg.errors import CheckpointError, EmptyReportError
+from xrg.errors import CheckpointError, EmptyReportError, ReportError
 from xrg.models.encoder import SectionEncoding
 from xrg.models.xraygan import XRayGAN, XRayGANModelConfig, to_image_range
 
@@ -206,19 +206,29 @@ class XRayGANPipeline:
         ``noise_dim > 0``; without noise (the paper's model) an output depends on its report
         alone. Raises :class:`~xrg.errors.EmptyReportError` for a report without words.
         """
-        if isinstance(report, str):
-            return self._generate([report], generator)[0]
-        return self._generate(list(report), generator)
+        if not isinstance(report, (list, tuple)):
+            return self._generate([report], generator)[0]  # a str, or refused naming what it is
+        for item in report:
+            if not isinstance(item, str):
+                raise ReportError(f"a {type(report).__name__} of reports must hold strings, got a {type(item).__name__}")
+        return self._generate(list(report), generator, batched=type(report).__name__)
 
-    def _generate(self, reports: list[str], generator: torch.Generator | None) -> list[XRayGANOutput]:
+    def _generate(
+        self, reports: list[str], generator: torch.Generator | None, batched: str | None = None
+    ) -> list[XRayGANOutput]:
         parsed = []
-        for report in reports:
-            findings_text, impression_text = split_report_text(report)
-            notes = list(self.notes)
-            findings, findings_tokens = self._encode(findings_text, "findings", notes)
-            impression, impression_tokens = self._encode(impression_text, "impression", notes)
-            if findings.num_sentences == 0 and impression.num_sentences == 0:
-                raise EmptyReportError(f"report has no words the encoder can read: {report[:80]!r}")
+        for number, report in enumerate(reports):
+            try:
+                findings_text, impression_text = split_report_text(report)
+                notes = list(self.notes)
+                findings, findings_tokens = self._encode(findings_text, "findings", notes)
+                impression, impression_tokens = self._encode(impression_text, "impression", notes)
+                if findings.num_sentences == 0 and impression.num_sentences == 0:
+                    raise EmptyReportError(f"report has no words the encoder can read: {report[:80]!r}")
+            except ReportError as error:
+                if batched is None:
+                    raise
+                raise type(error)(f"{error} (report {number + 1} of the {batched} of {len(reports)})") from error
             parsed.append((findings_text, impression_text, findings, impression, findings_tokens, impression_tokens, notes))
         if not parsed:
             return []
