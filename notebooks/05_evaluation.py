@@ -48,11 +48,12 @@ from myst_nb import glue
 from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS
 from xrg.eval.classifier import classifier_auroc
-from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+from xrg.eval.evaluators import EvaluatorConfig
 from xrg.eval.generators import load_generator
 from xrg.eval.run import EvalConfig, evaluate_run, generate_for_texts
 from xrg.notebook import check_params, setup
 from xrg.profiles import load_profile
+from xrg.train.evaluators import ensure_evaluators
 from xrg.train.runs import ensure_xraygan_run
 
 run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=run_dir, experiment_dir=experiment_dir,

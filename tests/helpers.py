@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xrg.checkpoint import INTEGRITY_ALGORITHM, INTEGRITY_KEY, payload_digest
 from xrg.data.images import save_png
 from xrg.data.manifest import Case, write_manifest
 from xrg.data.reports import Vocabulary
 from xrg.train.baselines import BaselineTrainConfig
-from xrg.train.checkpoint import INTEGRITY_ALGORITHM, INTEGRITY_KEY, payload_digest
 from xrg.train.vcn import VCNTrainConfig
 from xrg.train.xraygan import XRayGANTrainConfig
 

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from helpers import BASELINE_TINY as TINY, metric_rows, resealed, torch_threads
+from xrg.checkpoint import load_checkpoint
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.eval.generators import load_generator
 from xrg.experiments import baseline_config
 from xrg.models.baselines import (
+    BaselineModel,
     ConditionalDiscriminator,
     ConditioningAugmentation,
     WordAttention,
@@ -30,11 +32,9 @@ from xrg.train.baselines import (
     BaselineTrainConfig,
     BaselineTrainer,
     discriminator_loss,
-    load_baseline,
     mismatched_partners,
     training_phases,
 )
-from xrg.train.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -191,10 +191,10 @@ def test_run_directories_checkpoints_and_divergence(tmp_path, data_dir):
 
     # A checkpoint whose weights do not fit its stored config is refused, not half-loaded.
     payload = torch.load(run / "checkpoint.pt", weights_only=True)
-    payload["config"]["gen_channels"] = 16
+    payload["model_config"]["gen_channels"] = 16
     torch.save(resealed(payload), tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="does not match its config"):
-        load_baseline(tmp_path / "mismatch.pt")
+        BaselineModel.from_checkpoint(tmp_path / "mismatch.pt")
 
     with pytest.raises(TrainingDiverged) as caught:
         trainer(dataclasses.replace(TINY, rec_weight=float("inf")), data_dir, tmp_path / "diverged").train()

@@ -19,10 +19,10 @@ from xrg.eval.evaluators import (
     EvaluatorConfig,
     cohort_cases,
     ensure_cohort,
-    ensure_evaluators,
     load_classifier,
 )
 from xrg.profiles import PROFILE_NAMES, load_profile
+from xrg.train.evaluators import ensure_evaluators
 
 TINY = EvaluatorConfig(
     image_size=32, cohort_size=10, cohort_test_fraction=0.3, workers=1, classifier_epochs=1, classifier_batch_size=4,

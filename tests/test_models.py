@@ -1,4 +1,5 @@
-"""XRayGAN modules (xrg.models): encoder masking, MSCGAN stages and blend, conditioning, WGAN-GP, VCN."""
+"""XRayGAN modules (xrg.models): encoder masking, MSCGAN stages and blend, conditioning, WGAN-GP, VCN;
+every runnable model's save / from_checkpoint round trip."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xrg.errors import ConfigError
+from helpers import resealed
+from xrg.data.reports import Vocabulary
+from xrg.errors import CheckpointError, ConfigError
+from xrg.eval.classifier import FindingClassifier, FindingClassifierConfig
+from xrg.eval.generators import encode_reports
+from xrg.models.base import CheckpointedModel
+from xrg.models.baselines import BASELINE_METHODS, BaselineModel, BaselineModelConfig
 from xrg.models.encoder import (
     AdditiveAttention,
     EncoderConfig,
@@ -18,15 +25,17 @@ from xrg.models.encoder import (
     build_encoder,
     run_bilstm,
 )
-from xrg.models.vcn import ViewConsistencyNet, freeze
+from xrg.models.vcn import VCNConfig, ViewConsistencyNet, freeze
 from xrg.models.xraygan import (
     BasicGenerator,
     MultiScaleGenerator,
     PatchDiscriminator,
     SingleShotGenerator,
+    XRayGAN,
     XRayGANConfig,
     XRayGANDiscriminators,
     XRayGANGenerator,
+    XRayGANModelConfig,
     gradient_penalty,
     to_image_range,
     to_model_range,
@@ -397,3 +406,112 @@ def test_encoder_and_basic_generator_overfit_four_pairs():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+# --------------------------------------------------------------------------------------
+# Models own their config and checkpoint
+# --------------------------------------------------------------------------------------
+
+WORDS = Vocabulary.build(["The heart is enlarged. The lungs are clear. No effusion.", "Small right pleural effusion."])
+REPORTS = ["FINDINGS: The heart is enlarged. IMPRESSION: No effusion.", "FINDINGS: Small right pleural effusion."]
+XRAYGAN_MODEL = dict(
+    embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4, max_channels=32,
+    disc_max_downsamplings=2, noise_dim=2,
+)  # fmt: skip
+BASELINE_MODEL = dict(
+    embed_dim=8, hidden=8, image_size=32, base_size=16, noise_dim=8, ca_dim=8, gen_channels=8, disc_channels=8,
+    max_channels=32,
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """A stand-in run config: the checkpoint stores it beside the model config, the model never reads it."""
+
+    seed: int = 0
+    lr: float = 1e-3
+    note: str = ""
+
+
+def _runnable(name: str) -> CheckpointedModel:
+    torch.manual_seed(0)
+    if name.startswith("xraygan"):
+        ablation = {"xraygan": {}, "xraygan_no_mscgan_no_hae": {"generator_kind": "single_shot", "encoder_kind": "flat"}}
+        return XRayGAN(XRayGANModelConfig(vocab_size=len(WORDS), **XRAYGAN_MODEL, **ablation[name]))
+    if name in BASELINE_METHODS:
+        return BaselineModel(BaselineModelConfig(vocab_size=len(WORDS), method=name, **BASELINE_MODEL))
+    if name == "vcn":
+        return ViewConsistencyNet(VCNConfig(embed_dim=16, scale=5.0))
+    return FindingClassifier(FindingClassifierConfig())
+
+
+@torch.no_grad()
+def _outputs(model: CheckpointedModel) -> list[torch.Tensor]:
+    """What the model computes in eval mode on fixed inputs (its generators' images, or its scores)."""
+    model.eval()
+    images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    if isinstance(model, XRayGAN):
+        noise = torch.randn(2, model.config.noise_dim, generator=torch.Generator().manual_seed(2))
+        fake = model.generate(model.encode(encode_reports(REPORTS, WORDS, 16, 24)).c, model.config.num_stages - 1, noise)
+        return [fake["frontal"], fake["lateral"]]
+    if isinstance(model, BaselineModel):
+        condition = model.encode(encode_reports(REPORTS, WORDS, 16, 24))
+        fake = model.generator(condition, torch.Generator().manual_seed(2)).images[-1]
+        return [fake["frontal"], fake["lateral"]]
+    if isinstance(model, ViewConsistencyNet):
+        return [model(to_model_range(images), to_model_range(images.flip(0)))]
+    return [model(images)]
+
+
+@pytest.mark.parametrize("name", ["xraygan", "xraygan_no_mscgan_no_hae", *BASELINE_METHODS, "vcn", "classifier"])
+def test_a_saved_model_loads_back_from_its_model_config_with_identical_outputs(tmp_path, name):
+    model = _runnable(name)
+    path = model.save(tmp_path / "model.pt", run_config=RunConfig(note=name), vocabulary=WORDS, metrics={"score": 1.0},
+                      progress={"step": 3, "finished": True})  # fmt: skip
+    loaded = type(model).from_checkpoint(path)
+    assert type(loaded) is type(model) and loaded.config == model.config and not loaded.training
+    for before, after in zip(_outputs(model), _outputs(loaded)):
+        torch.testing.assert_close(after, before, atol=0, rtol=0)
+    info = loaded.checkpoint_info
+    assert info.path == path and info.vocabulary.fingerprint == WORDS.fingerprint and info.finished
+    assert info.run_config == {"seed": 0, "lr": 1e-3, "note": name} and info.metrics == {"score": 1.0}
+    payload = torch.load(path, weights_only=True)  # the model config and the run config are stored apart
+    assert payload["model_config"] == dataclasses.asdict(model.config) and "lr" not in payload["model_config"]
+    assert payload["config"] == {"seed": 0, "lr": 1e-3, "note": name}
+
+
+def test_a_loaded_generator_has_no_discriminators_and_weights_that_do_not_fit_are_refused(tmp_path):
+    model = _runnable("xraygan")
+    path = model.save(tmp_path / "model.pt", run_config=RunConfig(), vocabulary=WORDS)
+    loaded = XRayGAN.from_checkpoint(path)
+    assert not hasattr(loaded, "discriminators") and hasattr(model, "discriminators")
+    payload = torch.load(path, weights_only=True)
+    payload["model_config"]["gen_channels"] = 16
+    torch.save(resealed(payload), tmp_path / "wider.pt")
+    with pytest.raises(CheckpointError, match="does not match the model its config describes"):
+        XRayGAN.from_checkpoint(tmp_path / "wider.pt")
+    payload["model_config"]["gen_channels"], payload["model_config"]["vocab_size"] = 8, len(WORDS) + 1
+    torch.save(resealed(payload), tmp_path / "other-words.pt")
+    with pytest.raises(CheckpointError, match=f"its vocabulary has {len(WORDS)} words, the model reads {len(WORDS) + 1}"):
+        XRayGAN.from_checkpoint(tmp_path / "other-words.pt")
+    with pytest.raises(CheckpointError, match="is a 'xraygan' checkpoint, expected 'vcn'"):
+        ViewConsistencyNet.from_checkpoint(path)
+
+
+def test_a_stopped_training_state_is_not_loaded_as_a_trained_vcn_or_classifier(tmp_path):
+    for name in ("vcn", "classifier"):
+        model = _runnable(name)
+        path = model.save(tmp_path / f"{name}.pt", run_config=RunConfig(), vocabulary=WORDS,
+                          progress={"step": 1, "finished": False})  # fmt: skip
+        with pytest.raises(CheckpointError, match="holds a training stopped at step 1, not a trained model"):
+            type(model).from_checkpoint(path)
+
+
+def test_the_vcn_score_is_one_method():
+    vcn = ViewConsistencyNet(VCNConfig(embed_dim=16)).eval()
+    frontal, lateral = (torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    with torch.no_grad():
+        e_f, e_l = vcn.embed(frontal), vcn.embed(lateral)
+        by_hand = torch.sigmoid(vcn.head((e_f - e_l).abs())).squeeze(-1)
+        torch.testing.assert_close(vcn.pair_probability(e_f, e_l), by_hand, atol=0, rtol=0)
+        torch.testing.assert_close(vcn.prob(frontal, lateral), by_hand, atol=0, rtol=0)

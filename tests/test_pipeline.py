@@ -12,8 +12,8 @@ import torch
 
 from xrg.cli import main
 from xrg.data.images import load_grayscale
-from xrg.errors import EmptyReportError
-from xrg.pipelines import XRayGANPipeline
+from xrg.errors import EmptyReportError, ReportError
+from xrg.pipelines import Pipeline, XRayGANPipeline
 from xrg.train.benchmarks import bench_generate
 
 
@@ -79,6 +79,36 @@ def test_unknown_words_are_counted_and_attention_matches_the_tokens(pipe):
         assert sum(weights) == pytest.approx(1.0, abs=1e-5)
     assert sum(findings.sentence_weights) == pytest.approx(1.0, abs=1e-5)
     assert output.attention["impression"].sentences == [[known[0]]]
+
+
+def test_a_list_of_reports_gives_one_output_each_as_one_at_a_time(pipe):
+    reports = [REPORT, "FINDINGS: Large right pleural effusion zorblax. IMPRESSION: Effusion.", "Mild cardiomegaly."]
+    batched = pipe(reports)
+    assert isinstance(batched, list) and len(batched) == 3 and pipe(()) == []
+    for report, output in zip(reports, batched):
+        single = pipe(report)
+        assert type(output) is type(single) and output.frontal.shape == single.frontal.shape == (1, 32, 32)
+        torch.testing.assert_close(output.frontal, single.frontal, atol=1e-5, rtol=0)
+        torch.testing.assert_close(output.lateral, single.lateral, atol=1e-5, rtol=0)
+        assert (output.findings, output.impression, output.unknown_words, output.warnings) == (
+            single.findings, single.impression, single.unknown_words, single.warnings
+        )  # fmt: skip
+        for name, attention in single.attention.items():
+            assert output.attention[name].sentences == attention.sentences
+            for batched_weights, single_weights in zip(output.attention[name].word_weights, attention.word_weights, strict=True):
+                assert batched_weights == pytest.approx(single_weights, abs=1e-5)
+            assert output.attention[name].sentence_weights == pytest.approx(attention.sentence_weights, abs=1e-5)
+    assert batched[1].unknown_words == ["zorblax"]
+    with pytest.raises(EmptyReportError, match=r"\(report 2 of the list of 2\)"):
+        pipe([REPORT, "   "])
+    with pytest.raises(ReportError, match="a tuple of reports must hold strings, got a bytes"):
+        pipe((REPORT, b"FINDINGS: heart."))
+    with pytest.raises(ReportError, match="report text must be a string, got NoneType"):
+        pipe(None)
+
+
+def test_the_pipeline_is_a_pipeline(pipe):
+    assert isinstance(pipe, Pipeline) and pipe.views == ("frontal", "lateral") and pipe.image_size == 32
 
 
 def test_plain_text_is_read_as_findings(pipe):

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-import xrg.eval.evaluators
+import xrg.train.evaluators
 import xrg.train.vcn
 from helpers import (
     BASELINE_TINY,
@@ -38,10 +38,11 @@ from helpers import (
     torch_threads,
     without_timing,
 )
+from xrg.checkpoint import load_checkpoint
 from xrg.errors import TrainingStopped
-from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig, train_classifier
+from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig
 from xrg.train.baselines import BASELINE_METHODS, BaselineTrainer
-from xrg.train.checkpoint import load_checkpoint
+from xrg.train.evaluators import train_classifier
 from xrg.train.loop import PhasedTrainer, partial_path
 from xrg.train.vcn import VCN_DIR, train_vcn, vcn_path
 from xrg.train.xraygan import XRayGANTrainer
@@ -168,7 +169,7 @@ CASES = {
     # 6 steps in 2 epochs. Stops mid-epoch (2), then once more in the next epoch (4).
     "classifier": Stoppable(
         "classifier", lambda data, out: train_classifier(data, CLASSIFIER, out, progress=False),
-        lambda out: out / CLASSIFIER_NAME, lambda out: out, xrg.eval.evaluators, "weighted_bce",
+        lambda out: out / CLASSIFIER_NAME, lambda out: out, xrg.train.evaluators, "weighted_bce",
         total_steps=6, stops=(2, 4),
     ),
 }  # fmt: skip

@@ -5,6 +5,7 @@ The bit-exact stop-and-resume check of every trainer is in test_resume.py."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -15,13 +16,16 @@ import torch
 
 import xrg
 from helpers import VCN_TINY as TINY_VCN, XRAYGAN_TINY as TINY, metric_rows, new_run, resealed, write_synthetic_data
+from xrg.checkpoint import load_checkpoint, save_checkpoint
+from xrg.config import config_from_mapping, config_to_dict, parse_overrides
 from xrg.data.images import load_grayscale
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
+from xrg.models.vcn import ViewConsistencyNet
+from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
+from xrg.pipelines import XRayGANPipeline
 from xrg.profiles import PROFILE_NAMES, load_profile
 from xrg.train.benchmarks import bench_train
-from xrg.train.checkpoint import load_checkpoint, save_checkpoint
-from xrg.train.config import config_from_mapping, parse_overrides
 from xrg.train.vcn import VCNTrainConfig, load_vcn, negative_partners, train_vcn, vcn_path
 from xrg.train.xraygan import METRIC_KEYS, XRayGANTrainConfig, XRayGANTrainer, training_phases
 
@@ -178,6 +182,35 @@ def test_checkpoints_load_with_weights_only_and_hold_config_vocabulary_and_versi
     assert payload["xrg_version"] == xrg.__version__
     assert payload["config"]["lr"] == [2e-3, 2e-3] and payload["vocabulary"]["fingerprint"] == vocabulary.fingerprint
     assert payload["progress"]["step"] == 2 and payload["optimizers"]["generator"]["state"]
+
+
+def test_a_checkpoint_stores_the_model_config_apart_from_the_run_config(checkpoint_file, data_dir):
+    vocabulary = Vocabulary.load(data_dir / "vocab.json")
+    config = dataclasses.replace(TINY, vc_weight=0.0)
+    payload = load_checkpoint(checkpoint_file, "xraygan", config=config, vocabulary=vocabulary)
+    model_config = XRayGANModelConfig.from_run_config(config, len(vocabulary))
+    assert payload["config"] == config_to_dict(config) and payload["model_config"] == config_to_dict(model_config)
+    assert payload["model_config"]["vocab_size"] == len(vocabulary) and "vocab_size" not in payload["config"]
+    assert {"lr", "vc_weight", "seed"} <= set(payload["config"]) and not {"lr", "vc_weight", "seed"} & set(payload["model_config"])
+    model = XRayGAN.from_checkpoint(checkpoint_file)  # rebuilt from the model config alone
+    assert model.config == model_config and model.checkpoint_info.run_config == payload["config"]
+
+
+def test_a_checkpoint_of_xrg_0_is_refused_with_how_to_retrain_it(tmp_path, checkpoint_file, vcn_run):
+    for kind, source, command in (("xraygan", checkpoint_file, "xrg train xraygan --profile"),
+                                  ("vcn", vcn_path(vcn_run, 16), "xrg train vcn --profile")):  # fmt: skip
+        payload = torch.load(source, weights_only=True)
+        payload["xrg_version"] = "0.1.0"
+        payload.pop("model_config")  # as xrg 0.x wrote them
+        old = tmp_path / f"old-{kind}.pt"
+        torch.save(resealed(payload), old)
+        model_class = {"xraygan": XRayGAN, "vcn": ViewConsistencyNet}[kind]
+        for load in (functools.partial(load_checkpoint, old, kind), functools.partial(model_class.from_checkpoint, old)):
+            with pytest.raises(CheckpointError, match=r"written by an older xrg \(0\.1\.0\), a different major version") as caught:
+                load()
+            assert f"retrain it with this xrg: {command}" in str(caught.value)
+    with pytest.raises(CheckpointError, match="older xrg"):
+        XRayGANPipeline.from_checkpoint(tmp_path / "old-xraygan.pt")
 
 
 def test_checkpoint_errors_say_what_is_wrong(tmp_path, checkpoint_file, data_dir, vcn_run):

@@ -170,8 +170,8 @@ def _train_to_the_end(trainer: Any, args: argparse.Namespace) -> int:
 
 
 def _cmd_train_xraygan(args: argparse.Namespace) -> int:
+    from xrg.config import parse_overrides
     from xrg.profiles import load_profile
-    from xrg.train.config import parse_overrides
     from xrg.train.vcn import VCNTrainConfig
     from xrg.train.xraygan import XRayGANTrainConfig, XRayGANTrainer
 
@@ -199,9 +199,9 @@ def _run_directory(args: argparse.Namespace, attribute: str = "out"):
 
 
 def _cmd_train_baseline(args: argparse.Namespace) -> int:
+    from xrg.config import parse_overrides
     from xrg.profiles import load_profile
     from xrg.train.baselines import BaselineTrainConfig, BaselineTrainer
-    from xrg.train.config import parse_overrides
 
     config = BaselineTrainConfig.from_profile(load_profile(args.profile), args.method, parse_overrides(args.set))
     with _run_directory(args):
@@ -213,9 +213,9 @@ def _cmd_train_baseline(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_vcn(args: argparse.Namespace) -> None:
+    from xrg.config import parse_overrides
     from xrg.data.datasets import XRayPairDataset
     from xrg.profiles import load_profile
-    from xrg.train.config import parse_overrides
     from xrg.train.vcn import VCNTrainConfig, ensure_vcns
     from xrg.train.xraygan import XRayGANTrainConfig
 
@@ -270,12 +270,13 @@ def _cmd_bench_explorer(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from xrg.data.manifest import read_manifest
-    from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+    from xrg.eval.evaluators import EvaluatorConfig
     from xrg.eval.generators import checkpoint_path
     from xrg.eval.run import EvalConfig, evaluate_run
     from xrg.experiments import table_row
     from xrg.locks import own_output_dir
     from xrg.profiles import load_profile
+    from xrg.train.evaluators import ensure_evaluators
 
     profile = load_profile(args.profile)
     checkpoint_path(args.run)  # inputs first: a missing run or data directory fails before any training

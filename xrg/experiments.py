@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
+from xrg.checkpoint import load_checkpoint
 from xrg.errors import ConfigError
 from xrg.eval.run import EvalConfig, evaluate_run
 from xrg.io import atomic_write_json, atomic_write_text
 from xrg.profiles import Profile, load_profile
-from xrg.train.checkpoint import load_checkpoint
 from xrg.train.vcn import VCNTrainConfig, ensure_vcns, vcn_path
 from xrg.train.xraygan import CHECKPOINT_NAME, METRICS_NAME, XRayGANTrainConfig, XRayGANTrainer
 
@@ -165,7 +165,8 @@ class Experiment:
                 shutil.copy2(vcn_path(shared, size), target)
 
     def evaluators(self) -> Any:
-        from xrg.eval.evaluators import EvaluatorConfig, ensure_evaluators
+        from xrg.eval.evaluators import EvaluatorConfig
+        from xrg.train.evaluators import ensure_evaluators
 
         config = EvaluatorConfig.from_profile(self.profile)
         return ensure_evaluators(config, self.data_dir, self.out_dir / "evaluators", self.device, self.progress)

@@ -170,8 +170,8 @@ def _legacy_kind(directory: Path) -> str | None:
                 return "phantom-dataset"
         except (OSError, UnicodeDecodeError, ValueError, RecursionError):
             pass
+    from xrg.checkpoint import read_checkpoint
     from xrg.errors import CheckpointError
-    from xrg.train.checkpoint import read_checkpoint
 
     candidates = [directory / "checkpoint.pt", *sorted(directory.glob("*.pt"))[:4], *sorted(directory.glob("vcn/*.pt"))[:4]]
     for candidate in candidates:

@@ -1,19 +1,20 @@
 """Generation pipelines: a trained checkpoint plus a report text in, a frontal/lateral pair out.
 
 :class:`XRayGANPipeline` is kept apart from the modules (as diffusers keeps pipelines apart
-from models): it rebuilds the report encoder and the generators of a run from the config and
-vocabulary stored in its checkpoint (:mod:`xrg.train.checkpoint`), and turns raw report text
-into the encoder's input the way the training data was encoded (XRayGAN §2.1: FINDINGS and
-IMPRESSION, sentences, words)::
+from models): the model rebuilds itself from the model config and vocabulary stored in its
+checkpoint (:meth:`xrg.models.xraygan.XRayGAN.from_checkpoint`, :mod:`xrg.checkpoint`), and
+the pipeline turns raw report text into the encoder's input the way the training data was
+encoded (XRayGAN §2.1: FINDINGS and IMPRESSION, sentences, words)::
 
     pipe = XRayGANPipeline.from_checkpoint("runs/cpu")          # a run directory or a .pt file
     out = pipe("FINDINGS: Mild cardiomegaly. IMPRESSION: No acute disease.")
     out.images()["frontal"].save("frontal.png")
+    outs = pipe([report_a, report_b])                           # a list: one output per report
 
 The output holds both views at the final resolution in [0, 1], the word and sentence
 attention of the hierarchical encoder with the tokens they weigh (for plotting), the words
 the vocabulary does not know (read as ``<unk>``) and any warnings (truncated report,
-unfinished training run).
+unfinished training run). :class:`Pipeline` is what every model family's pipeline offers.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, Sequence, overload, runtime_checkable
 
 import torch
 from PIL import Image
 
+from xrg.checkpoint import CHECKPOINT_NAME
 from xrg.data.images import save_png, to_uint8
 from xrg.data.reports import (
     EncodedSection,
@@ -36,13 +39,41 @@ from xrg.data.reports import (
     split_sentences,
     tokenize,
 )
-from xrg.errors import CheckpointError, EmptyReportError
+from xrg.errors import CheckpointError, EmptyReportError, ReportError
 from xrg.models.encoder import SectionEncoding
-from xrg.models.xraygan import to_image_range
-from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint
-from xrg.train.xraygan import CHECKPOINT_NAME, XRayGAN, XRayGANTrainConfig
+from xrg.models.xraygan import XRayGAN, XRayGANModelConfig, to_image_range
 
 SECTIONS: tuple[str, str] = ("findings", "impression")
+
+
+@runtime_checkable
+class Pipeline(Protocol):
+    """What a model family's generation pipeline offers: report text(s) in, frontal/lateral pairs out.
+
+    ``__call__`` takes one report (returning one output) or a list of reports (returning a
+    list of outputs, in order); ``generator`` seeds whatever the model draws.
+    """
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def views(self) -> tuple[str, ...]: ...
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Any: ...
+
+    def __call__(self, report: str | Sequence[str], generator: torch.Generator | None = None) -> Any: ...
+
+
+def run_checkpoint(path: str | os.PathLike, what: str = "an XRayGAN run") -> Path:
+    """``RUN/checkpoint.pt`` of a run directory, or the file ``path`` itself."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise CheckpointError(f"{path} is a directory without a {CHECKPOINT_NAME}; is it {what}?")
+        path = path / CHECKPOINT_NAME
+    return path
 
 
 @dataclass
@@ -84,28 +115,27 @@ def _section_tokens(text: str, max_sentences: int, max_words: int) -> list[list[
     return [tokens[:max_words] for tokens in sentences[:max_sentences]]
 
 
-def _attention(name: str, tokens: list[list[str]], encoding: SectionEncoding) -> SectionAttention:
-    word_weights = encoding.word_weights[0].cpu()
+def _attention(name: str, tokens: list[list[str]], encoding: SectionEncoding, row: int = 0) -> SectionAttention:
+    word_weights = encoding.word_weights[row].cpu()
     return SectionAttention(
         section=name,
         sentences=tokens,
         word_weights=[word_weights[i, : len(sentence)].tolist() for i, sentence in enumerate(tokens)],
-        sentence_weights=encoding.sentence_weights[0, : len(tokens)].cpu().tolist(),
+        sentence_weights=encoding.sentence_weights[row, : len(tokens)].cpu().tolist(),
     )
 
 
 class XRayGANPipeline:
-    """Report text → frontal and lateral X-ray, with a trained XRayGAN (see the module docstring)."""
+    """Report text → frontal and lateral X-ray, with a trained XRayGAN (see the module docstring).
 
-    def __init__(
-        self,
-        model: XRayGAN,
-        config: XRayGANTrainConfig,
-        vocabulary: Vocabulary,
-        notes: list[str] | None = None,
-    ) -> None:
+    ``config`` is the model's :class:`~xrg.models.xraygan.XRayGANModelConfig`.
+    """
+
+    views: tuple[str, ...] = ("frontal", "lateral")
+
+    def __init__(self, model: XRayGAN, vocabulary: Vocabulary, notes: list[str] | None = None) -> None:
         self.model = model.eval()
-        self.config = config
+        self.config: XRayGANModelConfig = model.config
         self.vocabulary = vocabulary
         self.notes = list(notes or [])
 
@@ -120,37 +150,31 @@ class XRayGANPipeline:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "XRayGANPipeline":
         """Load the encoder and generators of an XRayGAN checkpoint (or of ``RUN/checkpoint.pt``)."""
-        path = Path(path)
-        if path.is_dir():
-            if not (path / CHECKPOINT_NAME).is_file():
-                raise CheckpointError(f"{path} is a directory without a {CHECKPOINT_NAME}; is it an XRayGAN run?")
-            path = path / CHECKPOINT_NAME
-        payload = load_checkpoint(path, "xraygan", map_location=device)
-        config = checkpoint_config(payload, XRayGANTrainConfig, path)
-        vocabulary = checkpoint_vocabulary(payload, path)
-        model = XRayGAN(config, len(vocabulary), with_discriminators=False)
-        try:
-            model.encoder.load_state_dict(payload["state"]["encoder"])
-            model.generator.load_state_dict(payload["state"]["generator"])
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
+        path = run_checkpoint(path)
+        model = XRayGAN.from_checkpoint(path, map_location=device)
+        info = model.checkpoint_info
         notes = []
-        progress = payload.get("progress", {})
-        if not progress.get("finished", False):
+        if not info.progress.get("finished", False):
             notes.append(
-                f"checkpoint {path} is from an unfinished training run (step {progress.get('step')}); "
+                f"checkpoint {path} is from an unfinished training run (step {info.progress.get('step')}); "
                 "the later stages may be untrained"
             )
-        return cls(model.to(device), config, vocabulary, notes)
+        return cls(model, info.vocabulary, notes)
 
     @classmethod
     def from_config(
-        cls, config: XRayGANTrainConfig, vocabulary: Vocabulary, seed: int = 0, device: str | torch.device = "cpu"
+        cls, config: Any, vocabulary: Vocabulary, seed: int = 0, device: str | torch.device = "cpu"
     ) -> "XRayGANPipeline":
-        """An untrained pipeline with seeded random weights (for benchmarks and tests)."""
+        """An untrained pipeline with seeded random weights (for benchmarks and tests).
+
+        ``config`` is an :class:`~xrg.models.xraygan.XRayGANModelConfig` or an XRayGAN run
+        config (``XRayGANTrainConfig``), read for ``vocabulary``.
+        """
+        if not isinstance(config, XRayGANModelConfig):
+            config = XRayGANModelConfig.from_run_config(config, len(vocabulary))
         torch.manual_seed(seed)
-        model = XRayGAN(config, len(vocabulary), with_discriminators=False)
-        return cls(model.to(device), config, vocabulary, ["randomly initialised, untrained model"])
+        model = XRayGAN(config, with_discriminators=False)
+        return cls(model.to(device), vocabulary, ["randomly initialised, untrained model"])
 
     def _encode(self, text: str, name: str, notes: list[str]) -> tuple[EncodedSection, list[list[str]]]:
         max_sentences, max_words = self.config.max_sentences, self.config.max_words
@@ -160,58 +184,91 @@ class XRayGANPipeline:
                 f"the {name} section is longer than the model reads ({max_sentences} sentences of "
                 f"{max_words} words); the rest was ignored"
             )
-            warnings.warn(message, UserWarning, stacklevel=3)
+            warnings.warn(message, UserWarning, stacklevel=4)
             notes.append(message)
         return encoded, _section_tokens(text, max_sentences, max_words)
 
-    @torch.no_grad()
-    def __call__(self, report: str, generator: torch.Generator | None = None) -> XRayGANOutput:
-        """Generate both views for ``report``.
+    @overload
+    def __call__(self, report: str, generator: torch.Generator | None = None) -> XRayGANOutput: ...
 
-        ``report`` is raw text: ``FINDINGS:``/``IMPRESSION:`` headers are recognised (other
+    @overload
+    def __call__(self, report: Sequence[str], generator: torch.Generator | None = None) -> list[XRayGANOutput]: ...
+
+    @torch.no_grad()
+    def __call__(
+        self, report: str | Sequence[str], generator: torch.Generator | None = None
+    ) -> XRayGANOutput | list[XRayGANOutput]:
+        """Generate both views for ``report``, or for every report of a list (one output each, in order).
+
+        A report is raw text: ``FINDINGS:``/``IMPRESSION:`` headers are recognised (other
         headers are dropped); text without headers is read as findings. ``generator`` seeds the
-        noise input and only matters for a model with ``noise_dim > 0``; without noise (the
-        paper's model) the output depends on the report alone. Raises
-        :class:`~xrg.errors.EmptyReportError` for a report without words.
+        noise input (one row per report, in order) and only matters for a model with
+        ``noise_dim > 0``; without noise (the paper's model) an output depends on its report
+        alone. Raises :class:`~xrg.errors.EmptyReportError` for a report without words.
         """
-        findings_text, impression_text = split_report_text(report)
-        notes = list(self.notes)
-        findings, findings_tokens = self._encode(findings_text, "findings", notes)
-        impression, impression_tokens = self._encode(impression_text, "impression", notes)
-        if findings.num_sentences == 0 and impression.num_sentences == 0:
-            raise EmptyReportError(f"report has no words the encoder can read: {report[:80]!r}")
+        if not isinstance(report, (list, tuple)):
+            return self._generate([report], generator)[0]  # a str, or refused naming what it is
+        for item in report:
+            if not isinstance(item, str):
+                raise ReportError(f"a {type(report).__name__} of reports must hold strings, got a {type(item).__name__}")
+        return self._generate(list(report), generator, batched=type(report).__name__)
+
+    def _generate(
+        self, reports: list[str], generator: torch.Generator | None, batched: str | None = None
+    ) -> list[XRayGANOutput]:
+        parsed = []
+        for number, report in enumerate(reports):
+            try:
+                findings_text, impression_text = split_report_text(report)
+                notes = list(self.notes)
+                findings, findings_tokens = self._encode(findings_text, "findings", notes)
+                impression, impression_tokens = self._encode(impression_text, "impression", notes)
+                if findings.num_sentences == 0 and impression.num_sentences == 0:
+                    raise EmptyReportError(f"report has no words the encoder can read: {report[:80]!r}")
+            except ReportError as error:
+                if batched is None:
+                    raise
+                raise type(error)(f"{error} (report {number + 1} of the {batched} of {len(reports)})") from error
+            parsed.append((findings_text, impression_text, findings, impression, findings_tokens, impression_tokens, notes))
+        if not parsed:
+            return []
         device = self.device
-        findings_ids, findings_mask = pad_sections([findings])
-        impression_ids, impression_mask = pad_sections([impression])
+        findings_ids, findings_mask = pad_sections([p[2] for p in parsed])
+        impression_ids, impression_mask = pad_sections([p[3] for p in parsed])
         encoding = self.model.encoder(
             findings_ids.to(device), findings_mask.to(device), impression_ids.to(device), impression_mask.to(device)
         )
         noise = None
         if self.config.noise_dim:
-            noise = torch.randn(1, self.config.noise_dim, generator=generator).to(device)
+            noise = torch.randn(len(parsed), self.config.noise_dim, generator=generator).to(device)
         images = self.model.generate(encoding.c, self.config.num_stages - 1, noise)
-        frontal, lateral = (to_image_range(images[view][0]).clamp(0, 1).cpu() for view in ("frontal", "lateral"))
-        attention = {}
-        if encoding.findings is not None and encoding.impression is not None:
-            attention = {
-                "findings": _attention("findings", findings_tokens, encoding.findings),
-                "impression": _attention("impression", impression_tokens, encoding.impression),
-            }
-        unknown = [
-            word
-            for tokens in (*findings_tokens, *impression_tokens)
-            for word in tokens
-            if self.vocabulary.index(word) == Vocabulary.UNK_INDEX
-        ]
-        return XRayGANOutput(
-            frontal=frontal,
-            lateral=lateral,
-            findings=findings_text,
-            impression=impression_text,
-            attention=attention,
-            unknown_words=unknown,
-            warnings=notes,
-        )
+        images = {view: to_image_range(images[view]).clamp(0, 1).cpu() for view in self.views}
+        outputs = []
+        for row, (findings_text, impression_text, _, _, findings_tokens, impression_tokens, notes) in enumerate(parsed):
+            attention = {}
+            if encoding.findings is not None and encoding.impression is not None:
+                attention = {
+                    "findings": _attention("findings", findings_tokens, encoding.findings, row),
+                    "impression": _attention("impression", impression_tokens, encoding.impression, row),
+                }
+            unknown = [
+                word
+                for tokens in (*findings_tokens, *impression_tokens)
+                for word in tokens
+                if self.vocabulary.index(word) == Vocabulary.UNK_INDEX
+            ]
+            outputs.append(
+                XRayGANOutput(
+                    frontal=images["frontal"][row],
+                    lateral=images["lateral"][row],
+                    findings=findings_text,
+                    impression=impression_text,
+                    attention=attention,
+                    unknown_words=unknown,
+                    warnings=notes,
+                )
+            )
+        return outputs
 
     def __repr__(self) -> str:
         return (

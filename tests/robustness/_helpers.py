@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from helpers import resealed, write_synthetic_data  # noqa: F401 (re-exported: tests/helpers.py holds them)
+from xrg.checkpoint import save_checkpoint
 from xrg.data.reports import Vocabulary
-from xrg.train.checkpoint import save_checkpoint
-from xrg.train.xraygan import XRayGAN, XRayGANTrainConfig
+from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
+from xrg.train.xraygan import XRayGANTrainConfig
 
 #: 16² → 32², narrow layers, no VCN (vc_weight 0): a full run is 4 epochs of 3 steps.
 #: Dropout and noise make the resume check cover both random number generators.
@@ -30,19 +31,15 @@ TOTAL_STEPS = STEPS_PER_EPOCH * (1 + 2 + 1)
 def random_checkpoint(path: Path, config: XRayGANTrainConfig, vocabulary: Vocabulary, seed: int = 0, **extra) -> Path:
     """A randomly initialised XRayGAN saved through :func:`save_checkpoint`, marked finished."""
     torch.manual_seed(seed)
-    model = XRayGAN(config, len(vocabulary))
+    model = XRayGAN(XRayGANModelConfig.from_run_config(config, len(vocabulary)))
     contents = dict(
-        state={
-            "encoder": model.encoder.state_dict(),
-            "generator": model.generator.state_dict(),
-            "discriminators": model.discriminators.state_dict(),
-        },
+        state=model.checkpoint_state(),  # encoder, generator and discriminators
         optimizers=None,
         progress={"phase": 0, "epoch": 0, "batch": 0, "step": 0, "finished": True, "num_phases": 0},
         vcns={},
     )
     contents.update(extra)
-    save_checkpoint(path, "xraygan", config, vocabulary, **contents)
+    save_checkpoint(path, "xraygan", config, vocabulary, model_config=model.config, **contents)
     return path
 
 

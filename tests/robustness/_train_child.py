@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+import xrg.checkpoint
 import xrg.cli
 import xrg.io
-import xrg.train.checkpoint
 import xrg.train.loop
 import xrg.train.vcn
 import xrg.train.xraygan
@@ -66,7 +66,7 @@ def _install_hooks(conn: Connection, pause: tuple[str, int] | None, step_sleep: 
     xraygan.pretrain_step = wrap(xraygan.pretrain_step)
     xraygan.gan_step = wrap(xraygan.gan_step)
 
-    write_bytes = xrg.train.checkpoint.atomic_write_bytes
+    write_bytes = xrg.checkpoint.atomic_write_bytes
 
     def checkpoint_write(path, data):
         if Path(path).name == xraygan.CHECKPOINT_NAME:
@@ -83,7 +83,7 @@ def _install_hooks(conn: Connection, pause: tuple[str, int] | None, step_sleep: 
                 return xrg.io.atomic_write(path, half_then_wait)
         return write_bytes(path, data)
 
-    xrg.train.checkpoint.atomic_write_bytes = checkpoint_write
+    xrg.checkpoint.atomic_write_bytes = checkpoint_write
     loop = xrg.train.loop  # the shared training loop appends the metric rows
     append = loop.append_jsonl
 

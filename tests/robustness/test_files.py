@@ -41,7 +41,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.control import currently_in_test_context, event
 from PIL import Image
 
+from xrg.checkpoint import INTEGRITY_KEY, load_checkpoint, payload_digest, save_checkpoint
 from xrg.cli import main
+from xrg.config import parse_overrides
 from xrg.data.images import load_grayscale
 from xrg.data.importers import import_mimic, import_openi, safe_extract
 from xrg.data.manifest import read_manifest
@@ -49,8 +51,6 @@ from xrg.data.reports import Vocabulary
 from xrg.errors import ArchiveError, CheckpointError, ConfigError, ImageError
 from xrg.pipelines import XRayGANPipeline
 from xrg.profiles import load_profile
-from xrg.train.checkpoint import INTEGRITY_KEY, load_checkpoint, payload_digest, save_checkpoint
-from xrg.train.config import parse_overrides
 from xrg.train.vcn import VCNTrainConfig
 
 from ._helpers import TINY, random_checkpoint, resealed, tree
@@ -543,12 +543,13 @@ def test_checkpoints_of_other_kinds_models_vocabularies_and_versions(tmp_path, c
     refuses(variant("unversioned", xrg_version=None), "different major version")
     refuses(variant("no-config", config=None), "has no config")
     wider = dataclasses.replace(TINY, hidden=16)
-    refuses(variant("other-model", config={**payload["config"], "hidden": 16}), "does not match the model")
+    refuses(variant("other-model", model_config={**payload["model_config"], "hidden": 16}), "does not match the model")
     other_words = Vocabulary.build(["entirely different words here, many more of them than before"])
     refuses(variant("other-vocabulary", vocabulary=other_words.to_dict()), "does not match the model")
     edited = {**payload["vocabulary"], "words": [*payload["vocabulary"]["words"][:-1], "tampered"]}
     refuses(variant("edited-vocabulary", vocabulary=edited), "fingerprint does not match")
-    refuses(variant("bad-config", config={**payload["config"], "hidden": "wide"}), "hidden")
+    refuses(variant("bad-config", model_config={**payload["model_config"], "hidden": "wide"}), "hidden")
+    refuses(variant("no-model-config", model_config=None), "has no model config")
     with pytest.raises(CheckpointError, match="another vocabulary"):
         load_checkpoint(checkpoint, "xraygan", vocabulary=other_words)
     with pytest.raises(CheckpointError, match="hidden: 8 → 16"):

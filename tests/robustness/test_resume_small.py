@@ -26,15 +26,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import xrg.eval.evaluators
+import xrg.train.evaluators
 import xrg.train.loop
 import xrg.train.vcn
 from helpers import stop_at
+from xrg.checkpoint import load_checkpoint
 from xrg.cli import main
 from xrg.errors import CheckpointError, TrainingStopped
-from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig, load_classifier, train_classifier
+from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig, load_classifier
 from xrg.profiles import load_profile
-from xrg.train.checkpoint import load_checkpoint
+from xrg.train.evaluators import train_classifier
 from xrg.train.loop import partial_path
 from xrg.train.vcn import VCNTrainConfig, load_vcn, train_vcn, vcn_path
 
@@ -218,13 +219,13 @@ def test_the_evaluation_classifier_stopped_by_sigterm_resumes_exactly(
 ):
     final = tmp_path / CLASSIFIER_NAME
     with monkeypatch.context() as patch:
-        calls = stop_at(patch, xrg.eval.evaluators, "weighted_bce", {2})
+        calls = stop_at(patch, xrg.train.evaluators, "weighted_bce", {2})
         with pytest.raises(TrainingStopped) as caught:
             train_classifier(data_dir, CLASSIFIER, tmp_path, progress=False)
     message = str(caught.value)
     assert len(calls) == 2 and caught.value.step == 2
     assert f"evaluation classifier 32px training stopped (SIGTERM) after step 2 of {VCN_STEPS}" in message
-    assert f"saved in {partial_path(final)}" in message and "xrg.eval.evaluators.train_classifier(" in message
+    assert f"saved in {partial_path(final)}" in message and "xrg.train.evaluators.train_classifier(" in message
     assert "ensure_evaluators()" in message
     assert_nothing_final(tmp_path, final)
     with pytest.raises(CheckpointError, match="not a trained model; call ensure_evaluators"):

@@ -35,6 +35,7 @@ import pytest
 import torch
 
 import xrg.io
+from xrg.checkpoint import load_checkpoint
 from xrg.cli import main
 from xrg.data.images import save_png
 from xrg.data.manifest import MANIFEST_NAME, read_manifest, write_manifest
@@ -42,7 +43,6 @@ from xrg.data.reports import Vocabulary
 from xrg.errors import DiskFullError, XrgError
 from xrg.io import append_jsonl
 from xrg.paths import claim_output_dir
-from xrg.train.checkpoint import load_checkpoint
 from xrg.train.xraygan import XRayGANTrainer
 
 from ._helpers import TINY, TOTAL_STEPS, write_synthetic_data

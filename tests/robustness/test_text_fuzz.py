@@ -443,10 +443,20 @@ def check_output(output: object, pipe: XRayGANPipeline) -> None:
         assert all(len(w) == len(s) <= pipe.config.max_words for w, s in zip(section.word_weights, section.sentences))
 
 
+def check_outputs(outputs: object, reports: list[str] | tuple[str, ...], pipe: XRayGANPipeline) -> None:
+    """A list of reports gives a list of outputs, one per report."""
+    assert isinstance(outputs, list) and len(outputs) == len(reports)
+    for output in outputs:
+        check_output(output, pipe)
+
+
 def run_pipeline(pipe: XRayGANPipeline, text: object) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the truncation warning is expected on long input
-        expect(lambda: pipe(text), lambda output: check_output(output, pipe), text)
+        if isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text):
+            expect(lambda: pipe(text), lambda outputs: check_outputs(outputs, text, pipe), text)  # a batch of reports
+        else:
+            expect(lambda: pipe(text), lambda output: check_output(output, pipe), text)
 
 
 @fuzz("pipeline")

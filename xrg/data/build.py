@@ -71,7 +71,7 @@ class DataBuildConfig:
 
     @classmethod
     def from_profile(cls, data: dict[str, Any], seed: int, **overrides: Any) -> "DataBuildConfig":
-        from xrg.train.config import config_from_mapping
+        from xrg.config import config_from_mapping
 
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:

@@ -11,11 +11,13 @@ multi-label with the class-weighted binary cross-entropy of its Eq. (3.1),
 with the counts taken over the whole training set, so every finding, rare or common, weighs
 the same. Its globally pooled 1024-d features are the feature space of FID and KID, and its
 logits the class distribution of IS — the official XRayGAN also scored IS/FID with a
-DenseNet-121 chest X-ray classifier rather than Inception.
+DenseNet-121 chest X-ray classifier rather than Inception. It owns its config
+(:class:`FindingClassifierConfig`) and checkpoint (:class:`~xrg.models.base.CheckpointedModel`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,20 +28,50 @@ from torchvision.models import densenet121
 from xrg.data.datasets import VIEWS, XRayPairDataset, resize_image
 from xrg.data.findings import FINDING_KINDS
 from xrg.errors import ConfigError
+from xrg.models.base import CheckpointedModel
 
 #: Images in [0, 1] are standardised with these before the network (a typical radiograph's).
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
 
 
-class FindingClassifier(nn.Module):
-    """DenseNet-121 with a one-channel stem; ``features`` → 1024-d pooled, ``classify`` → logits."""
+@dataclass
+class FindingClassifierConfig:
+    """What decides the classifier's architecture: one logit per finding kind."""
 
-    def __init__(self, num_classes: int = len(FINDING_KINDS)) -> None:
+    num_classes: int = len(FINDING_KINDS)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {self.num_classes}")
+
+    @classmethod
+    def from_run_config(cls, config: Any = None) -> "FindingClassifierConfig":
+        """The classifier of every run config (``ClassifierTrainConfig`` has no architecture fields)."""
+        return cls()
+
+
+class FindingClassifier(CheckpointedModel):
+    """DenseNet-121 with a one-channel stem; ``features`` → 1024-d pooled, ``classify`` → logits.
+
+    Loaded with :meth:`from_checkpoint` it comes frozen in eval mode; a stopped training's
+    resumable state is refused.
+    """
+
+    kind = "classifier"
+    config_class = FindingClassifierConfig
+    unfinished_hint = "call ensure_evaluators() (or train_classifier()) with its settings again to finish it"
+
+    def __init__(self, config: FindingClassifierConfig | None = None) -> None:
         super().__init__()
-        network = densenet121(weights=None, num_classes=num_classes)
+        config = config or FindingClassifierConfig()
+        self.config = config
+        network = densenet121(weights=None, num_classes=config.num_classes)
         network.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.network = network
         self.num_features = network.classifier.in_features
+
+    def for_inference(self) -> FindingClassifier:
+        return self.eval().requires_grad_(False)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 1, H, W]`` in [0, 1] → pooled features ``[B, 1024]``."""

@@ -13,9 +13,8 @@ from typing import Any
 import torch
 
 from xrg.data.datasets import XRayPairDataset, resize_image
-from xrg.models.vcn import ViewConsistencyNet
+from xrg.models.vcn import ViewConsistencyNet, negative_partners
 from xrg.models.xraygan import to_model_range
-from xrg.train.vcn import negative_partners
 
 
 @torch.no_grad()
@@ -31,9 +30,9 @@ def pair_scores(model: ViewConsistencyNet, dataset: XRayPairDataset, seed: int =
     model.eval()
     frontal = _embed(model, torch.stack([dataset[i]["frontal"] for i in range(len(dataset))]))
     lateral = _embed(model, torch.stack([dataset[i]["lateral"] for i in range(len(dataset))]))
-    head = lambda f, l: torch.sigmoid(model.head((f - l).abs()).squeeze(-1).cpu())  # noqa: E731, E741 (frontal, lateral)
     rows, partners = negative_partners([c.patient_id for c in dataset.cases], torch.Generator().manual_seed(seed))
-    positive, negative = head(frontal, lateral), head(frontal[rows], lateral[partners])
+    positive = model.pair_probability(frontal, lateral).cpu()
+    negative = model.pair_probability(frontal[rows], lateral[partners]).cpu()
     return torch.cat([positive, negative]), torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).long()
 
 
@@ -55,5 +54,7 @@ def generated_vc(pipe: Any, model: ViewConsistencyNet, dataset: XRayPairDataset,
         fake_l.append(resize_image(output.lateral, size))
         real_f.append(dataset[index]["frontal"])
         real_l.append(dataset[index]["lateral"])
-    score = lambda f, l: torch.sigmoid(model.head((_embed(model, torch.stack(f)) - _embed(model, torch.stack(l))).abs())).mean()  # noqa: E731, E741
+    def score(frontal: list[torch.Tensor], lateral: list[torch.Tensor]) -> torch.Tensor:
+        return model.pair_probability(_embed(model, torch.stack(frontal)), _embed(model, torch.stack(lateral))).mean()
+
     return {"generated_vc": float(score(fake_f, fake_l)), "real_vc": float(score(real_f, real_l)), "num_pairs": count}

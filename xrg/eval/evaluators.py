@@ -12,44 +12,39 @@ into a train and a test part; on it are trained
 
 * the DenseNet-121 finding classifier (:mod:`xrg.eval.classifier`, class-weighted BCE of the
   dissertation, both views), evaluated per finding and view on the cohort's test part, and
-* an evaluation VCN (:mod:`xrg.train.vcn`, the same recipe as the training VCNs, on the
-  cohort only), evaluated on the cohort's test part.
+* an evaluation VCN (:class:`~xrg.models.vcn.ViewConsistencyNet`, the same recipe as the
+  training VCNs, on the cohort only), evaluated on the cohort's test part.
 
-Both are checkpoints in ``OUT`` that carry their settings; :func:`ensure_evaluators` loads
-them when they exist with the same settings, resumes an interrupted cohort render, trains
-what is missing, and refuses a directory made from another data directory or settings.
-SIGINT or SIGTERM stops either training after the current step, saving its state to
-``OUT/classifier.partial.pt`` or ``OUT/vcn/vcn_<size>.partial.pt`` (never a trained model's
-name) and raising :class:`~xrg.errors.TrainingStopped`; calling :func:`ensure_evaluators` (or
-:func:`train_classifier`) again resumes it to the weights of an uninterrupted run.
+Both are checkpoints in ``OUT`` that carry their settings. This module holds the settings,
+the cohort, the :class:`Evaluators` record and the loading of a trained classifier; the
+training (``train_classifier``, and ``ensure_evaluators``, which loads what exists, resumes an
+interrupted cohort render and trains what is missing) is the training package's
+``evaluators`` module, so evaluating never imports the training code.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from xrg.checkpoint import checkpoint_config, load_checkpoint
+from xrg.config import config_from_mapping
 from xrg.data.build import BUILD_NAME, render_pairs, reusable_renders
-from xrg.data.datasets import XRayPairDataset
 from xrg.data.manifest import MANIFEST_NAME, VOCAB_NAME, Case, read_manifest, stable_hash, write_manifest
 from xrg.data.phantom import volume_size_for
 from xrg.data.reports import Vocabulary
-from xrg.errors import ConfigError, DataDirError, TrainingDiverged
-from xrg.eval.classifier import FindingClassifier, class_weights, classifier_auroc, weighted_bce
-from xrg.io import append_jsonl, atomic_write_json, read_json_mapping
+from xrg.errors import ConfigError, DataDirError
+from xrg.eval.classifier import FindingClassifier
+from xrg.io import atomic_write_json, read_json_mapping
 from xrg.locks import directory_lock
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.profiles import Profile
-from xrg.train.checkpoint import checkpoint_config, load_checkpoint, require_finished, save_checkpoint
-from xrg.train.config import config_from_mapping
-from xrg.train.loop import EpochLoop, partial_path
-from xrg.train.vcn import VCNTrainConfig, ensure_vcns, training_data_key, vcn_path
 
 COHORT_DIR = "cohort"
 COHORT_NAME = "cohort.json"
@@ -107,11 +102,6 @@ class EvaluatorConfig:
             lr=self.classifier_lr, weight_decay=self.classifier_weight_decay, seed=self.seed,
         )  # fmt: skip
 
-    def vcn_config(self) -> VCNTrainConfig:
-        return VCNTrainConfig(
-            image_size=self.image_size, num_epochs=self.vcn_epochs, batch_size=self.vcn_batch_size, lr=self.vcn_lr,
-            seed=self.seed,
-        )  # fmt: skip
 
 
 @dataclass
@@ -251,99 +241,11 @@ def _ensure_cohort(data_dir: Path, config: EvaluatorConfig, cohort_dir: Path, pr
 # --------------------------------------------------------------------------------------
 
 
-def train_classifier(
-    cohort_dir: str | os.PathLike, config: ClassifierTrainConfig, out_dir: str | os.PathLike,
-    device: str | torch.device = "cpu", progress: bool = True,
-) -> tuple[FindingClassifier, dict[str, Any], Path]:
-    """Train the DenseNet-121 on both views of the cohort's train part; test it on its test part.
-
-    Stopped by SIGINT/SIGTERM it saves ``OUT/classifier.partial.pt`` and raises
-    :class:`~xrg.errors.TrainingStopped`; called again it resumes from that file.
-    """
-    device = torch.device(device)
-    out_dir = Path(out_dir)
-    train_set = XRayPairDataset(cohort_dir, "train", image_size=config.image_size)
-    test_set = XRayPairDataset(cohort_dir, "test", image_size=config.image_size, vocab=train_set.vocab)
-    labels = torch.stack([train_set[i]["labels"] for i in range(len(train_set))])
-    w_positive, w_negative = (w.to(device) for w in class_weights(labels))
-    torch.manual_seed(config.seed)
-    model = FindingClassifier().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    path = out_dir / CLASSIFIER_NAME
-    on_device = "" if device.type == "cpu" else f", device={str(device)!r}"
-    loop = EpochLoop(
-        kind="classifier", label=f"evaluation classifier {config.image_size}px", final_path=path, config=config,
-        vocabulary=train_set.vocab, model=model, optimizer=optimizer, num_items=len(train_set),
-        batch_size=config.batch_size, num_epochs=config.num_epochs, seed=config.seed, device=device,
-        metrics_path=out_dir / METRICS_NAME, metric_match={}, data_key=training_data_key(train_set), progress=progress,
-        resume=f"xrg.eval.evaluators.train_classifier({str(cohort_dir)!r}, {config!r}, {str(out_dir)!r}{on_device}) "
-        "(or ensure_evaluators(), or the command that trained it)",
-    )  # fmt: skip
-
-    def step(indices: list[int], shuffle: torch.Generator) -> tuple[float, dict[str, float]]:
-        items = [train_set[i] for i in indices]
-        x = torch.cat([torch.stack([item[view] for item in items]) for view in ("frontal", "lateral")]).to(device)
-        y = torch.stack([item["labels"] for item in items]).repeat(2, 1).to(device)
-        loss = weighted_bce(model(x), y, w_positive, w_negative)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"the evaluation classifier's loss became {float(loss)} at step {loop.step + 1} (epoch {loop.epoch}); "
-                "lower evaluators.classifier_lr"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        return value, {"loss_sum": value * len(indices), "images": len(x)}
-
-    def epoch_row(epoch: int, step: int, totals: dict[str, float]) -> dict[str, Any]:
-        seconds = totals.get("seconds", 0.0)
-        return {"kind": "classifier", "epoch": epoch, "step": step,
-                "loss": totals.get("loss_sum", 0.0) / max(len(train_set), 1), "seconds": seconds,
-                "images_per_s": totals.get("images", 0) / seconds if seconds > 0 else None}  # fmt: skip
-
-    model.train()
-    steps = loop.run(step, epoch_row)
-    model.eval().requires_grad_(False)
-    metrics = {"test_auroc": classifier_auroc(model, test_set), "num_train": len(train_set), "num_test": len(test_set)}
-    append_jsonl(out_dir / METRICS_NAME, {"kind": "classifier_test", **metrics})
-    save_checkpoint(path, "classifier", config, train_set.vocab, state=model.state_dict(), metrics=metrics, step=steps,
-                    progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
-    loop.finish()
-    return model, metrics, path
-
-
 def load_classifier(
     path: str | os.PathLike, config: ClassifierTrainConfig | None = None, device: str | torch.device = "cpu"
 ) -> tuple[FindingClassifier, dict[str, Any]]:
-    """A classifier checkpoint (checked against ``config`` when given), frozen in eval mode."""
+    """A classifier checkpoint (checked against the run ``config`` when given), frozen in eval mode."""
     payload = load_checkpoint(path, "classifier", config=config, map_location=device)
-    require_finished(payload, path, "call ensure_evaluators() (or train_classifier()) with its settings again to finish it")
+    model = FindingClassifier.from_payload(payload, path)  # refuses a stopped training's state
     checkpoint_config(payload, ClassifierTrainConfig, path)
-    model = FindingClassifier()
-    model.load_state_dict(payload["state"])
-    return model.to(device).eval().requires_grad_(False), dict(payload.get("metrics", {}))
-
-
-def ensure_evaluators(
-    config: EvaluatorConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-    device: str | torch.device = "cpu", progress: bool = True,
-) -> Evaluators:
-    """The evaluators of ``data_dir`` in ``out_dir``: loaded, or rendered and trained (module docstring)."""
-    out_dir = Path(out_dir)
-    cohort_dir = ensure_cohort(data_dir, config, out_dir / COHORT_DIR, progress)
-    classifier_config = config.classifier_config()
-    classifier_path = out_dir / CLASSIFIER_NAME
-    if classifier_path.is_file():
-        classifier, classifier_metrics = load_classifier(classifier_path, classifier_config, device)
-        partial_path(classifier_path).unlink(missing_ok=True)  # left by a process killed after the final save
-    else:
-        classifier, classifier_metrics, _ = train_classifier(cohort_dir, classifier_config, out_dir, device, progress)
-    vocabulary = Vocabulary.load(cohort_dir / VOCAB_NAME)
-    vcn = ensure_vcns(out_dir, cohort_dir, [config.vcn_config()], vocabulary, device, progress)[config.image_size]
-    cohort = read_json_mapping(cohort_dir / COHORT_NAME, "cohort record", f"delete {cohort_dir} to render it again")
-    metrics = {"classifier": classifier_metrics, "vcn": vcn.metrics, "cohort": cohort, "config": asdict(config)}
-    return Evaluators(
-        classifier=classifier, vcn=vcn.model, classifier_path=classifier_path, vcn_path=vcn_path(out_dir, config.image_size),
-        image_size=config.image_size, metrics=metrics, cohort_dir=cohort_dir,
-    )  # fmt: skip
+    return model.to(device), dict(payload.get("metrics", {}))

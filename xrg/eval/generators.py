@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
+from xrg.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from xrg.data.reports import Vocabulary, encode_section, pad_sections, split_report_text
 from xrg.errors import CheckpointError
-from xrg.models.xraygan import to_image_range
-from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint, read_checkpoint
-from xrg.train.xraygan import CHECKPOINT_NAME, XRayGAN, XRayGANTrainConfig
+from xrg.models.baselines import BaselineModel
+from xrg.models.xraygan import XRayGAN, to_image_range
 
 VIEWS: tuple[str, str] = ("frontal", "lateral")
 
@@ -57,49 +57,98 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
 
 
 @dataclass
-class XRayGANGenerator:
-    """An XRayGAN run (full model or an ablation) behind the :class:`PairGenerator` interface."""
+class XRayGANPairGenerator:
+    """An XRayGAN run (full model or an ablation) behind the :class:`PairGenerator` interface.
+
+    ``model`` is a loaded :class:`~xrg.models.xraygan.XRayGAN` (it knows its checkpoint).
+    """
 
     model: XRayGAN
-    config: XRayGANTrainConfig
-    vocabulary: Vocabulary
-    path: Path
+
+    @property
+    def path(self) -> Path:
+        return self.model.checkpoint_info.path
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.model.checkpoint_info.vocabulary
 
     @property
     def method(self) -> str:
-        return xraygan_method(self.config)
+        return xraygan_method(self.model.checkpoint_info.run_config)
 
     @property
     def image_size(self) -> int:
-        return self.config.final_size
+        return self.model.config.final_size
 
     @property
     def max_sentences(self) -> int:
-        return self.config.max_sentences
+        return self.model.config.max_sentences
 
     @property
     def max_words(self) -> int:
-        return self.config.max_words
+        return self.model.config.max_words
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         self.model.eval()
         c = self.model.encode(batch).c
         noise = None
-        if self.config.noise_dim:
-            noise = torch.randn(c.shape[0], self.config.noise_dim, generator=generator).to(c.device)
-        images = self.model.generate(c, self.config.num_stages - 1, noise)
+        if self.model.config.noise_dim:
+            noise = torch.randn(c.shape[0], self.model.config.noise_dim, generator=generator).to(c.device)
+        images = self.model.generate(c, self.model.config.num_stages - 1, noise)
         return {view: to_image_range(images[view]).clamp(0, 1).cpu() for view in VIEWS}
 
 
-def xraygan_method(config: XRayGANTrainConfig) -> str:
-    """The row name of an XRayGAN config: ``xraygan`` or the ablation it is."""
+@dataclass
+class BaselinePairGenerator:
+    """A trained Table-1 baseline behind the :class:`PairGenerator` interface.
+
+    ``model`` is a loaded :class:`~xrg.models.baselines.BaselineModel` (it knows its checkpoint).
+    """
+
+    model: BaselineModel
+
+    @property
+    def path(self) -> Path:
+        return self.model.checkpoint_info.path
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.model.checkpoint_info.vocabulary
+
+    @property
+    def method(self) -> str:
+        return self.model.config.method
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_size
+
+    @property
+    def max_sentences(self) -> int:
+        return self.model.config.max_sentences
+
+    @property
+    def max_words(self) -> int:
+        return self.model.config.max_words
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Both views at the final size in [0, 1] on the CPU; noise and CA samples come from ``generator``."""
+        self.model.eval()
+        images = self.model.generator(self.model.encode(batch), generator).images[-1]
+        return {view: to_image_range(images[view]).clamp(0, 1).cpu() for view in VIEWS}
+
+
+def xraygan_method(run_config: Mapping[str, Any]) -> str:
+    """The row name of an XRayGAN run config (plain values): ``xraygan`` or the ablation it is."""
     removed = []
-    if config.vc_weight == 0:
+    if run_config.get("vc_weight") == 0:
         removed.append("vcn")
-    if config.generator_kind == "single_shot":
+    if run_config.get("generator_kind") == "single_shot":
         removed.append("mscgan")
-    if config.encoder_kind == "flat":
+    if run_config.get("encoder_kind") == "flat":
         removed.append("hae")
     return "xraygan" + "".join(f"_no_{part}" for part in removed)
 
@@ -109,20 +158,9 @@ def load_generator(run: str | os.PathLike, device: str | torch.device = "cpu") -
     path = checkpoint_path(run)
     kind = checkpoint_kind(path)
     if kind == "xraygan":
-        payload = load_checkpoint(path, "xraygan", map_location=device)
-        config = checkpoint_config(payload, XRayGANTrainConfig, path)
-        vocabulary = checkpoint_vocabulary(payload, path)
-        model = XRayGAN(config, len(vocabulary), with_discriminators=False)
-        try:
-            model.encoder.load_state_dict(payload["state"]["encoder"])
-            model.generator.load_state_dict(payload["state"]["generator"])
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
-        return XRayGANGenerator(model.to(device).eval(), config, vocabulary, path)
+        return XRayGANPairGenerator(XRayGAN.from_checkpoint(path, map_location=device))
     if kind == "baseline":
-        from xrg.train.baselines import load_baseline
-
-        return load_baseline(path, device=device)
+        return BaselinePairGenerator(BaselineModel.from_checkpoint(path, map_location=device))
     raise CheckpointError(f"checkpoint {path} is a {kind!r} checkpoint, not a report-to-X-ray model")
 
 

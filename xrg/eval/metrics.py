@@ -662,7 +662,7 @@ def inception_available(weights_path: str | os.PathLike) -> tuple[bool, str]:
 def _inception_network(path: str, modified: float, device: str) -> nn.Module:
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    from xrg.train.checkpoint import torch_error_summary
+    from xrg.checkpoint import torch_error_summary
 
     # torch-fidelity reads the file with torch.load(weights_only=False), which would run any code
     # pickled into it; a file that loads with weights_only=True holds only tensors and is safe. The

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from xrg.config import config_from_mapping
 from xrg.data.datasets import XRayPairDataset, collate_pairs, resize_image
 from xrg.data.findings import FINDING_KINDS, SEVERITIES
 from xrg.errors import ConfigError, XrgError
@@ -48,7 +49,6 @@ from xrg.eval import metrics
 from xrg.eval.generators import VIEWS, PairGenerator, checkpoint_path, encode_reports, load_generator, report_text
 from xrg.io import atomic_write_json
 from xrg.profiles import Profile
-from xrg.train.config import config_from_mapping
 
 EVAL_NAME = "eval.json"
 EVAL_FORMAT = "xrg-eval-1"
@@ -122,7 +122,7 @@ def _vc(vcn: torch.nn.Module, frontal: torch.Tensor, lateral: torch.Tensor, size
     for part in _batches(len(frontal), batch_size):
         f = vcn.embed(to_model_range(resize_image(frontal[part.start : part.stop], size)).to(device))
         l = vcn.embed(to_model_range(resize_image(lateral[part.start : part.stop], size)).to(device))  # noqa: E741 (lateral)
-        scores.append(torch.sigmoid(vcn.head((f - l).abs())).squeeze(-1).cpu())
+        scores.append(vcn.pair_probability(f, l).cpu())
     return torch.cat(scores).double()
 
 

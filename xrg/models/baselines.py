@@ -35,18 +35,28 @@ both report sections, findings then impression. AttnGAN's DAMSM loss is left out
 image-text matching model pretrained on the data, which cannot be trained within the budget
 here; the attention generator, CA and the conditional/unconditional discriminators are kept.
 Images are in the model range [-1, 1] (:func:`xrg.models.xraygan.to_model_range`).
+
+:class:`BaselineModel` is the runnable model of a baseline run (the HAE, the generators and,
+for training, the discriminators), built from one :class:`BaselineModelConfig` and saved and
+loaded with :meth:`~xrg.models.base.CheckpointedModel.save` and
+:meth:`~xrg.models.base.CheckpointedModel.from_checkpoint`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
+from xrg.models.base import CheckpointedModel
+from xrg.models.encoder import EncoderConfig, build_encoder
 from xrg.models.xraygan import ResBlock
 
 BASELINE_METHODS: tuple[str, ...] = ("gan_int_cls", "stackgan", "attngan")
@@ -538,3 +548,172 @@ def build_discriminators(config: BaselineConfig) -> nn.ModuleDict:
             for view in config.views
         }
     )
+
+
+# --------------------------------------------------------------------------------------
+# The runnable model
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaselineModelConfig:
+    """What decides a :class:`BaselineModel`'s architecture and input: the model part of a baseline run config."""
+
+    vocab_size: int
+    method: str = "gan_int_cls"  # one of BASELINE_METHODS
+    embed_dim: int = 128
+    hidden: int = 128  # LSTM units per direction; c has 4 * hidden dims
+    encoder_dropout: float = 0.0
+    max_sentences: int = MAX_SENTENCES
+    max_words: int = MAX_WORDS
+    image_size: int = 256
+    base_size: int = 64
+    noise_dim: int = 100
+    ca_dim: int = 128
+    gen_channels: int = 64
+    disc_channels: int = 64
+    max_channels: int = 512
+
+    def __post_init__(self) -> None:
+        if self.max_sentences < 1 or self.max_words < 1:
+            raise ConfigError(f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}")
+        self.network_config()  # validates the method, sizes and widths
+        self.encoder_config()  # validates the encoder settings
+
+    @classmethod
+    def from_run_config(cls, config: Any, vocab_size: int) -> "BaselineModelConfig":
+        """The model fields of a baseline run config (``BaselineTrainConfig``) for ``vocab_size`` words."""
+        fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "vocab_size"}
+        return cls(vocab_size=vocab_size, **fields)
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(
+            vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
+            kind="hierarchical",
+        )  # fmt: skip
+
+    def network_config(self) -> BaselineConfig:
+        """The settings of the generators and discriminators."""
+        return BaselineConfig(
+            method=self.method, cond_dim=4 * self.hidden, word_dim=2 * self.hidden, image_size=self.image_size,
+            base_size=self.base_size, noise_dim=self.noise_dim, ca_dim=self.ca_dim, gen_channels=self.gen_channels,
+            disc_channels=self.disc_channels, max_channels=self.max_channels,
+        )  # fmt: skip
+
+
+class StagePhase(Protocol):
+    """A block of training as :class:`BaselineModel` reads it: the generator stages up to ``stage``."""
+
+    stage: int
+
+
+class BaselineModel(CheckpointedModel):
+    """The report encoder, the baseline's generators and (for training) its discriminators.
+
+    ``discriminators[view][str(stage)]`` exists for every generator stage. A model loaded with
+    :meth:`from_checkpoint` has no discriminators (it only generates). The methods taking a
+    ``phase`` (anything with a ``stage``: a training phase of :mod:`xrg.train.baselines`) say
+    what that phase trains, freezes and generates.
+    """
+
+    kind = "baseline"
+    config_class = BaselineModelConfig
+
+    def __init__(self, config: BaselineModelConfig, with_discriminators: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.net_config = config.network_config()
+        self.encoder = build_encoder(config.encoder_config())
+        self.generator = build_generator(self.net_config)
+        if with_discriminators:
+            self.discriminators = build_discriminators(self.net_config)
+
+    @classmethod
+    def build_for_loading(cls, config: BaselineModelConfig) -> "BaselineModel":
+        return cls(config, with_discriminators=False)
+
+    @classmethod
+    def mismatch_message(cls, path: Path, config: BaselineModelConfig, error: BaseException) -> str:
+        return f"checkpoint {path} does not match its config ({config.method}): {error}"
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = {"encoder": self.encoder.state_dict(), "generator": self.generator.state_dict()}
+        if hasattr(self, "discriminators"):
+            state["discriminators"] = self.discriminators.state_dict()
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.generator.load_state_dict(state["generator"])
+        if hasattr(self, "discriminators"):
+            self.discriminators.load_state_dict(state["discriminators"])
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, batch: dict[str, Any]) -> TextCondition:
+        """The condition of a :func:`collate_pairs` batch (its id and mask tensors)."""
+        keys = ("findings_ids", "findings_mask", "impression_ids", "impression_mask")
+        inputs = [batch[key].to(self.device) for key in keys]
+        encoding = self.encoder(*inputs)
+        if self.config.method != "attngan":
+            return TextCondition(encoding.c)
+        sections = [(encoding.findings.word_states, inputs[1]), (encoding.impression.word_states, inputs[3])]
+        words, mask = compact_words(sections)
+        return TextCondition(encoding.c, words, mask)
+
+    def frozen_modules(self, phase: StagePhase) -> list[nn.Module]:
+        """What ``phase`` reads without training it: StackGAN Stage II freezes all that makes Stage I."""
+        if self.config.method == "stackgan" and phase.stage == 1:
+            return [self.encoder, self.generator.ca1, self.generator.stage1]
+        return []
+
+    def trained_generator_modules(self, phase: StagePhase) -> list[nn.Module]:
+        if self.config.method == "stackgan":
+            if phase.stage == 0:
+                return [self.encoder, self.generator.ca1, self.generator.stage1]
+            return [self.generator.ca2, self.generator.stage2]
+        return [self.encoder, self.generator]
+
+    def trained_stages(self, phase: StagePhase) -> tuple[int, ...]:
+        """Generator stages whose images meet a discriminator in ``phase``."""
+        if self.config.method == "attngan":
+            return tuple(range(phase.stage + 1))
+        return (phase.stage,)
+
+    def discriminator_parameters(self, phase: StagePhase) -> list[nn.Parameter]:
+        return [
+            p for per_view in self.discriminators.values() for stage in self.trained_stages(phase)
+            for p in per_view[str(stage)].parameters()
+        ]  # fmt: skip
+
+    def train_mode(self, phase: StagePhase) -> None:
+        self.train()
+        for module in self.frozen_modules(phase):
+            module.eval()
+
+    def generate_for(
+        self, phase: StagePhase, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[TextCondition, GeneratorOutput]:
+        """The condition and the trainable part of the generator output of ``phase``.
+
+        For StackGAN Stage II the condition and the Stage-I images come without gradients and
+        the output holds only Stage II (its image and its CA term).
+        """
+        if self.config.method == "stackgan" and phase.stage == 1:
+            with torch.no_grad():
+                condition = self.encode(batch)
+                first = self.generator.stage_one(condition.c, generator)
+            return condition, self.generator.stage_two(condition.c, first.images[0], generator)
+        condition = self.encode(batch)
+        return condition, self.generator(condition, generator, upto_stage=phase.stage)
+
+    def stage_images(self, phase: StagePhase, output: GeneratorOutput) -> dict[int, dict[str, torch.Tensor]]:
+        """``{stage: {view: image}}`` of the stages trained in ``phase``."""
+        stages = self.trained_stages(phase)
+        return dict(zip(stages, output.images[-len(stages) :]))

@@ -20,18 +20,30 @@ takes optional noise (the official code has none, ``noise_dim=0``).
 
 :class:`SingleShotGenerator` is the "w/o MSCGAN" ablation of Table 2: ``c`` straight to the
 final resolution with about the parameter count of one view's cascade.
+
+:class:`XRayGAN` is the runnable model of a run: the report encoder, the generators of both
+views and (for training) the per-stage critics, built from one :class:`XRayGANModelConfig`
+(every ablation of Table 2 is a value of it) and saved and loaded with
+:meth:`~xrg.models.base.CheckpointedModel.save` and
+:meth:`~xrg.models.base.CheckpointedModel.from_checkpoint`.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
+from xrg.models.base import CheckpointedModel
+from xrg.models.encoder import ENCODER_KINDS, EncoderConfig, ReportEncoding, build_encoder
+
+GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
 
 
 def to_model_range(image: torch.Tensor) -> torch.Tensor:
@@ -368,3 +380,180 @@ def gradient_penalty(
     critic = discriminator(interpolates, c).flatten(1).mean(dim=1)
     (gradients,) = torch.autograd.grad(critic.sum(), interpolates, create_graph=True)
     return ((gradients.flatten(1).norm(2, dim=1) - 1.0) ** 2).mean()
+
+
+# --------------------------------------------------------------------------------------
+# The runnable model
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class XRayGANModelConfig:
+    """What decides an :class:`XRayGAN`'s architecture and input: the model part of a run config.
+
+    ``encoder_kind: flat`` is the w/o HAE ablation, ``generator_kind: single_shot`` the w/o
+    MSCGAN one (the w/o VCN ablation changes only the training). ``max_sentences`` and
+    ``max_words`` are how much of a report the encoder reads.
+    """
+
+    vocab_size: int
+    encoder_kind: str = "hierarchical"
+    embed_dim: int = 128
+    hidden: int = 128  # LSTM units per direction; the condition c has 4 * hidden dims
+    encoder_dropout: float = 0.0
+    max_sentences: int = MAX_SENTENCES
+    max_words: int = MAX_WORDS
+    generator_kind: str = "multi_scale"
+    base_size: int = 32
+    num_stages: int = 4
+    alpha: float = 0.5
+    noise_dim: int = 0
+    gen_channels: int = 64
+    disc_channels: int = 64
+    cond_channels: int = 64
+    max_channels: int = 512
+    disc_max_downsamplings: int = 4
+
+    def __post_init__(self) -> None:
+        if self.encoder_kind not in ENCODER_KINDS:
+            raise ConfigError(f"encoder_kind must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
+        if self.generator_kind not in GENERATOR_KINDS:
+            raise ConfigError(f"generator_kind must be one of {GENERATOR_KINDS}, got {self.generator_kind!r}")
+        if self.max_sentences < 1 or self.max_words < 1:
+            raise ConfigError(f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}")
+        self.network_config()  # validates the sizes and widths
+        self.encoder_config()  # validates the encoder settings
+
+    @classmethod
+    def from_run_config(cls, config: Any, vocab_size: int) -> "XRayGANModelConfig":
+        """The model fields of an XRayGAN run config (``XRayGANTrainConfig``) for a vocabulary of ``vocab_size`` words."""
+        fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "vocab_size"}
+        return cls(vocab_size=vocab_size, **fields)
+
+    def encoder_config(self) -> EncoderConfig:
+        return EncoderConfig(
+            vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
+            kind=self.encoder_kind,
+        )  # fmt: skip
+
+    def network_config(self) -> XRayGANConfig:
+        """The MSCGAN settings of the generators and critics."""
+        return XRayGANConfig(
+            cond_dim=4 * self.hidden, base_size=self.base_size, num_stages=self.num_stages, alpha=self.alpha,
+            noise_dim=self.noise_dim, gen_channels=self.gen_channels, disc_channels=self.disc_channels,
+            cond_channels=self.cond_channels, max_channels=self.max_channels,
+            disc_max_downsamplings=self.disc_max_downsamplings,
+        )  # fmt: skip
+
+    @property
+    def final_size(self) -> int:
+        return self.base_size * 2 ** (self.num_stages - 1)
+
+    @property
+    def trained_stages(self) -> tuple[int, ...]:
+        """Stages with an adversarial phase (and a critic): all of them, or only the last for ``single_shot``."""
+        if self.generator_kind == "single_shot":
+            return (self.num_stages - 1,)
+        return tuple(range(self.num_stages))
+
+    def stage_size(self, stage: int) -> int:
+        return self.base_size * 2**stage
+
+
+class SingleShotViews(nn.Module):
+    """One :class:`SingleShotGenerator` per view, called like :class:`XRayGANGenerator` (final image only)."""
+
+    def __init__(self, config: XRayGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.views = nn.ModuleDict({view: SingleShotGenerator(config) for view in config.views})
+
+    def forward(
+        self, c: torch.Tensor, noise: torch.Tensor | None = None, upto_stage: int | None = None
+    ) -> dict[str, list[torch.Tensor]]:
+        if upto_stage not in (None, self.config.num_stages - 1):
+            raise ConfigError(f"a single-shot generator only makes the final stage, not stage {upto_stage}")
+        if noise is None and self.config.noise_dim:
+            noise = torch.randn(c.shape[0], self.config.noise_dim, device=c.device, dtype=c.dtype)
+        return {view: [generator(c, noise)] for view, generator in self.views.items()}
+
+
+class XRayGAN(CheckpointedModel):
+    """The report encoder, the generators and (for training) the per-stage discriminators of a run.
+
+    ``discriminators[view][str(stage)]`` exists for every trained stage. A model loaded with
+    :meth:`from_checkpoint` has no discriminators (it only generates).
+    """
+
+    kind = "xraygan"
+    config_class = XRayGANModelConfig
+
+    def __init__(self, config: XRayGANModelConfig, with_discriminators: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        network = config.network_config()
+        self.encoder = build_encoder(config.encoder_config())
+        if config.generator_kind == "multi_scale":
+            self.generator: nn.Module = XRayGANGenerator(network)
+        else:
+            self.generator = SingleShotViews(network)
+        if with_discriminators:
+            self.discriminators = nn.ModuleDict(
+                {
+                    view: nn.ModuleDict(
+                        {
+                            str(stage): PatchDiscriminator(
+                                config.stage_size(stage), network.cond_dim, config.disc_channels,
+                                config.cond_channels, config.max_channels, config.disc_max_downsamplings,
+                            )  # fmt: skip
+                            for stage in config.trained_stages
+                        }
+                    )
+                    for view in network.views
+                }
+            )
+
+    @classmethod
+    def build_for_loading(cls, config: XRayGANModelConfig) -> "XRayGAN":
+        return cls(config, with_discriminators=False)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = {"encoder": self.encoder.state_dict(), "generator": self.generator.state_dict()}
+        if hasattr(self, "discriminators"):
+            state["discriminators"] = self.discriminators.state_dict()
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.generator.load_state_dict(state["generator"])
+        if hasattr(self, "discriminators"):
+            self.discriminators.load_state_dict(state["discriminators"])
+
+    @property
+    def image_size(self) -> int:
+        return self.config.final_size
+
+    def encode(self, batch: dict[str, Any]) -> ReportEncoding:
+        """Encode a :func:`collate_pairs` batch (its id and mask tensors, on the model's device)."""
+        device = next(self.parameters()).device
+        keys = ("findings_ids", "findings_mask", "impression_ids", "impression_mask")
+        return self.encoder(*(batch[key].to(device) for key in keys))
+
+    def generate(self, c: torch.Tensor, stage: int, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Both views' images of ``stage`` in the model range [-1, 1], ``{view: [B, 1, s, s]}``."""
+        return {view: images[-1] for view, images in self.generator(c, noise, upto_stage=stage).items()}
+
+    def generator_parameters(self, stage: int) -> list[nn.Parameter]:
+        """The encoder's and the generators' parameters that produce the images of ``stage``."""
+        parameters = list(self.encoder.parameters())
+        for cascade in self.generator.views.values():
+            if isinstance(cascade, SingleShotGenerator):
+                parameters += list(cascade.parameters())
+            else:
+                parameters += list(cascade.basic.parameters())
+                for progressive in cascade.progressive[:stage]:
+                    parameters += list(progressive.parameters())
+        return parameters
+
+    def discriminator_parameters(self, stage: int) -> list[nn.Parameter]:
+        return [p for per_view in self.discriminators.values() for p in per_view[str(stage)].parameters()]

@@ -40,8 +40,10 @@ refuses a directory holding a checkpoint, ``resume=True`` continues one to the b
 on SIGINT/SIGTERM; a NaN or infinite loss raises :class:`~xrg.errors.TrainingDiverged`
 before any step on it; every epoch appends a row to ``RUN/metrics.jsonl`` (``kind:
 "baseline"``), re-estimates the generators' BatchNorm statistics and writes
-``RUN/samples/stage<k>_<size>px.png``. :func:`load_baseline` turns a checkpoint into the
-evaluation's :class:`~xrg.eval.generators.PairGenerator`.
+``RUN/samples/stage<k>_<size>px.png``. The model of a run,
+:class:`~xrg.models.baselines.BaselineModel`, saves its checkpoint and loads from one
+(:meth:`~xrg.models.base.CheckpointedModel.from_checkpoint`); the evaluation reads it as a
+:class:`~xrg.eval.generators.PairGenerator`.
 """
 
 from __future__ import annotations
@@ -55,35 +57,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xrg.config import config_from_mapping
 from xrg.data.datasets import collate_pairs, resize_image
 from xrg.data.images import save_png
-from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, Vocabulary
-from xrg.errors import CheckpointError, ConfigError
+from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
+from xrg.errors import ConfigError
 from xrg.models.baselines import (
     BASELINE_METHODS,
     VIEWS,
     BaselineConfig,
+    BaselineModel,
+    BaselineModelConfig,
     ConditionalDiscriminator,
-    GeneratorOutput,
     TextCondition,
-    build_discriminators,
-    build_generator,
-    compact_words,
     kl_divergence,
 )
-from xrg.models.encoder import EncoderConfig, build_encoder
-from xrg.models.xraygan import to_image_range
+from xrg.models.encoder import EncoderConfig
 from xrg.profiles import Profile
-from xrg.train.checkpoint import checkpoint_config, checkpoint_vocabulary, load_checkpoint
-from xrg.train.config import config_from_mapping
-from xrg.train.loop import CHECKPOINT_NAME, SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite
+from xrg.train.loop import SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite
 from xrg.train.runtime import epoch_batches, recalibrate_batchnorm
 from xrg.train.vcn import negative_partners
 from xrg.train.xraygan import real_images, sample_grid
 
 __all__ = [
-    "BASELINE_METHODS", "BaselineTrainConfig", "BaselineTrainer", "BaselineGenerator", "load_baseline",
-    "mismatched_partners", "training_phases",
+    "BASELINE_METHODS", "BaselineModel", "BaselineTrainConfig", "BaselineTrainer", "mismatched_partners",
+    "training_phases",
 ]  # fmt: skip
 
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses a method lacks are null).
@@ -228,93 +226,6 @@ def mismatched_partners(patient_ids: Sequence[str], generator: torch.Generator) 
     image of case ``rows[k]``; never the same case or the same patient (see
     :func:`xrg.train.vcn.negative_partners`: a random cyclic order, clashing rows dropped)."""
     return negative_partners(list(patient_ids), generator)
-
-
-# --------------------------------------------------------------------------------------
-# The model of one run
-# --------------------------------------------------------------------------------------
-
-
-class BaselineModel(nn.Module):
-    """The report encoder, the baseline's generators and (for training) its discriminators.
-
-    ``discriminators[view][str(stage)]`` exists for every generator stage.
-    """
-
-    def __init__(self, config: BaselineTrainConfig, vocab_size: int, with_discriminators: bool = True) -> None:
-        super().__init__()
-        self.config = config
-        self.net_config = config.model_config()
-        self.encoder = build_encoder(config.encoder_config(vocab_size))
-        self.generator = build_generator(self.net_config)
-        if with_discriminators:
-            self.discriminators = build_discriminators(self.net_config)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    def encode(self, batch: dict[str, Any]) -> TextCondition:
-        """The condition of a :func:`collate_pairs` batch (its id and mask tensors)."""
-        keys = ("findings_ids", "findings_mask", "impression_ids", "impression_mask")
-        inputs = [batch[key].to(self.device) for key in keys]
-        encoding = self.encoder(*inputs)
-        if self.config.method != "attngan":
-            return TextCondition(encoding.c)
-        sections = [(encoding.findings.word_states, inputs[1]), (encoding.impression.word_states, inputs[3])]
-        words, mask = compact_words(sections)
-        return TextCondition(encoding.c, words, mask)
-
-    def frozen_modules(self, phase: BaselinePhase) -> list[nn.Module]:
-        """What ``phase`` reads without training it: StackGAN Stage II freezes all that makes Stage I."""
-        if self.config.method == "stackgan" and phase.stage == 1:
-            return [self.encoder, self.generator.ca1, self.generator.stage1]
-        return []
-
-    def trained_generator_modules(self, phase: BaselinePhase) -> list[nn.Module]:
-        if self.config.method == "stackgan":
-            if phase.stage == 0:
-                return [self.encoder, self.generator.ca1, self.generator.stage1]
-            return [self.generator.ca2, self.generator.stage2]
-        return [self.encoder, self.generator]
-
-    def trained_stages(self, phase: BaselinePhase) -> tuple[int, ...]:
-        """Generator stages whose images meet a discriminator in ``phase``."""
-        if self.config.method == "attngan":
-            return tuple(range(phase.stage + 1))
-        return (phase.stage,)
-
-    def discriminator_parameters(self, phase: BaselinePhase) -> list[nn.Parameter]:
-        return [
-            p for per_view in self.discriminators.values() for stage in self.trained_stages(phase)
-            for p in per_view[str(stage)].parameters()
-        ]  # fmt: skip
-
-    def train_mode(self, phase: BaselinePhase) -> None:
-        self.train()
-        for module in self.frozen_modules(phase):
-            module.eval()
-
-    def generate_for(
-        self, phase: BaselinePhase, batch: dict[str, Any], generator: torch.Generator | None = None
-    ) -> tuple[TextCondition, GeneratorOutput]:
-        """The condition and the trainable part of the generator output of ``phase``.
-
-        For StackGAN Stage II the condition and the Stage-I images come without gradients and
-        the output holds only Stage II (its image and its CA term).
-        """
-        if self.config.method == "stackgan" and phase.stage == 1:
-            with torch.no_grad():
-                condition = self.encode(batch)
-                first = self.generator.stage_one(condition.c, generator)
-            return condition, self.generator.stage_two(condition.c, first.images[0], generator)
-        condition = self.encode(batch)
-        return condition, self.generator(condition, generator, upto_stage=phase.stage)
-
-    def stage_images(self, phase: BaselinePhase, output: GeneratorOutput) -> dict[int, dict[str, torch.Tensor]]:
-        """``{stage: {view: image}}`` of the stages trained in ``phase``."""
-        stages = self.trained_stages(phase)
-        return dict(zip(stages, output.images[-len(stages) :]))
 
 
 # --------------------------------------------------------------------------------------
@@ -463,7 +374,7 @@ class BaselineTrainer(PhasedTrainer):
         self._load_train_sets(data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words)
         self._check_run_dir(Path(run_dir), resume)
         torch.manual_seed(config.seed)
-        self.model = BaselineModel(config, len(self.vocabulary)).to(self.device)
+        self.model = BaselineModel(BaselineModelConfig.from_run_config(config, len(self.vocabulary))).to(self.device)
         self._start(config.seed, resume)
 
     # ---- hooks of the shared loop -------------------------------------------------------
@@ -541,58 +452,3 @@ class BaselineTrainer(PhasedTrainer):
         fake = output.images[-1]
         real = real_images(batch, tuple(fake), self.device)
         return save_png(self.run_dir / SAMPLES_DIR / f"stage{phase.stage}_{phase.image_size}px.png", sample_grid(real, fake))
-
-
-# --------------------------------------------------------------------------------------
-# Generation from a checkpoint
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class BaselineGenerator:
-    """A trained baseline behind the evaluation's :class:`~xrg.eval.generators.PairGenerator` interface."""
-
-    model: BaselineModel
-    config: BaselineTrainConfig
-    vocabulary: Vocabulary
-    path: Path
-
-    @property
-    def method(self) -> str:
-        return self.config.method
-
-    @property
-    def image_size(self) -> int:
-        return self.config.image_size
-
-    @property
-    def max_sentences(self) -> int:
-        return self.config.max_sentences
-
-    @property
-    def max_words(self) -> int:
-        return self.config.max_words
-
-    @torch.no_grad()
-    def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Both views at the final size in [0, 1] on the CPU; noise and CA samples come from ``generator``."""
-        self.model.eval()
-        images = self.model.generator(self.model.encode(batch), generator).images[-1]
-        return {view: to_image_range(images[view]).clamp(0, 1).cpu() for view in VIEWS}
-
-
-def load_baseline(path: str | os.PathLike, device: str | torch.device = "cpu") -> BaselineGenerator:
-    """The generator of a baseline checkpoint (or run directory), rebuilt from its stored config."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    payload = load_checkpoint(path, "baseline", map_location=device)
-    config = checkpoint_config(payload, BaselineTrainConfig, path)
-    vocabulary = checkpoint_vocabulary(payload, path)
-    model = BaselineModel(config, len(vocabulary), with_discriminators=False)
-    try:
-        model.encoder.load_state_dict(payload["state"]["encoder"])
-        model.generator.load_state_dict(payload["state"]["generator"])
-    except (KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {path} does not match its config ({config.method}): {exc}") from exc
-    return BaselineGenerator(model.to(device).eval(), config, vocabulary, path)

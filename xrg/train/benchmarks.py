@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from xrg.data.reports import Vocabulary
-from xrg.models.vcn import ViewConsistencyNet, freeze
+from xrg.models.vcn import VCNConfig, ViewConsistencyNet, freeze
+from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
 from xrg.profiles import Profile, load_profile
 from xrg.train.vcn import VCNTrainConfig, make_vcn_optimizer, vcn_step
-from xrg.train.xraygan import XRayGAN, XRayGANTrainConfig, gan_step, make_optimizers, pretrain_step, training_phases
+from xrg.train.xraygan import XRayGANTrainConfig, gan_step, make_optimizers, pretrain_step, training_phases
 
 #: Reports in the style of Open-i, written for the benchmarks (lengths near the Open-i median).
 BENCH_REPORTS: tuple[str, ...] = (
@@ -129,14 +130,14 @@ def bench_train(
 
     for image_size in config.vcn_sizes:
         vcn_config = VCNTrainConfig.from_profile(profile, image_size=image_size)
-        vcn = ViewConsistencyNet(vcn_config.embed_dim, vcn_config.scale).to(device).train()
+        vcn = ViewConsistencyNet(VCNConfig.from_run_config(vcn_config)).to(device).train()
         optimizer = make_vcn_optimizer(vcn, vcn_config)
         batch_size = batch_size_of(vcn_config.batch_size)
         batches = [synthetic_batch(batch_size, image_size, vocab_size, generator) for _ in range(warmup + steps)]
         seconds = _timed_steps(functools.partial(vcn_step, vcn, optimizer, generator=generator), batches, warmup, device)
         report("vcn", None, image_size, batch_size, vcn_config.num_epochs, seconds)
 
-    model = XRayGAN(config, vocab_size).to(device)
+    model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device)
     frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
     for index, phase in enumerate(training_phases(config)):
         optimizers = make_optimizers(model, phase, index, config)

@@ -32,16 +32,15 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from xrg.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.manifest import read_manifest
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, TrainingDiverged, TrainingStopped
 from xrg.io import append_jsonl, atomic_write_jsonl, remove_temporaries
 from xrg.locks import directory_lock
-from xrg.train.checkpoint import load_checkpoint, save_checkpoint
 from xrg.train.runtime import StopRequests, epoch_batches, set_lr
 
-CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 
@@ -104,8 +103,9 @@ class PhasedTrainer:
 
     A subclass sets ``kind`` (the checkpoint and metrics kind), ``metric_keys`` and
     ``loss_keys``, and in its ``__init__`` the attributes ``config``, ``run_dir``, ``device``,
-    ``progress``, ``phases``, ``train_sets`` (by image size), ``vocabulary`` and ``model`` (with
-    ``encoder``, ``generator`` and ``discriminators``), calling :meth:`_check_run_dir` first and
+    ``progress``, ``phases``, ``train_sets`` (by image size), ``vocabulary`` and ``model`` (a
+    :class:`~xrg.models.base.CheckpointedModel` of ``kind`` with discriminators, which saves and
+    loads its own weights), calling :meth:`_check_run_dir` first and
     :meth:`_start` last. It implements :meth:`_make_optimizers`, :meth:`_batch_size`,
     :meth:`_step` and :meth:`_after_epoch`; the other hooks have defaults.
     """
@@ -233,16 +233,10 @@ class PhasedTrainer:
         rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(
+        self.model.save(
             self.checkpoint_path,
-            self.kind,
-            self.config,
-            self.vocabulary,
-            state={
-                "encoder": self.model.encoder.state_dict(),
-                "generator": self.model.generator.state_dict(),
-                "discriminators": self.model.discriminators.state_dict(),
-            },
+            run_config=self.config,
+            vocabulary=self.vocabulary,
             optimizers=optimizers,
             progress={
                 **dataclasses.asdict(self.position), "finished": self.finished, "num_phases": len(self.phases),
@@ -261,9 +255,7 @@ class PhasedTrainer:
         self._verify_checkpoint(payload, path)
         state = payload["state"]
         try:
-            self.model.encoder.load_state_dict(state["encoder"])
-            self.model.generator.load_state_dict(state["generator"])
-            self.model.discriminators.load_state_dict(state["discriminators"])
+            self.model.load_checkpoint_state(state)
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
         progress = payload["progress"]
@@ -508,8 +500,8 @@ class EpochLoop:
         rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(), "epoch_shuffle": self._epoch_shuffle}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        save_checkpoint(
-            self.path, self.kind, self.config, self.vocabulary, state=self.model.state_dict(),
+        self.model.save(
+            self.path, run_config=self.config, vocabulary=self.vocabulary,
             optimizer=self.optimizer.state_dict(), rng=rng, epoch_totals=dict(self.totals), data=self.data_key,
             progress={"epoch": self.epoch, "batch": self.batch, "step": self.step, "finished": False},
         )  # fmt: skip

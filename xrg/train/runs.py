@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from xrg.checkpoint import load_checkpoint
 from xrg.profiles import load_profile
-from xrg.train.checkpoint import load_checkpoint
 from xrg.train.vcn import VCNTrainConfig
 from xrg.train.xraygan import CHECKPOINT_NAME, XRayGANTrainConfig, XRayGANTrainer
 

@@ -37,18 +37,22 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from xrg.checkpoint import load_checkpoint
+from xrg.config import config_from_mapping
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError
 from xrg.io import append_jsonl
-from xrg.models.vcn import ViewConsistencyNet, freeze
+from xrg.models.vcn import VCN_DIR, VCNConfig, ViewConsistencyNet, freeze, negative_partners, vcn_path
 from xrg.models.xraygan import to_model_range
 from xrg.profiles import Profile
-from xrg.train.checkpoint import checkpoint_config, load_checkpoint, require_finished, save_checkpoint
-from xrg.train.config import config_from_mapping
 from xrg.train.loop import EpochLoop, partial_path
 
-VCN_DIR = "vcn"
+__all__ = [
+    "VCN_DIR", "VCNResult", "VCNTrainConfig", "ensure_vcns", "evaluate_vcn", "file_sha256", "load_vcn",
+    "negative_partners", "train_vcn", "vcn_path", "vcn_step",
+]  # fmt: skip
+
 VCN_METRICS = "metrics.jsonl"
 VCN_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
@@ -90,30 +94,8 @@ class VCNTrainConfig:
         return config_from_mapping(cls, values, where=f"vcn settings of profile {profile.name!r}")
 
 
-def vcn_path(run_dir: str | os.PathLike, image_size: int) -> Path:
-    return Path(run_dir) / VCN_DIR / f"vcn_{image_size}.pt"
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def negative_partners(patient_ids: Sequence[str], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each case a partner case of a different patient: ``(rows, partners)`` index tensors.
-
-    Partners follow a random order cyclically, so nobody is their own partner; rows whose
-    partner shares their patient are left out.
-    """
-    order = torch.randperm(len(patient_ids), generator=generator)
-    partners = torch.empty_like(order)
-    partners[order] = order.roll(-1)
-    rows = torch.tensor([i for i in range(len(patient_ids)) if patient_ids[i] != patient_ids[int(partners[i])]], dtype=torch.long)
-    return rows, partners[rows] if rows.numel() else rows
-
-
-def pair_logits(model: ViewConsistencyNet, frontal_embedding: torch.Tensor, lateral_embedding: torch.Tensor) -> torch.Tensor:
-    """:meth:`ViewConsistencyNet.forward` on embeddings already computed: ``w · |e_f − e_l| + b``."""
-    return model.head((frontal_embedding - lateral_embedding).abs()).squeeze(-1)
 
 
 def _embed_views(model: ViewConsistencyNet, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +127,8 @@ def evaluate_vcn(
     model.train(was_training)
     frontal, lateral = torch.cat(frontal_parts), torch.cat(lateral_parts)
     rows, partners = negative_partners([case.patient_id for case in dataset.cases], torch.Generator().manual_seed(seed))
-    positive = torch.sigmoid(pair_logits(model, frontal, lateral)).cpu()
-    negative = torch.sigmoid(pair_logits(model, frontal[rows], lateral[partners])).cpu()
+    positive = model.pair_probability(frontal, lateral).cpu()
+    negative = model.pair_probability(frontal[rows], lateral[partners]).cpu()
     probs = torch.cat([positive, negative])
     labels = torch.cat([torch.ones_like(positive), torch.zeros_like(negative)]).long()
     return {
@@ -166,7 +148,7 @@ def vcn_step(
     device = next(model.parameters()).device
     frontal, lateral = _embed_views(model, batch, device)
     rows, partners = negative_partners(batch["patient_id"], generator)
-    logits = torch.cat([pair_logits(model, frontal, lateral), pair_logits(model, frontal[rows], lateral[partners])])
+    logits = torch.cat([model.pair_logits(frontal, lateral), model.pair_logits(frontal[rows], lateral[partners])])
     labels = torch.cat([torch.ones(frontal.shape[0]), torch.zeros(rows.numel())]).to(device)
     loss = F.binary_cross_entropy_with_logits(logits, labels)
     optimizer.zero_grad(set_to_none=True)
@@ -212,7 +194,7 @@ def train_vcn(
     train_set = XRayPairDataset(data_dir, "train", image_size=config.image_size)
     test_set = XRayPairDataset(data_dir, "test", image_size=config.image_size, vocab=train_set.vocab)
     torch.manual_seed(config.seed)
-    model = ViewConsistencyNet(config.embed_dim, config.scale).to(device)
+    model = ViewConsistencyNet(VCNConfig.from_run_config(config)).to(device)
     optimizer = make_vcn_optimizer(model, config)
     path = vcn_path(run_dir, config.image_size)
     metrics_path = Path(run_dir) / VCN_DIR / VCN_METRICS
@@ -250,8 +232,8 @@ def train_vcn(
     freeze(model)
     metrics = evaluate_vcn(model, test_set, seed=config.seed)
     append_jsonl(metrics_path, {"kind": "vcn_test", **metrics})
-    save_checkpoint(path, "vcn", config, train_set.vocab, state=model.state_dict(), metrics=metrics, step=steps,
-                    progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
+    model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
+               progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
     loop.finish()
     return VCNResult(path=path, model=model, metrics=metrics)
 
@@ -262,12 +244,12 @@ def load_vcn(
     vocabulary: Vocabulary | None = None,
     device: str | torch.device = "cpu",
 ) -> VCNResult:
-    """Load a VCN checkpoint (checked against ``config``/``vocabulary`` when given), frozen."""
+    """Load a VCN checkpoint (checked against the run ``config``/``vocabulary`` when given), frozen.
+
+    Without the checks, :meth:`ViewConsistencyNet.from_checkpoint` does the same.
+    """
     payload = load_checkpoint(path, "vcn", config=config, vocabulary=vocabulary, map_location=device)
-    require_finished(payload, path, "call train_vcn() (or ensure_vcns()) with its settings again to finish it")
-    stored = checkpoint_config(payload, VCNTrainConfig, path)
-    model = ViewConsistencyNet(stored.embed_dim, stored.scale)
-    model.load_state_dict(payload["state"])
+    model = ViewConsistencyNet.from_payload(payload, path)
     return VCNResult(path=Path(path), model=freeze(model.to(device)), metrics=payload.get("metrics", {}))
 
 

@@ -32,6 +32,10 @@ start of the epoch; a resumed run redraws that epoch's order and skips the batch
 done. Per-epoch metrics are appended to ``RUN/metrics.jsonl``; sample grids (real and
 generated, both views) are written to ``RUN/samples/``. A NaN or infinite loss stops the run
 with :class:`~xrg.errors.TrainingDiverged` before any optimizer step is taken on it.
+
+The model of a run, :class:`~xrg.models.xraygan.XRayGAN`, is built from the model part of
+the run config (:meth:`~xrg.models.xraygan.XRayGANModelConfig.from_run_config`) and writes
+the checkpoints itself (:meth:`~xrg.models.base.CheckpointedModel.save`).
 """
 
 from __future__ import annotations
@@ -45,30 +49,28 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from xrg.config import config_from_mapping
 from xrg.data.datasets import collate_pairs
 from xrg.data.images import save_png
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import CheckpointError, ConfigError
-from xrg.models.encoder import ENCODER_KINDS, EncoderConfig, ReportEncoding, build_encoder
+from xrg.models.encoder import ENCODER_KINDS, EncoderConfig
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.models.xraygan import (
-    PatchDiscriminator,
-    SingleShotGenerator,
+    GENERATOR_KINDS,
+    XRayGAN,
     XRayGANConfig,
-    XRayGANGenerator,
+    XRayGANModelConfig,
     gradient_penalty,
     to_image_range,
     to_model_range,
 )
 from xrg.profiles import Profile
-from xrg.train.config import config_from_mapping
 from xrg.train.loop import CHECKPOINT_NAME, METRICS_NAME, SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite  # noqa: F401 (re-exported)
 from xrg.train.runtime import epoch_batches, recalibrate_batchnorm
 from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 
-GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
 METRIC_KEYS: tuple[str, ...] = (
     "kind", "phase", "stage", "image_size", "epoch", "step", "d_loss", "g_loss", "adv_loss", "rec_loss",
@@ -216,86 +218,6 @@ def training_phases(config: XRayGANTrainConfig) -> list[Phase]:
             phases.append(Phase("pretrain", num_epochs=config.pretrain_epochs, **settings))
         phases.append(Phase("gan", num_epochs=config.num_epochs[stage], **settings))
     return phases
-
-
-# --------------------------------------------------------------------------------------
-# The model of one run
-# --------------------------------------------------------------------------------------
-
-
-class SingleShotViews(nn.Module):
-    """One :class:`SingleShotGenerator` per view, called like :class:`XRayGANGenerator` (final image only)."""
-
-    def __init__(self, config: XRayGANConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.views = nn.ModuleDict({view: SingleShotGenerator(config) for view in config.views})
-
-    def forward(
-        self, c: torch.Tensor, noise: torch.Tensor | None = None, upto_stage: int | None = None
-    ) -> dict[str, list[torch.Tensor]]:
-        if upto_stage not in (None, self.config.num_stages - 1):
-            raise ConfigError(f"a single-shot generator only makes the final stage, not stage {upto_stage}")
-        if noise is None and self.config.noise_dim:
-            noise = torch.randn(c.shape[0], self.config.noise_dim, device=c.device, dtype=c.dtype)
-        return {view: [generator(c, noise)] for view, generator in self.views.items()}
-
-
-class XRayGAN(nn.Module):
-    """The report encoder, the generators and (for training) the per-stage discriminators of a run.
-
-    ``discriminators[view][str(stage)]`` exists for every trained stage.
-    """
-
-    def __init__(self, config: XRayGANTrainConfig, vocab_size: int, with_discriminators: bool = True) -> None:
-        super().__init__()
-        self.config = config
-        model_config = config.model_config()
-        self.encoder = build_encoder(config.encoder_config(vocab_size))
-        if config.generator_kind == "multi_scale":
-            self.generator: nn.Module = XRayGANGenerator(model_config)
-        else:
-            self.generator = SingleShotViews(model_config)
-        if with_discriminators:
-            self.discriminators = nn.ModuleDict(
-                {
-                    view: nn.ModuleDict(
-                        {
-                            str(stage): PatchDiscriminator(
-                                config.stage_size(stage), model_config.cond_dim, config.disc_channels,
-                                config.cond_channels, config.max_channels, config.disc_max_downsamplings,
-                            )  # fmt: skip
-                            for stage in config.trained_stages
-                        }
-                    )
-                    for view in model_config.views
-                }
-            )
-
-    def encode(self, batch: dict[str, Any]) -> ReportEncoding:
-        """Encode a :func:`collate_pairs` batch (its id and mask tensors, on the model's device)."""
-        device = next(self.parameters()).device
-        keys = ("findings_ids", "findings_mask", "impression_ids", "impression_mask")
-        return self.encoder(*(batch[key].to(device) for key in keys))
-
-    def generate(self, c: torch.Tensor, stage: int, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Both views' images of ``stage`` in the model range [-1, 1], ``{view: [B, 1, s, s]}``."""
-        return {view: images[-1] for view, images in self.generator(c, noise, upto_stage=stage).items()}
-
-    def generator_parameters(self, stage: int) -> list[nn.Parameter]:
-        """The encoder's and the generators' parameters that produce the images of ``stage``."""
-        parameters = list(self.encoder.parameters())
-        for cascade in self.generator.views.values():
-            if isinstance(cascade, SingleShotGenerator):
-                parameters += list(cascade.parameters())
-            else:
-                parameters += list(cascade.basic.parameters())
-                for progressive in cascade.progressive[:stage]:
-                    parameters += list(progressive.parameters())
-        return parameters
-
-    def discriminator_parameters(self, stage: int) -> list[nn.Parameter]:
-        return [p for per_view in self.discriminators.values() for p in per_view[str(stage)].parameters()]
 
 
 # --------------------------------------------------------------------------------------
@@ -450,7 +372,7 @@ class XRayGANTrainer(PhasedTrainer):
         self._vcn_hashes = {str(size): file_sha256(result.path) for size, result in sorted(self.vcns.items())}
 
         torch.manual_seed(config.seed)
-        self.model = XRayGAN(config, len(self.vocabulary)).to(self.device)
+        self.model = XRayGAN(XRayGANModelConfig.from_run_config(config, len(self.vocabulary))).to(self.device)
         self._start(config.seed, resume)
 
     # ---- hooks of the shared loop -------------------------------------------------------

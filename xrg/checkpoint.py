@@ -1,16 +1,20 @@
-"""Self-describing checkpoints: weights with their run config, vocabulary and code version.
+"""Self-describing checkpoints: weights with their model config, run config, vocabulary and code version.
 
 A checkpoint is one ``torch.save`` dict written atomically (a killed process leaves the old
 file or the new one, never half of one). Besides the tensors it holds only plain values —
-the run config as a dict, the vocabulary as its word list and fingerprint, the progress as
-ints, random number generator states as tensors — so it is read back with
-``torch.load(..., weights_only=True)`` and never unpickles code.
+the model config (``model_config``: the fields that decide the architecture, from which a
+model rebuilds itself, :meth:`xrg.models.base.CheckpointedModel.from_checkpoint`) and the run
+config (``config``: everything the run was trained with) as dicts, the vocabulary as its word
+list and fingerprint, the progress as ints, random number generator states as tensors — so
+it is read back with ``torch.load(..., weights_only=True)`` and never unpickles code. This
+module is neutral: generation and evaluation read checkpoints through it without importing
+the training code.
 
 :func:`load_checkpoint` refuses, with a :class:`~xrg.errors.CheckpointError` saying which,
 a missing, truncated or corrupt file, a pickle that needs a global (a class or function)
 weights_only loading does not allow (naming it; the pickle is never run), a file that is not
 an xrg checkpoint, one of another kind (a VCN where an XRayGAN run was expected), another
-major code version, another run config (naming the differing fields) or another vocabulary
+major code version (one written by xrg 0.x says how to retrain it), another run config (naming the differing fields) or another vocabulary
 (by fingerprint). :func:`require_finished` refuses the resumable checkpoint of a training
 that was stopped part-way where a trained model is expected.
 """
@@ -30,10 +34,10 @@ from typing import Any, Mapping, TypeVar
 import torch
 
 import xrg
+from xrg.config import config_differences, config_from_mapping, config_to_dict
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, ConfigError, VocabularyError
 from xrg.io import atomic_write_bytes
-from xrg.train.config import config_differences, config_from_mapping, config_to_dict
 
 CHECKPOINT_FORMAT = "xrg-checkpoint"
 INTEGRITY_KEY = "integrity"
@@ -41,6 +45,15 @@ INTEGRITY_KEY = "integrity"
 #: and bytes, each plain value's type and repr, each mapping's keys.
 INTEGRITY_ALGORITHM = "sha256-walk-v1"
 CHECKPOINT_KINDS: tuple[str, ...] = ("xraygan", "vcn", "baseline", "classifier")
+#: The file a training run keeps its model in (``RUN/checkpoint.pt``).
+CHECKPOINT_NAME = "checkpoint.pt"
+#: How to make a checkpoint of each kind again with this xrg (named when an older one is refused).
+RETRAIN_COMMANDS: dict[str, str] = {
+    "xraygan": "xrg train xraygan --profile PROFILE --data DATA --out RUN",
+    "baseline": "xrg train baseline --method METHOD --profile PROFILE --data DATA --out RUN",
+    "vcn": "xrg train vcn --profile PROFILE --data DATA --out RUN",
+    "classifier": "delete the evaluators directory and run xrg eval RUN --data DATA --profile PROFILE",
+}
 
 ConfigT = TypeVar("ConfigT")
 
@@ -54,9 +67,15 @@ def save_checkpoint(
     kind: str,
     config: Any,
     vocabulary: Vocabulary,
+    *,
+    model_config: Any | None = None,
     **contents: Any,
 ) -> Path:
-    """Write ``contents`` (state dicts, progress, metrics ...) with the config, vocabulary and version."""
+    """Write ``contents`` (state dicts, progress, metrics ...) with the configs, vocabulary and version.
+
+    ``config`` is the run config, ``model_config`` the model's own (stored separately, as
+    ``model_config``; models pass it through :meth:`~xrg.models.base.CheckpointedModel.save`).
+    """
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, got {kind!r}")
     payload = {
@@ -65,6 +84,7 @@ def save_checkpoint(
         "xrg_version": xrg.__version__,
         "config": config_to_dict(config),
         "vocabulary": vocabulary.to_dict(),
+        **({} if model_config is None else {"model_config": config_to_dict(model_config)}),
         **contents,
     }
     payload[INTEGRITY_KEY] = {"algorithm": INTEGRITY_ALGORITHM, "digest": payload_digest(payload)}
@@ -157,6 +177,12 @@ def load_checkpoint(
         raise CheckpointError(f"checkpoint {path} is a {payload.get('kind')!r} checkpoint, expected {kind!r}")
     stored_version = str(payload.get("xrg_version"))
     if _major(stored_version) != _major(xrg.__version__):
+        if _major(stored_version).isdigit() and int(_major(stored_version)) < int(_major(xrg.__version__)):
+            raise CheckpointError(
+                f"checkpoint {path} was written by an older xrg ({stored_version}), a different major version "
+                f"from this xrg {xrg.__version__}: its layout (no separate model config) cannot be read any more; "
+                f"retrain it with this xrg: {RETRAIN_COMMANDS.get(kind, 'the command that trained it')}"
+            )
         raise CheckpointError(
             f"checkpoint {path} was written by xrg {stored_version}, a different major version from this "
             f"xrg {xrg.__version__}; retrain or use a matching xrg"
@@ -345,6 +371,22 @@ def checkpoint_config(payload: Mapping[str, Any], cls: type[ConfigT], path: str 
     """The run config stored in a loaded checkpoint, as a ``cls`` instance."""
     try:
         return config_from_mapping(cls, payload["config"], where=f"config of checkpoint {path}")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
+
+
+def checkpoint_model_config(
+    payload: Mapping[str, Any], cls: type[ConfigT], path: str | os.PathLike = "checkpoint"
+) -> ConfigT:
+    """The model config stored in a loaded checkpoint, as a ``cls`` instance."""
+    stored = payload.get("model_config")
+    if not isinstance(stored, Mapping):
+        raise CheckpointError(
+            f"checkpoint {path} has no model config (damaged, or not written by a model's save()); "
+            f"retrain it with this xrg: {RETRAIN_COMMANDS.get(str(payload.get('kind')), 'the command that trained it')}"
+        )
+    try:
+        return config_from_mapping(cls, stored, where=f"model config of checkpoint {path}")
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
 

@@ -1,0 +1,141 @@
+"""What every runnable model shares: it owns its config and its checkpoint.
+
+A runnable model (XRayGAN and its ablations, each Table-1 baseline, the VCN, the evaluation
+finding classifier) has one model-config dataclass, ``config``, holding the fields that
+decide its architecture (derived from a run config by the config's ``from_run_config``).
+:meth:`CheckpointedModel.save` writes the weights with that model config, the run config,
+the vocabulary and any further contents through :mod:`xrg.checkpoint`;
+:meth:`CheckpointedModel.from_checkpoint` rebuilds the model from the stored model config
+alone and loads the weights, refusing weights that do not fit it (as diffusers'
+``from_pretrained`` and nanoGPT's ``GPT(GPTConfig(**checkpoint["model_args"]))`` do). What a
+loaded model was read from (path, vocabulary, run config, progress, metrics) is kept in
+:attr:`CheckpointedModel.checkpoint_info`. Code that only generates or evaluates needs these
+classes, never :mod:`xrg.train`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import torch
+from torch import nn
+
+from xrg.checkpoint import (
+    checkpoint_model_config,
+    checkpoint_vocabulary,
+    load_checkpoint,
+    require_finished,
+    save_checkpoint,
+)
+from xrg.data.reports import Vocabulary
+from xrg.errors import CheckpointError
+
+
+@dataclass
+class CheckpointInfo:
+    """What a model was loaded from: the file, its vocabulary, its run config (plain values) and its records."""
+
+    path: Path
+    kind: str
+    vocabulary: Vocabulary
+    run_config: dict[str, Any]
+    progress: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    xrg_version: str = ""
+
+    @property
+    def finished(self) -> bool:
+        """Whether the training that wrote it had finished (checkpoints without the mark count as finished)."""
+        return self.progress.get("finished", True) is not False
+
+
+class CheckpointedModel(nn.Module):
+    """Mixin of the runnable models: ``config``, :meth:`save` and :meth:`from_checkpoint`.
+
+    A subclass sets ``kind`` (the checkpoint kind), ``config_class`` (its model-config
+    dataclass) and, where a stopped training's state must never pass for a trained model,
+    ``unfinished_hint`` (how to finish it); it is built as ``cls(config)``. It may override
+    :meth:`checkpoint_state` and :meth:`load_checkpoint_state` (the default: the whole
+    ``state_dict``) and :meth:`for_inference` (what a loaded model is put into).
+    """
+
+    kind: ClassVar[str]
+    config_class: ClassVar[type]
+    unfinished_hint: ClassVar[str | None] = None
+    config: Any
+    checkpoint_info: CheckpointInfo | None = None
+
+    # ---- weights in and out ----------------------------------------------------------------
+
+    def checkpoint_state(self) -> Any:
+        """The tensors :meth:`save` stores under ``state``."""
+        return self.state_dict()
+
+    def load_checkpoint_state(self, state: Any) -> None:
+        """Load what :meth:`checkpoint_state` stored; raises KeyError/RuntimeError/TypeError when it does not fit."""
+        self.load_state_dict(state)
+
+    @classmethod
+    def build_for_loading(cls, config: Any) -> "CheckpointedModel":
+        """The untrained model a checkpoint's weights are loaded into (``cls(config)`` by default)."""
+        return cls(config)
+
+    @classmethod
+    def mismatch_message(cls, path: Path, config: Any, error: BaseException) -> str:
+        """Why weights that do not fit the model of ``config`` are refused."""
+        return f"checkpoint {path} does not match the model its config describes: {error}"
+
+    def for_inference(self) -> "CheckpointedModel":
+        """The loaded model as generation and evaluation use it (eval mode by default)."""
+        return self.eval()
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, *, run_config: Any, vocabulary: Vocabulary, **contents: Any) -> Path:
+        """Write the weights, the model config, ``run_config``, ``vocabulary`` and ``contents`` to ``path``."""
+        return save_checkpoint(
+            path, self.kind, run_config, vocabulary, model_config=self.config, state=self.checkpoint_state(), **contents
+        )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+        """The model of checkpoint ``path``, rebuilt from its stored model config, on ``map_location``.
+
+        Every refusal of :func:`xrg.checkpoint.load_checkpoint` applies; so does a model
+        config that does not build, and weights that do not fit the model it describes.
+        """
+        payload = load_checkpoint(path, cls.kind, map_location=map_location)
+        return cls.from_payload(payload, path).to(map_location)
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any], path: str | os.PathLike) -> Any:
+        """The model of an already loaded and checked checkpoint ``payload`` (read from ``path``), on the CPU."""
+        path = Path(path)
+        if cls.unfinished_hint is not None:
+            require_finished(payload, path, cls.unfinished_hint)
+        config = checkpoint_model_config(payload, cls.config_class, path)
+        vocabulary = checkpoint_vocabulary(payload, path)
+        vocab_size = getattr(config, "vocab_size", None)
+        if vocab_size is not None and vocab_size != len(vocabulary):
+            raise CheckpointError(
+                f"checkpoint {path} does not match the model its config describes: its vocabulary has "
+                f"{len(vocabulary)} words, the model reads {vocab_size}"
+            )
+        model = cls.build_for_loading(config)
+        try:
+            model.load_checkpoint_state(payload["state"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise CheckpointError(cls.mismatch_message(path, config, exc)) from exc
+        model.checkpoint_info = CheckpointInfo(
+            path=path,
+            kind=cls.kind,
+            vocabulary=vocabulary,
+            run_config=dict(payload["config"]),
+            progress=dict(payload.get("progress") or {}),
+            metrics=dict(payload.get("metrics") or {}),
+            xrg_version=str(payload.get("xrg_version")),
+        )
+        return model.for_inference()
