@@ -642,8 +642,9 @@ def test_a_damaged_compressed_archive_is_refused_before_anything_is_written(tmp_
 
 
 def test_a_checkpoint_repacked_with_compression_is_refused_unread(tmp_path):
+    from xrg.checkpoint import load_checkpoint
+
     from xrg.errors import CheckpointError
-    from xrg.train.checkpoint import load_checkpoint
 
     data = write_synthetic_data(tmp_path / "data", num_patients=5)
     original = random_checkpoint(tmp_path / "model.pt", TINY, Vocabulary.load(data / "vocab.json"))
@@ -705,3 +706,41 @@ def test_a_deeply_nested_marker_or_manifest_line_is_one_line(tmp_path, capsys):
     assert main(["phantom", "--report", "Heart normal.", "--size", "32", "--out", str(out)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("xrg: error: ") and "Traceback" not in error and len(error.splitlines()) == 1
+
+
+def test_a_metadata_csv_bomb_is_refused_as_it_is_read(tmp_path):
+    from xrg.data.importers import MAX_CSV_LINE
+
+    root = _mimic_root(tmp_path / "mimic", ["d1", "d2"])
+    with gzip.open(root / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as handle:
+        handle.write("dicom_id,subject_id,study_id,ViewPosition\n")
+        handle.write("d1,10000001,50000001,PA" + ",x" * 10 + "\n")  # more fields than the header
+    with pytest.raises(DataDirError, match="more fields than its header"):
+        import_mimic(root, tmp_path / "out", size=32)
+    with gzip.open(root / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as handle:
+        handle.write("dicom_id,subject_id,study_id,ViewPosition\n")
+        handle.write("d1,10000001,50000001," + "P" * (MAX_CSV_LINE + 10) + "\n")
+    with pytest.raises(DataDirError, match="decompression bomb"):
+        import_mimic(root, tmp_path / "out", size=32)
+
+
+def test_zeros_packed_after_the_end_of_a_tar_are_refused(tmp_path):
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as archive:
+        info = tarfile.TarInfo("png/a.png")
+        info.size = 10
+        archive.addfile(info, io.BytesIO(bytes(10)))
+    with gzip.open(tmp_path / "padded.tgz", "wb") as handle:
+        handle.write(payload.getvalue() + bytes(4 << 20))
+    with pytest.raises(ArchiveError, match="after its last member"):
+        safe_extract(tmp_path / "padded.tgz", tmp_path / "target", max_bytes=1 << 20)
+    assert not (tmp_path / "target").exists()
+
+
+def test_an_experiment_directory_made_by_the_library_is_recognised(tmp_path):
+    experiment = tmp_path / "experiments"
+    claim_output_dir(experiment / "evaluators", "evaluators")  # what `xrg eval` leaves at its default place
+    (experiment / "table1.json").write_text("{}")
+    assert claim_output_dir(experiment, "run") == experiment
+    with pytest.raises(DataDirError, match="made by `xrg train`"):
+        claim_output_dir(experiment, "phantom-dataset")
