@@ -18,6 +18,8 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(PYTHON) -m pip install --progress-bar off --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# --timeout: seconds per test, fixture set-up included; the tests behind the session-wide tiny book
+# get a longer ceiling of their own (BOOK_TEST_TIMEOUT in tests/conftest.py).
 test: venv
 	$(PYTHON) -m pytest -q --timeout=900 tests
 

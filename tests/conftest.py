@@ -11,6 +11,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+#: pytest-timeout limit (seconds) of every test that uses the ``tiny_book`` fixture.
+#: ``make test`` gives each test 900 s, and pytest-timeout counts a test's fixture set-up in it,
+#: so the first test asking for the session fixture also pays for executing and rendering the
+#: whole tiny book: about a minute and a half on an idle 2-core machine, several times that when
+#: other CPU-bound work shares the cores. A per-test 900 s is then a coin toss, and raising it
+#: for the whole suite would let any ordinary test hang for as long. So the tests behind the
+#: fixture (the notebook smoke tests and the browser test) get their own, longer ceiling: well
+#: above the slowest run measured under load, still finite, so a hung kernel or browser fails
+#: the suite instead of stalling it. The fixture is built once; when it fails, every test behind
+#: it errors at once with the same cause, without waiting again.
+BOOK_TEST_TIMEOUT = 2400
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tiny_book" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(BOOK_TEST_TIMEOUT))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

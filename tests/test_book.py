@@ -82,3 +82,76 @@ def test_the_pinned_assets_are_the_ones_the_config_loads():
 def test_build_html_refuses_missing_notebooks(tmp_path):
     with pytest.raises(ConfigError, match="not executed yet"):
         book.build_html(executed_dir=tmp_path / "executed", build_dir=tmp_path / "_build")
+
+
+def test_the_tiny_profile_runs_its_kernels_on_one_thread():
+    assert book.book_settings("tiny")["kernel_threads"] == 1
+    assert book.book_settings("cpu")["kernel_threads"] is None  # the default: torch's own choice
+
+
+@pytest.mark.parametrize(("section", "message"), [("{kernel_thread: 1}", "unknown book settings"),
+                                                  ("{kernel_threads: 0}", "positive integer"),
+                                                  ("{kernel_threads: two}", "positive integer")])
+def test_bad_book_settings_are_refused(tmp_path, section, message):
+    profile = tmp_path / "mine.yaml"
+    profile.write_text(f"profile: mine\nseed: 0\ndata: {{image_size: 32}}\nbook: {section}\n")
+    with pytest.raises(ConfigError, match=message):
+        book.book_settings(str(profile))
+
+
+def test_thread_limit_reaches_started_processes_and_is_undone(monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    probe = "import os, torch; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], torch.get_num_threads())"
+    with book.thread_limit(1):
+        assert torch.get_num_threads() == 1
+        started = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert started.split() == ["1", "1", "1"]
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "MKL_NUM_THREADS" not in os.environ
+    assert torch.get_num_threads() == before
+    with book.thread_limit(None):
+        assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_notebook_needs_name_real_notebooks_without_a_cycle():
+    names = set(book.notebook_names())
+    assert set(book.NOTEBOOK_NEEDS) <= names and book.PROVENANCE_NOTEBOOK not in book.NOTEBOOK_NEEDS
+    done: set[str] = set()
+    while len(done) < len(book.NOTEBOOK_NEEDS):  # peel off the notebooks whose needs are met
+        ready = {n for n, needs in book.NOTEBOOK_NEEDS.items() if n not in done and set(needs) <= done}
+        assert ready, f"a cycle among {sorted(set(book.NOTEBOOK_NEEDS) - done)}"
+        done |= ready
+    assert all(set(needs) <= names for needs in book.NOTEBOOK_NEEDS.values())
+
+
+def test_parallel_notebooks_wait_for_what_they_need_and_a_failure_stops_the_rest(tmp_path, monkeypatch):
+    # Each "notebook" appends its name to a log when it starts and when it ends; 04 fails.
+    log = tmp_path / "log"
+    monkeypatch.setattr(book, "_CHILD", (
+        "import sys, time\n"
+        f"log = open({str(log)!r}, 'a'); log.write('start ' + sys.argv[1] + '\\n'); log.flush()\n"
+        "time.sleep(0.3)\n"
+        "log.write('end ' + sys.argv[1] + '\\n'); log.close()\n"
+        "sys.exit(3 if sys.argv[1] == '04_xraygan' else 0)\n"
+    ))  # fmt: skip
+    names = [n for n in book.notebook_names() if n != book.PROVENANCE_NOTEBOOK]
+    todo = {name: ({}, f"stamp-{name}") for name in names}
+    finished = {}
+    with pytest.raises(book.NotebookFailed, match="notebook 04_xraygan failed .*04_xraygan.failed.ipynb"):
+        book._execute_in_parallel(todo, tmp_path, 2, 1, lambda n, s, stamp: finished.setdefault(n, stamp))
+    events = log.read_text().split("\n")[:-1]
+    for name, needs in book.NOTEBOOK_NEEDS.items():
+        if f"start {name}" in events:
+            for need in needs:
+                assert events.index(f"end {need}") < events.index(f"start {name}"), f"{name} started before {need}"
+    assert "04_xraygan" not in finished and all(finished[n] == f"stamp-{n}" for n in finished)
+    assert sum(e.startswith("start") for e in events) == sum(e.startswith("end") for e in events)  # none left running
+    assert max(sum(1 for e in events[: i + 1] if e.startswith("start")) - sum(1 for e in events[: i + 1] if e.startswith("end"))
+               for i in range(len(events))) <= 2  # fmt: skip

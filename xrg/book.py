@@ -16,11 +16,17 @@ the rendered book reads fully offline.
 
 The data, run and output folders default to the checkout's ``data/``, ``runs/``,
 ``book/executed`` and ``_build``; the tests build the tiny book elsewhere.
+
+A profile's ``book`` section sets how the notebooks run (:func:`book_settings`):
+``kernel_threads`` caps the BLAS/OpenMP threads of every notebook kernel (and of the data
+build in this process), ``parallel_notebooks`` executes notebooks that do not need each
+other's results side by side, each in its own process (:data:`NOTEBOOK_NEEDS`).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -32,7 +38,7 @@ import tarfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from xrg.errors import ConfigError
 from xrg.io import atomic_write_json, read_json_mapping
@@ -74,6 +80,65 @@ STATIC_ASSETS: dict[str, dict[str, Any]] = {
         "check": "tex-chtml.js",
     },
 }
+
+
+#: Environment variables that set the intra-op thread count of torch, OpenMP and the BLAS
+#: libraries in a freshly started process (a notebook kernel reads them at start-up).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+#: Settings of a profile's ``book`` section and their defaults.
+BOOK_SETTINGS: dict[str, Any] = {
+    # Threads per notebook kernel; None leaves torch's default (one per core). The tiny
+    # models gain nothing from a second thread, and on a busy machine OpenMP threads that
+    # wait for a descheduled partner burn CPU instead of working: measured on 2 cores with
+    # other work running, a tiny baseline run took 31 s with 1 thread and 195 s with 2.
+    "kernel_threads": None,
+    # Notebooks executed at once (each in its own kernel, as :data:`NOTEBOOK_NEEDS` allows).
+    # The tiny book's notebooks are mostly kernel start-up, imports and one-thread work, so two
+    # at a time use both cores of a small machine; a real run trains on every core, one at a time.
+    "parallel_notebooks": 1,
+}
+
+
+def book_settings(profile_name: str) -> dict[str, Any]:
+    """The profile's ``book`` section over :data:`BOOK_SETTINGS`, checked."""
+    profile = load_profile(profile_name)
+    section = profile.section("book")
+    unknown = sorted(set(section) - set(BOOK_SETTINGS))
+    if unknown:
+        raise ConfigError(f"profile {profile.name!r}: unknown book settings {unknown}; known: {sorted(BOOK_SETTINGS)}")
+    settings = {**BOOK_SETTINGS, **section}
+    threads = settings["kernel_threads"]
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"profile {profile.name!r}: book kernel_threads must be a positive integer or null, got {threads!r}")
+    parallel = settings["parallel_notebooks"]
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 16:
+        raise ConfigError(f"profile {profile.name!r}: book parallel_notebooks must be an integer in 1..16, got {parallel!r}")
+    return settings
+
+
+@contextlib.contextmanager
+def thread_limit(threads: int | None) -> Iterator[None]:
+    """Within the block, processes started get ``threads`` BLAS/OpenMP threads and this
+    process's torch uses as many; everything is restored afterwards. ``None``: no change."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    saved_env = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    saved_threads = torch.get_num_threads()
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved_threads)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def notebook_names() -> list[str]:
@@ -153,9 +218,12 @@ def _read_overrides(params_file: str | os.PathLike | None) -> dict[str, dict[str
 
 
 def execute_notebook(
-    notebook: str, params: dict[str, Any], output_dir: str | os.PathLike = EXECUTED_DIR, progress: bool = True
+    notebook: str, params: dict[str, Any], output_dir: str | os.PathLike = EXECUTED_DIR, progress: bool = True,
+    threads: int | None = None,
 ) -> Path:
     """Execute one notebook with papermill into ``output_dir``; returns the executed path.
+
+    ``threads`` caps the kernel's BLAS/OpenMP (and so torch's) threads; None: their defaults.
 
     The executed copy is written under a temporary name and moved into place only when
     the run succeeded, so a failed run never replaces the last good executed notebook;
@@ -171,15 +239,16 @@ def execute_notebook(
     output = output_dir / f"{notebook}.ipynb"
     partial = output_dir / f".{notebook}.running.ipynb"
     try:
-        papermill.execute_notebook(
-            str(source),
-            str(partial),
-            parameters=params,
-            kernel_name="python3",
-            cwd=str(NOTEBOOKS_DIR),
-            progress_bar=progress,
-            log_output=False,
-        )
+        with thread_limit(threads):  # the kernel inherits this environment when papermill starts it
+            papermill.execute_notebook(
+                str(source),
+                str(partial),
+                parameters=params,
+                kernel_name="python3",
+                cwd=str(NOTEBOOKS_DIR),
+                progress_bar=progress,
+                log_output=False,
+            )
     except BaseException:
         if partial.is_file():
             os.replace(partial, output_dir / f"{notebook}.failed.ipynb")
@@ -203,11 +272,15 @@ def run_book(
 
     ``only`` selects notebooks; the provenance notebook is brought up to date as well
     whenever it is stale, so the intro page always describes the notebooks it links to.
-    A notebook that is up to date takes 0 s.
+    A notebook that is up to date takes 0 s. The profile's ``book`` section
+    (:func:`book_settings`) caps the threads of the data build and of every kernel, and may
+    execute independent notebooks side by side (:func:`_execute_in_parallel`).
     """
     from xrg.data.build import DataBuildConfig, build_dataset
 
     profile = load_profile(profile_name)
+    settings = book_settings(profile_name)
+    threads, parallel = settings["kernel_threads"], settings["parallel_notebooks"]
     executed_dir, data_root = Path(executed_dir), Path(data_root)
     overrides = _read_overrides(params_file)
     names = notebook_names()
@@ -223,7 +296,8 @@ def run_book(
     start = time.perf_counter()
     config = DataBuildConfig.from_profile(profile.data, seed=profile.seed)
     print(f">> data: {data_root / profile.name}", flush=True)
-    print(build_dataset(data_root / profile.name, config, progress=progress), flush=True)
+    with thread_limit(threads):
+        print(build_dataset(data_root / profile.name, config, progress=progress), flush=True)
     timings["data"] = time.perf_counter() - start
 
     fingerprint = library_fingerprint()  # once per run: it reads every source file of the library
@@ -232,25 +306,167 @@ def run_book(
         read_json_mapping(stamps_path, "book stamp file", "delete it: every notebook is then re-executed once")
         if stamps_path.is_file() else {}
     )  # fmt: skip
-    for notebook in selected:
+    def stale(notebook: str, extra: str = "") -> tuple[dict[str, Any], str] | None:
+        """The notebook's parameters and stamp when it must be executed, else None (up to date)."""
         params = notebook_parameters(profile.name, notebook, overrides, data_root, runs_root, executed_dir)
-        extra = ""
-        if notebook == PROVENANCE_NOTEBOOK:
-            extra = _executed_digest(executed_dir, [n for n in names if n != PROVENANCE_NOTEBOOK])
         stamp = _stamp(notebook, params, fingerprint, extra)
-        output = executed_dir / f"{notebook}.ipynb"
-        if not force and output.is_file() and stamps.get(notebook) == stamp:
+        if not force and (executed_dir / f"{notebook}.ipynb").is_file() and stamps.get(notebook) == stamp:
             print(f">> {notebook}: up to date", flush=True)
-            timings[notebook] = 0.0
-            continue
+            return None
         print(f">> {notebook}: executing with {params}", flush=True)
-        start = time.perf_counter()
-        execute_notebook(notebook, params, executed_dir, progress=progress)
-        timings[notebook] = time.perf_counter() - start
+        return params, stamp
+
+    def executed(notebook: str, seconds: float, stamp: str) -> None:
+        timings[notebook] = seconds
         stamps[notebook] = stamp
         atomic_write_json(stamps_path, stamps)
-        print(f">> {notebook}: {timings[notebook]:.0f} s", flush=True)
-    return timings
+        print(f">> {notebook}: {seconds:.0f} s", flush=True)
+
+    chapters = [n for n in selected if n != PROVENANCE_NOTEBOOK]
+    todo: dict[str, tuple[dict[str, Any], str]] = {}
+    for notebook in chapters:
+        job = stale(notebook)
+        if job is None:
+            timings[notebook] = 0.0
+        else:
+            todo[notebook] = job
+    if parallel > 1 and len(todo) > 1:
+        _execute_in_parallel(todo, executed_dir, parallel, threads, executed)
+    else:
+        for notebook, (params, stamp) in todo.items():
+            start = time.perf_counter()
+            execute_notebook(notebook, params, executed_dir, progress=progress, threads=threads)
+            executed(notebook, time.perf_counter() - start, stamp)
+    if PROVENANCE_NOTEBOOK in selected:  # last: it tabulates what the others recorded
+        job = stale(PROVENANCE_NOTEBOOK, _executed_digest(executed_dir, [n for n in names if n != PROVENANCE_NOTEBOOK]))
+        if job is None:
+            timings[PROVENANCE_NOTEBOOK] = 0.0
+        else:
+            start = time.perf_counter()
+            execute_notebook(PROVENANCE_NOTEBOOK, job[0], executed_dir, progress=progress, threads=threads)
+            executed(PROVENANCE_NOTEBOOK, time.perf_counter() - start, job[1])
+    return {name: timings[name] for name in ("data", *selected)}  # reading order
+
+
+#: What each notebook reads that another notebook makes, by the notebooks that make it. With
+#: ``parallel_notebooks`` above 1 a notebook starts once these finished (or were up to date).
+#: A notebook not listed here waits for every notebook before it, the safe choice for a new one.
+NOTEBOOK_NEEDS: dict[str, tuple[str, ...]] = {
+    "01_data": (),  # the data directory only
+    "02_encoder": (),  # trains the profile's XRayGAN run (ensure_xraygan_run) when it is missing
+    "03_vcn": ("02_encoder",),
+    "04_xraygan": ("02_encoder",),
+    # 05 and 06 both train the evaluators under experiment_dir when they are missing, so they
+    # must not run at once; 06, the longest, goes first, beside 02, and 05 then finds them.
+    "05_evaluation": ("02_encoder", "06_baselines_ablations"),
+    "06_baselines_ablations": (),  # its own runs under experiment_dir
+    "09_report_explorer": ("02_encoder",),
+}
+
+_CHILD = """
+import json, sys
+from xrg.book import execute_notebook
+execute_notebook(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], progress=False)
+"""
+
+
+def _needs(notebook: str) -> set[str]:
+    if notebook in NOTEBOOK_NEEDS:
+        return set(NOTEBOOK_NEEDS[notebook])
+    return {n for n in notebook_names() if n < notebook}
+
+
+def _execute_in_parallel(
+    todo: dict[str, tuple[dict[str, Any], str]], executed_dir: Path, workers: int, threads: int | None,
+    executed: Any,
+) -> None:
+    """Execute the notebooks of ``todo`` (name: (params, stamp)), up to ``workers`` at a time.
+
+    Each runs in its own process (``execute_notebook``; papermill changes the working
+    directory, so two cannot share one process) once the notebooks it needs
+    (:data:`NOTEBOOK_NEEDS`) among ``todo`` finished; among the ready ones those that others
+    wait for go first. ``executed(name, seconds, stamp)`` is called here, in this thread, as
+    each one succeeds. After a failure nothing new starts, the running ones finish, and the
+    first failure is raised; when this thread is interrupted (Ctrl-C, a test timeout) the
+    running notebooks are interrupted too, so no kernel is left behind.
+    """
+    import signal
+    import threading
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])  # this xrg
+    if threads is not None:
+        env.update({name: str(threads) for name in THREAD_VARIABLES})
+    pending = list(todo)
+    needs = {n: _needs(n) & set(todo) for n in pending}
+    waited_for = {n: sum(n in needs[m] for m in pending) for n in pending}
+    processes: dict[str, subprocess.Popen] = {}
+    lock = threading.Lock()
+    stopping = threading.Event()
+
+    def run(notebook: str) -> float:
+        start = time.perf_counter()
+        params, _ = todo[notebook]
+        with lock:
+            if stopping.is_set():
+                raise RuntimeError(f"notebook {notebook} not started: the book run was interrupted")
+            process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD, notebook, json.dumps(params), str(executed_dir)],
+                env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            )
+            processes[notebook] = process
+        output, _ = process.communicate()
+        if process.returncode != 0:
+            tail = "\n".join(output.strip().splitlines()[-30:])
+            raise NotebookFailed(
+                f"notebook {notebook} failed (exit status {process.returncode}); the executed copy with its "
+                f"traceback is {executed_dir / (notebook + '.failed.ipynb')}:\n{tail}"
+            )
+        return time.perf_counter() - start
+
+    running: dict[Any, str] = {}
+    failure: BaseException | None = None
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xrg-book")
+    try:
+        while pending or running:
+            if failure is None:
+                busy = set(pending) | set(running.values())
+                ready = sorted((n for n in pending if not needs[n] & busy), key=lambda n: (-waited_for[n], n))
+                for notebook in ready[: workers - len(running)]:
+                    pending.remove(notebook)
+                    running[pool.submit(run, notebook)] = notebook
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                notebook = running.pop(future)
+                try:
+                    seconds = future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, once the others finished
+                    failure = failure or exc
+                else:
+                    executed(notebook, seconds, todo[notebook][1])
+    except BaseException:
+        with lock:
+            stopping.set()
+            for process in processes.values():
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)  # papermill shuts its kernel down
+        for process in processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    if failure is not None:
+        raise failure
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook executed in a child process of :func:`run_book` failed."""
 
 
 def format_timings(timings: dict[str, float]) -> str:
