@@ -643,7 +643,6 @@ def test_a_damaged_compressed_archive_is_refused_before_anything_is_written(tmp_
 
 def test_a_checkpoint_repacked_with_compression_is_refused_unread(tmp_path):
     from xrg.checkpoint import load_checkpoint
-
     from xrg.errors import CheckpointError
 
     data = write_synthetic_data(tmp_path / "data", num_patients=5)
