@@ -136,10 +136,7 @@ class BaselineTrainConfig:
     def __post_init__(self) -> None:
         if self.method not in BASELINE_METHODS:
             raise ConfigError(f"method must be one of {BASELINE_METHODS}, got {self.method!r}")
-        self.model_config()  # validates sizes and widths
-        self.encoder_config(vocab_size=3)  # validates the encoder settings
-        if self.max_sentences < 1 or self.max_words < 1:
-            raise ConfigError(f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}")
+        self.model()  # validates the architecture: sizes, widths, encoder settings, report lengths
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -183,18 +180,15 @@ class BaselineTrainConfig:
         values["method"] = method
         return config_from_mapping(cls, values, where=where)
 
+    def model(self, vocab_size: int = 3) -> BaselineModelConfig:
+        """The architecture this run trains (its model fields), for a vocabulary of ``vocab_size`` words."""
+        return BaselineModelConfig.from_run_config(self, vocab_size)
+
     def encoder_config(self, vocab_size: int) -> EncoderConfig:
-        return EncoderConfig(
-            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
-            kind="hierarchical",
-        )  # fmt: skip
+        return self.model(vocab_size).encoder_config()
 
     def model_config(self) -> BaselineConfig:
-        return BaselineConfig(
-            method=self.method, cond_dim=4 * self.hidden, word_dim=2 * self.hidden, image_size=self.image_size,
-            base_size=self.base_size, noise_dim=self.noise_dim, ca_dim=self.ca_dim, gen_channels=self.gen_channels,
-            disc_channels=self.disc_channels, max_channels=self.max_channels,
-        )  # fmt: skip
+        return self.model().network_config()
 
 
 @dataclass(frozen=True)

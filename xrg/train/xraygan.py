@@ -55,10 +55,9 @@ from xrg.data.datasets import collate_pairs
 from xrg.data.images import save_png
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import CheckpointError, ConfigError
-from xrg.models.encoder import ENCODER_KINDS, EncoderConfig
+from xrg.models.encoder import EncoderConfig
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.models.xraygan import (
-    GENERATOR_KINDS,
     XRayGAN,
     XRayGANConfig,
     XRayGANModelConfig,
@@ -125,12 +124,7 @@ class XRayGANTrainConfig:
     bn_recalibration_batches: int = 20  # train batches that re-estimate BatchNorm statistics each epoch (0: off)
 
     def __post_init__(self) -> None:
-        if self.encoder_kind not in ENCODER_KINDS:
-            raise ConfigError(f"encoder_kind must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
-        if self.generator_kind not in GENERATOR_KINDS:
-            raise ConfigError(f"generator_kind must be one of {GENERATOR_KINDS}, got {self.generator_kind!r}")
-        self.model_config()  # validates the sizes and widths
-        self.encoder_config(vocab_size=3)  # validates the encoder settings
+        self.model()  # validates the architecture: encoder and generator kinds, sizes and widths
         for name in ("lr", "batch_size", "num_epochs"):
             values = getattr(self, name)
             if len(values) != self.num_stages:
@@ -158,33 +152,27 @@ class XRayGANTrainConfig:
         values = {"seed": profile.seed, **profile.section("xraygan"), **(overrides or {})}
         return config_from_mapping(cls, values, where=f"xraygan settings of profile {profile.name!r}")
 
+    def model(self, vocab_size: int = 3) -> XRayGANModelConfig:
+        """The architecture this run trains (its model fields), for a vocabulary of ``vocab_size`` words."""
+        return XRayGANModelConfig.from_run_config(self, vocab_size)
+
     def encoder_config(self, vocab_size: int) -> EncoderConfig:
-        return EncoderConfig(
-            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
-            kind=self.encoder_kind,
-        )  # fmt: skip
+        return self.model(vocab_size).encoder_config()
 
     def model_config(self) -> XRayGANConfig:
-        return XRayGANConfig(
-            cond_dim=4 * self.hidden, base_size=self.base_size, num_stages=self.num_stages, alpha=self.alpha,
-            noise_dim=self.noise_dim, gen_channels=self.gen_channels, disc_channels=self.disc_channels,
-            cond_channels=self.cond_channels, max_channels=self.max_channels,
-            disc_max_downsamplings=self.disc_max_downsamplings,
-        )  # fmt: skip
+        return self.model().network_config()
 
     @property
     def final_size(self) -> int:
-        return self.base_size * 2 ** (self.num_stages - 1)
+        return self.model().final_size
 
     @property
     def trained_stages(self) -> tuple[int, ...]:
         """Stages with an adversarial phase: all of them, or only the last for ``single_shot``."""
-        if self.generator_kind == "single_shot":
-            return (self.num_stages - 1,)
-        return tuple(range(self.num_stages))
+        return self.model().trained_stages
 
     def stage_size(self, stage: int) -> int:
-        return self.base_size * 2**stage
+        return self.model().stage_size(stage)
 
     @property
     def vcn_sizes(self) -> tuple[int, ...]:
