@@ -51,6 +51,7 @@ EXAMPLES = {
     "number_options": 1500,
     "directory_states": 1000,
     "cli_bad_inputs": int(os.environ.get("XRG_CLI_FUZZ", 1000)),
+    "file_encodings": 1000,
 }
 
 
@@ -743,3 +744,34 @@ def test_an_experiment_directory_made_by_the_library_is_recognised(tmp_path):
     assert claim_output_dir(experiment, "run") == experiment
     with pytest.raises(DataDirError, match="made by `xrg train`"):
         claim_output_dir(experiment, "phantom-dataset")
+
+
+PROFILE_TEXT = st.sampled_from([
+    "data: {image_size: 64}\n", "data: {image_size: 64}\nseed: 3\n# café\n", "data: {image_size: 64}\nxraygan: {hidden: wide}\n",
+    "data: [1, 2]\n", "- a\n- b\n", "data: {image_size: 64}\nnotebooks: {01_data: {examples_seed: 7}}\n", "",
+    "data: {image_size: 64}\nseed: -1\n", "data: {image_size: 64}\nseed: 99999999999\n", "{{{{", "data: !!python/name:os.system\n",
+])  # fmt: skip
+
+
+@fuzz("file_encodings")
+@given(
+    st.one_of(
+        st.tuples(PROFILE_TEXT, st.sampled_from(["utf-8", "utf-16", "utf-32", "latin-1", "cp1252", "utf-8-sig"])).map(
+            lambda pair: pair[0].encode(pair[1], errors="replace")
+        ),
+        st.binary(max_size=200),
+        st.text(max_size=80).map(lambda t: ("data: {image_size: 64}\n# " + t).encode("utf-8", errors="surrogatepass")),
+    )
+)
+def test_profile_and_parameter_files_in_any_encoding_load_or_are_named(tmp_path_factory, raw):
+    from xrg.book import _read_overrides
+    from xrg.errors import ConfigError
+    from xrg.profiles import load_profile
+
+    path = tmp_path_factory.getbasetemp() / "encoded.yaml"
+    path.write_bytes(raw)
+    for read in (load_profile, _read_overrides):
+        try:
+            read(path)
+        except ConfigError as error:
+            assert str(path) in str(error)

@@ -57,13 +57,10 @@ def checkpoint_kind(path: str | os.PathLike) -> str:
 
 
 @dataclass
-class XRayGANPairGenerator:
-    """An XRayGAN run (full model or an ablation) behind the :class:`PairGenerator` interface.
+class _LoadedPairGenerator:
+    """What every adapter of a model loaded by ``from_checkpoint`` reads from that model and its checkpoint."""
 
-    ``model`` is a loaded :class:`~xrg.models.xraygan.XRayGAN` (it knows its checkpoint).
-    """
-
-    model: XRayGAN
+    model: Any
 
     @property
     def path(self) -> Path:
@@ -74,20 +71,30 @@ class XRayGANPairGenerator:
         return self.model.checkpoint_info.vocabulary
 
     @property
-    def method(self) -> str:
-        return xraygan_method(self.model.checkpoint_info.run_config)
-
-    @property
-    def image_size(self) -> int:
-        return self.model.config.final_size
-
-    @property
     def max_sentences(self) -> int:
         return self.model.config.max_sentences
 
     @property
     def max_words(self) -> int:
         return self.model.config.max_words
+
+
+@dataclass
+class XRayGANPairGenerator(_LoadedPairGenerator):
+    """An XRayGAN run (full model or an ablation) behind the :class:`PairGenerator` interface.
+
+    ``model`` is a loaded :class:`~xrg.models.xraygan.XRayGAN` (it knows its checkpoint).
+    """
+
+    model: XRayGAN
+
+    @property
+    def method(self) -> str:
+        return xraygan_method(self.model.checkpoint_info.run_config)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.final_size
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -101,7 +108,7 @@ class XRayGANPairGenerator:
 
 
 @dataclass
-class BaselinePairGenerator:
+class BaselinePairGenerator(_LoadedPairGenerator):
     """A trained Table-1 baseline behind the :class:`PairGenerator` interface.
 
     ``model`` is a loaded :class:`~xrg.models.baselines.BaselineModel` (it knows its checkpoint).
@@ -110,28 +117,12 @@ class BaselinePairGenerator:
     model: BaselineModel
 
     @property
-    def path(self) -> Path:
-        return self.model.checkpoint_info.path
-
-    @property
-    def vocabulary(self) -> Vocabulary:
-        return self.model.checkpoint_info.vocabulary
-
-    @property
     def method(self) -> str:
         return self.model.config.method
 
     @property
     def image_size(self) -> int:
         return self.model.config.image_size
-
-    @property
-    def max_sentences(self) -> int:
-        return self.model.config.max_sentences
-
-    @property
-    def max_words(self) -> int:
-        return self.model.config.max_words
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
