@@ -139,3 +139,25 @@ class CheckpointedModel(nn.Module):
             xrg_version=str(payload.get("xrg_version")),
         )
         return model.for_inference()
+
+
+class ConditionalGANModel(CheckpointedModel):
+    """A report-conditioned GAN (XRayGAN and the Table-1 baselines): an ``encoder``, a ``generator``
+    and, when built for training, ``discriminators``; the checkpoint keeps the three apart, and
+    a model built for loading has no discriminators."""
+
+    @classmethod
+    def build_for_loading(cls, config: Any) -> "ConditionalGANModel":
+        return cls(config, with_discriminators=False)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        state = {"encoder": self.encoder.state_dict(), "generator": self.generator.state_dict()}
+        if hasattr(self, "discriminators"):
+            state["discriminators"] = self.discriminators.state_dict()
+        return state
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.encoder.load_state_dict(state["encoder"])
+        self.generator.load_state_dict(state["generator"])
+        if hasattr(self, "discriminators"):
+            self.discriminators.load_state_dict(state["discriminators"])

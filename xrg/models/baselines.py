@@ -55,7 +55,7 @@ from torch import nn
 
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
-from xrg.models.base import CheckpointedModel
+from xrg.models.base import ConditionalGANModel
 from xrg.models.encoder import EncoderConfig, build_encoder
 from xrg.models.xraygan import ResBlock
 
@@ -607,7 +607,7 @@ class StagePhase(Protocol):
     stage: int
 
 
-class BaselineModel(CheckpointedModel):
+class BaselineModel(ConditionalGANModel):
     """The report encoder, the baseline's generators and (for training) its discriminators.
 
     ``discriminators[view][str(stage)]`` exists for every generator stage. A model loaded with
@@ -629,24 +629,8 @@ class BaselineModel(CheckpointedModel):
             self.discriminators = build_discriminators(self.net_config)
 
     @classmethod
-    def build_for_loading(cls, config: BaselineModelConfig) -> "BaselineModel":
-        return cls(config, with_discriminators=False)
-
-    @classmethod
     def mismatch_message(cls, path: Path, config: BaselineModelConfig, error: BaseException) -> str:
         return f"checkpoint {path} does not match its config ({config.method}): {error}"
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        state = {"encoder": self.encoder.state_dict(), "generator": self.generator.state_dict()}
-        if hasattr(self, "discriminators"):
-            state["discriminators"] = self.discriminators.state_dict()
-        return state
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.encoder.load_state_dict(state["encoder"])
-        self.generator.load_state_dict(state["generator"])
-        if hasattr(self, "discriminators"):
-            self.discriminators.load_state_dict(state["discriminators"])
 
     @property
     def image_size(self) -> int:

@@ -40,7 +40,7 @@ from torch import nn
 
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
-from xrg.models.base import CheckpointedModel
+from xrg.models.base import ConditionalGANModel
 from xrg.models.encoder import ENCODER_KINDS, EncoderConfig, ReportEncoding, build_encoder
 
 GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
@@ -478,7 +478,7 @@ class SingleShotViews(nn.Module):
         return {view: [generator(c, noise)] for view, generator in self.views.items()}
 
 
-class XRayGAN(CheckpointedModel):
+class XRayGAN(ConditionalGANModel):
     """The report encoder, the generators and (for training) the per-stage discriminators of a run.
 
     ``discriminators[view][str(stage)]`` exists for every trained stage. A model loaded with
@@ -512,22 +512,6 @@ class XRayGAN(CheckpointedModel):
                     for view in network.views
                 }
             )
-
-    @classmethod
-    def build_for_loading(cls, config: XRayGANModelConfig) -> "XRayGAN":
-        return cls(config, with_discriminators=False)
-
-    def checkpoint_state(self) -> dict[str, Any]:
-        state = {"encoder": self.encoder.state_dict(), "generator": self.generator.state_dict()}
-        if hasattr(self, "discriminators"):
-            state["discriminators"] = self.discriminators.state_dict()
-        return state
-
-    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
-        self.encoder.load_state_dict(state["encoder"])
-        self.generator.load_state_dict(state["generator"])
-        if hasattr(self, "discriminators"):
-            self.discriminators.load_state_dict(state["discriminators"])
 
     @property
     def image_size(self) -> int:
