@@ -27,7 +27,7 @@ test: venv
 test-fast: venv
 	$(PYTHON) -m pytest -q --timeout=900 -m "not slow" tests
 
-# Ruff with the settings in pyproject.toml; the format check passes once the tree is formatted.
+# Ruff with the settings in pyproject.toml (tests/test_lint.py runs the same two checks).
 lint: venv
 	$(PYTHON) -m ruff check xrg tests notebooks
 	$(PYTHON) -m ruff format --check xrg tests notebooks

@@ -56,8 +56,9 @@ from xrg.notebook import check_params, setup
 run = setup(
     seed=seed,
     profile=profile,
-    params=dict(data_dir=data_dir, examples_seed=examples_seed, gallery_size=gallery_size,
-                agreement_reports=agreement_reports),
+    params=dict(
+        data_dir=data_dir, examples_seed=examples_seed, gallery_size=gallery_size, agreement_reports=agreement_reports
+    ),
 )
 check_params(
     data_dir=(data_dir, "existing_dir"),
@@ -148,9 +149,13 @@ report = next(r for r in reports if r.report_id == "1000")
 findings, _ = case_findings(report, "mesh")
 renderer = PhantomRenderer(volume_size=64 if gallery_size <= 64 else 128)
 pair = renderer.render(findings, seed=patient_seed(seed, report.report_id), size=gallery_size)
-display(Markdown(f"**FINDINGS:** {report.findings}\n\n**IMPRESSION:** {report.impression}\n\n"
-                 f"**MeSH:** {'; '.join(report.mesh)}\n\n"
-                 f"**Drawn:** {'; '.join(f.describe() for f in pair.drawn) or 'nothing (normal)'}"))
+display(
+    Markdown(
+        f"**FINDINGS:** {report.findings}\n\n**IMPRESSION:** {report.impression}\n\n"
+        f"**MeSH:** {'; '.join(report.mesh)}\n\n"
+        f"**Drawn:** {'; '.join(f.describe() for f in pair.drawn) or 'nothing (normal)'}"
+    )
+)
 fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
 for ax, image, title in zip(axes, (pair.frontal, pair.lateral), ("frontal (PA)", "lateral")):
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -209,13 +214,16 @@ plt.show()
 cases = read_manifest(data_dir)
 split_table = pd.crosstab(
     pd.Series([c.split for c in cases], name="split"),
-    pd.Series(["abnormal" if any(not f.negated for f in c.structured_findings) else "normal" for c in cases],
-              name="drawn findings"),
+    pd.Series(
+        ["abnormal" if any(not f.negated for f in c.structured_findings) else "normal" for c in cases],
+        name="drawn findings",
+    ),
     margins=True,
 )
 patients = {s: {c.patient_id for c in cases if c.split == s} for s in ("train", "val", "test")}
-assert not (patients["train"] & patients["test"] or patients["train"] & patients["val"]
-            or patients["val"] & patients["test"]), "a patient is in two splits"
+assert not (
+    patients["train"] & patients["test"] or patients["train"] & patients["val"] or patients["val"] & patients["test"]
+), "a patient is in two splits"
 glue("n_cases", len(cases), display=False)
 split_table
 
@@ -232,4 +240,4 @@ plt.show()
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

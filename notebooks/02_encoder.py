@@ -49,8 +49,11 @@ from xrg.notebook import check_params, setup
 from xrg.pipelines import XRayGANPipeline
 from xrg.train.runs import ensure_xraygan_run
 
-run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=run_dir, report_id=report_id,
-                                                    num_reports=num_reports))
+run = setup(
+    seed=seed,
+    profile=profile,
+    params=dict(data_dir=data_dir, run_dir=run_dir, report_id=report_id, num_reports=num_reports),
+)
 check_params(data_dir=(data_dir, "existing_dir"), num_reports=(num_reports, range(1, 100_000)))
 checkpoint = ensure_xraygan_run(profile, data_dir, run_dir, device="cpu")
 pipe = XRayGANPipeline.from_checkpoint(checkpoint)
@@ -66,6 +69,7 @@ if report is None:
 output = pipe(f"FINDINGS: {report.findings}\nIMPRESSION: {report.impression}")
 display(Markdown(f"**FINDINGS:** {report.findings}\n\n**IMPRESSION:** {report.impression}"))
 
+
 # %% tags=["hide-input"]
 def plot_section(attention, ax):
     """One row per sentence; each word shaded by its attention, the sentence weight on the left."""
@@ -74,12 +78,25 @@ def plot_section(attention, ax):
         zip(attention.sentences, attention.word_weights, attention.sentence_weights)
     ):
         y = -row
-        ax.text(0, y, f"{sentence_weight:.2f}", fontsize=9, family="monospace", va="center",
-                bbox=dict(facecolor=plt.cm.Oranges(sentence_weight), edgecolor="none", pad=2))
+        ax.text(
+            0,
+            y,
+            f"{sentence_weight:.2f}",
+            fontsize=9,
+            family="monospace",
+            va="center",
+            bbox=dict(facecolor=plt.cm.Oranges(sentence_weight), edgecolor="none", pad=2),
+        )
         x = 0.07
         for word, weight in zip(words, weights):
-            ax.text(x, y, word, fontsize=9, va="center", bbox=dict(facecolor=plt.cm.Blues(0.9 * weight / max(weights)),
-                                                                  edgecolor="none", pad=2))
+            ax.text(
+                x,
+                y,
+                word,
+                fontsize=9,
+                va="center",
+                bbox=dict(facecolor=plt.cm.Blues(0.9 * weight / max(weights)), edgecolor="none", pad=2),
+            )
             x += 0.011 * (len(word) + 2)
     ax.set_xlim(0, 1)
     ax.set_ylim(-len(attention.sentences), 1)
@@ -87,8 +104,9 @@ def plot_section(attention, ax):
 
 
 sections = [a for a in output.attention.values() if a.sentences]
-fig, axes = plt.subplots(len(sections), 1, figsize=(11, 0.45 * sum(len(a.sentences) + 2 for a in sections)),
-                         squeeze=False)
+fig, axes = plt.subplots(
+    len(sections), 1, figsize=(11, 0.45 * sum(len(a.sentences) + 2 for a in sections)), squeeze=False
+)
 for attention, ax in zip(sections, axes[:, 0]):
     plot_section(attention, ax)
 fig.tight_layout()
@@ -128,14 +146,16 @@ items = [test_set[i] for i in range(min(8, len(test_set)))]
 with torch.no_grad():
     batch = collate_pairs(items)
     together = model(batch["findings_ids"], batch["findings_mask"], batch["impression_ids"], batch["impression_mask"]).c
-    alone = torch.cat([
-        model(b["findings_ids"], b["findings_mask"], b["impression_ids"], b["impression_mask"]).c
-        for b in (collate_pairs([item]) for item in items)
-    ])
+    alone = torch.cat(
+        [
+            model(b["findings_ids"], b["findings_mask"], b["impression_ids"], b["impression_mask"]).c
+            for b in (collate_pairs([item]) for item in items)
+        ]
+    )
 max_difference = float((together - alone).abs().max())
 glue("encoder_padding_max_diff", max_difference, display=False)
 print(f"largest difference between batched and single encodings: {max_difference:.2e}")
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

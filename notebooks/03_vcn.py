@@ -81,8 +81,12 @@ rows, fig, ax = [], *plt.subplots(figsize=(4.2, 4))
 for size in sizes:
     config = VCNTrainConfig.from_profile(load_profile(profile), image_size=size)
     vcn = load_vcn(vcn_path(run_dir, size), config, test_set.vocab)
-    rows.append({"resolution": f"{size}px", **{k: vcn.metrics[k] for k in ("accuracy", "auroc", "real_vc",
-                                                                          "num_positive", "num_negative")}})
+    rows.append(
+        {
+            "resolution": f"{size}px",
+            **{k: vcn.metrics[k] for k in ("accuracy", "auroc", "real_vc", "num_positive", "num_negative")},
+        }
+    )
     probs, labels = pair_scores(vcn.model, XRayPairDataset(data_dir, split="test", image_size=size), seed=seed)
     fpr, tpr, _ = binary_roc(probs, labels)
     ax.plot(fpr, tpr, label=f"{size}px (AUC {vcn.metrics['auroc']:.2f})")
@@ -97,4 +101,4 @@ summary.round(3)
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

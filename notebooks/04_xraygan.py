@@ -50,10 +50,16 @@ from xrg.profiles import load_profile
 from xrg.train.runs import ensure_xraygan_run
 from xrg.train.vcn import VCNTrainConfig, load_vcn, vcn_path
 
-run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=run_dir, num_examples=num_examples,
-                                                    num_vc_pairs=num_vc_pairs))
-check_params(data_dir=(data_dir, "existing_dir"), num_examples=(num_examples, range(1, 33)),
-             num_vc_pairs=(num_vc_pairs, range(1, 100_000)))
+run = setup(
+    seed=seed,
+    profile=profile,
+    params=dict(data_dir=data_dir, run_dir=run_dir, num_examples=num_examples, num_vc_pairs=num_vc_pairs),
+)
+check_params(
+    data_dir=(data_dir, "existing_dir"),
+    num_examples=(num_examples, range(1, 33)),
+    num_vc_pairs=(num_vc_pairs, range(1, 100_000)),
+)
 checkpoint = ensure_xraygan_run(profile, data_dir, run_dir, device="cpu")
 pipe = XRayGANPipeline.from_checkpoint(checkpoint)
 pipe
@@ -65,8 +71,12 @@ pipe
 lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
 log = pd.DataFrame([row for row in lines if row.get("kind") == "xraygan"])
 log["x"] = range(1, len(log) + 1)
-panels = [("rec_loss", "reconstruction (L2)"), ("d_loss", "critic loss"), ("adv_loss", "generator adversarial"),
-          ("vc_prob", "VCN P(same) of generated pairs")]
+panels = [
+    ("rec_loss", "reconstruction (L2)"),
+    ("d_loss", "critic loss"),
+    ("adv_loss", "generator adversarial"),
+    ("vc_prob", "VCN P(same) of generated pairs"),
+]
 fig, axes = plt.subplots(1, len(panels), figsize=(14, 3))
 for ax, (key, title) in zip(axes, panels):
     for (phase, size), rows in log.groupby(["phase", "image_size"], sort=False):
@@ -132,14 +142,16 @@ plt.show()
 
 # %%
 size = pipe.image_size
-vcn = load_vcn(vcn_path(run_dir, size), VCNTrainConfig.from_profile(load_profile(profile), image_size=size),
-               pipe.vocabulary)
-vc = generated_vc(pipe, vcn.model, XRayPairDataset(data_dir, split="test", image_size=size, vocab=pipe.vocabulary),
-                  limit=num_vc_pairs)
+vcn = load_vcn(
+    vcn_path(run_dir, size), VCNTrainConfig.from_profile(load_profile(profile), image_size=size), pipe.vocabulary
+)
+vc = generated_vc(
+    pipe, vcn.model, XRayPairDataset(data_dir, split="test", image_size=size, vocab=pipe.vocabulary), limit=num_vc_pairs
+)
 glue("xraygan_generated_vc", vc["generated_vc"], display=False)
 glue("xraygan_real_vc", vc["real_vc"], display=False)
 pd.Series(vc).to_frame("value")
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

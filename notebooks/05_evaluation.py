@@ -56,17 +56,26 @@ from xrg.profiles import load_profile
 from xrg.train.evaluators import ensure_evaluators
 from xrg.train.runs import ensure_xraygan_run
 
-run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=run_dir, experiment_dir=experiment_dir,
-                                                    num_edit_examples=num_edit_examples))
-check_params(data_dir=(data_dir, "existing_dir"), num_edit_examples=(num_edit_examples, range(0, 17)),
-             run_dir=(run_dir, str), experiment_dir=(experiment_dir, str), inception_weights=(inception_weights, str))
+run = setup(
+    seed=seed,
+    profile=profile,
+    params=dict(data_dir=data_dir, run_dir=run_dir, experiment_dir=experiment_dir, num_edit_examples=num_edit_examples),
+)
+check_params(
+    data_dir=(data_dir, "existing_dir"),
+    num_edit_examples=(num_edit_examples, range(0, 17)),
+    run_dir=(run_dir, str),
+    experiment_dir=(experiment_dir, str),
+    inception_weights=(inception_weights, str),
+)
 if inception_weights:
     check_params(inception_weights=(inception_weights, "existing_file"))
 loaded = load_profile(profile)
 checkpoint = ensure_xraygan_run(profile, data_dir, run_dir, device="cpu")
 evaluators = ensure_evaluators(EvaluatorConfig.from_profile(loaded), data_dir, Path(experiment_dir) / "evaluators")
-result = evaluate_run(run_dir, data_dir, evaluators, EvalConfig.from_profile(loaded),
-                      inception_weights=inception_weights or None)
+result = evaluate_run(
+    run_dir, data_dir, evaluators, EvalConfig.from_profile(loaded), inception_weights=inception_weights or None
+)
 print(f"scored {result['num_reports']} test reports in {result['seconds']:.0f} s")
 
 # %% [markdown]
@@ -86,6 +95,7 @@ table.astype(float).round(3)
 # %% [markdown]
 # ## The paper's metrics, with 95% intervals
 
+
 # %% tags=["hide-input"]
 def cell(entry):
     if entry is None or entry.get("value") is None:
@@ -95,18 +105,25 @@ def cell(entry):
 
 
 headline = {
-    "IS (generated)": result["is"], "IS (real renders)": result["is_real"],
-    "FID frontal": result["fid"]["frontal"], "FID lateral": result["fid"]["lateral"], "FID both views": result["fid"]["both"],
-    "KID both views": result["kid"], "SSIM frontal": result["ssim"]["frontal"], "SSIM lateral": result["ssim"]["lateral"],
-    "VC generated": result["vc"], "VC real": result["vc_real"],
+    "IS (generated)": result["is"],
+    "IS (real renders)": result["is_real"],
+    "FID frontal": result["fid"]["frontal"],
+    "FID lateral": result["fid"]["lateral"],
+    "FID both views": result["fid"]["both"],
+    "KID both views": result["kid"],
+    "SSIM frontal": result["ssim"]["frontal"],
+    "SSIM lateral": result["ssim"]["lateral"],
+    "VC generated": result["vc"],
+    "VC real": result["vc_real"],
 }
 headline = {name: next(iter(v.values())) if "value" not in v else v for name, v in headline.items()}
 glue("eval_fid", headline["FID both views"]["value"], display=False)
 glue("eval_ssim_frontal", headline["SSIM frontal"]["value"], display=False)
 glue("eval_vc_generated", headline["VC generated"]["value"], display=False)
 glue("eval_vc_real", headline["VC real"]["value"], display=False)
-pd.DataFrame({"value [95% CI]": {k: cell(v) for k, v in headline.items()},
-              "n": {k: v.get("n") for k, v in headline.items()}})
+pd.DataFrame(
+    {"value [95% CI]": {k: cell(v) for k, v in headline.items()}, "n": {k: v.get("n") for k, v in headline.items()}}
+)
 
 # %% [markdown]
 # ## Finding fidelity
@@ -115,15 +132,19 @@ pd.DataFrame({"value [95% CI]": {k: cell(v) for k, v in headline.items()},
 # the finding from those without, per view, next to the same on the real renders (the
 # ceiling a perfect generator would reach).
 
+
 # %% tags=["hide-input"]
 def per_finding(entry):
     return {kind: (entry.get(kind) or {}).get("value") for kind in FINDING_KINDS}
 
 
-fidelity = pd.DataFrame({
-    f"{source} {view}": per_finding(result["fidelity"][source][view])
-    for source in ("generated", "real") for view in ("frontal", "lateral")
-}).astype(float)
+fidelity = pd.DataFrame(
+    {
+        f"{source} {view}": per_finding(result["fidelity"][source][view])
+        for source in ("generated", "real")
+        for view in ("frontal", "lateral")
+    }
+).astype(float)
 fig, ax = plt.subplots(figsize=(10, 3.5))
 fidelity[["real frontal", "generated frontal", "real lateral", "generated lateral"]].plot.bar(ax=ax, width=0.8)
 ax.axhline(0.5, color="gray", lw=0.8, ls="--")
@@ -132,7 +153,9 @@ ax.legend(fontsize=7, ncol=4)
 fig.tight_layout()
 plt.show()
 macro = result["fidelity"]["generated"]["frontal"].get("macro") or {}
-glue("eval_fidelity_frontal_macro", macro.get("value") if macro.get("value") is not None else float("nan"), display=False)
+glue(
+    "eval_fidelity_frontal_macro", macro.get("value") if macro.get("value") is not None else float("nan"), display=False
+)
 
 # %% [markdown]
 # ## Cross-view agreement and diversity
@@ -142,9 +165,9 @@ glue("eval_fidelity_frontal_macro", macro.get("value") if macro.get("value") is 
 # different seeds (1 means the seed changes nothing: the paper's XRayGAN has no noise input).
 
 # %% tags=["hide-input"]
-agreement = pd.DataFrame({
-    source: per_finding(result["cross_view_agreement"][source]) for source in ("generated", "real")
-}).astype(float)
+agreement = pd.DataFrame(
+    {source: per_finding(result["cross_view_agreement"][source]) for source in ("generated", "real")}
+).astype(float)
 diversity = {view: next(iter(v.values())) if "value" not in v else v for view, v in result.get("diversity", {}).items()}
 display_div = pd.DataFrame({"MS-SSIM across seeds": {view: cell(v) for view, v in diversity.items()}})
 agreement.round(3).T
@@ -179,8 +202,11 @@ if edits:
     for row, edit in enumerate(edits):
         case = test_cases[edit["case_id"]]
         before = report_text(case.findings, case.impression)
-        after = (report_edits.negate(before, edit["kind"]) if edit["operation"] == "negate"
-                 else report_edits.set_severity(before, edit["kind"], edit["argument"])).text
+        after = (
+            report_edits.negate(before, edit["kind"])
+            if edit["operation"] == "negate"
+            else report_edits.set_severity(before, edit["kind"], edit["argument"])
+        ).text
         images = generate_for_texts(model, [before, after], seed, 2)
         for col, title in enumerate(("as reported", f"{edit['operation']} {edit['kind']} {edit['argument'] or ''}")):
             axes[row, col].imshow(images["frontal"][col, 0], cmap="gray", vmin=0, vmax=1)
@@ -200,8 +226,10 @@ if edits:
 memo = result["memorisation"]
 ratio = memo["ratio"]
 glue("eval_memorisation_ratio", ratio["value"], display=False)
-print(f"median NN distance: generated {memo['median_generated']:.3f}, real test {memo['median_test']:.3f}; "
-      f"ratio {cell(ratio)}")
+print(
+    f"median NN distance: generated {memo['median_generated']:.3f}, real test {memo['median_test']:.3f}; "
+    f"ratio {cell(ratio)}"
+)
 closest = memo["closest"][:4]
 if closest:
     model = load_generator(run_dir)
@@ -223,4 +251,4 @@ if closest:
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

@@ -49,9 +49,12 @@ from xrg.eval.run import generate_for_cases
 from xrg.experiments import LABELS, TABLES, Experiment
 from xrg.notebook import check_params, setup
 
-run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, experiment_dir=experiment_dir,
-                                                    num_examples=num_examples))
-check_params(data_dir=(data_dir, "existing_dir"), num_examples=(num_examples, range(1, 9)), experiment_dir=(experiment_dir, str))
+run = setup(
+    seed=seed, profile=profile, params=dict(data_dir=data_dir, experiment_dir=experiment_dir, num_examples=num_examples)
+)
+check_params(
+    data_dir=(data_dir, "existing_dir"), num_examples=(num_examples, range(1, 9)), experiment_dir=(experiment_dir, str)
+)
 experiment = Experiment.create(profile, data_dir, experiment_dir)
 tables = {name: experiment.run_table(name) for name in TABLES}
 print({name: f"{t['wall_seconds'] / 60:.1f} min" for name, t in tables.items()})
@@ -95,8 +98,14 @@ fig, axes = plt.subplots(2 * len(chosen), len(columns), figsize=(1.6 * len(colum
 for row, index in enumerate(chosen):
     images = {"ground truth": {v: reference[index][v][0] for v in ("frontal", "lateral")}}
     for method, model in models.items():
-        test_set = XRayPairDataset(data_dir, "test", image_size=model.image_size, vocab=model.vocabulary,
-                                   max_sentences=model.max_sentences, max_words=model.max_words)
+        test_set = XRayPairDataset(
+            data_dir,
+            "test",
+            image_size=model.image_size,
+            vocab=model.vocabulary,
+            max_sentences=model.max_sentences,
+            max_words=model.max_words,
+        )
         generated = generate_for_cases(model, test_set, [index], seed, 1)
         images[LABELS[method]] = {v: generated[v][0, 0] for v in ("frontal", "lateral")}
     for col, title in enumerate(columns):
@@ -114,4 +123,4 @@ plt.show()
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

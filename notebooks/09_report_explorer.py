@@ -71,14 +71,30 @@ from xrg.notebook import check_params, setup
 from xrg.pipelines import XRayGANPipeline
 from xrg.train.runs import ensure_xraygan_run
 
-run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=run_dir, report_id=report_id,
-                                                    typed_report=typed_report, typed_patient=typed_patient,
-                                                    max_choices=max_choices, image_width=image_width,
-                                                    timing_repeats=timing_repeats))
-check_params(data_dir=(data_dir, "existing_dir"), run_dir=(run_dir, str), report_id=(report_id, str),
-             typed_report=(typed_report, str), typed_patient=(typed_patient, range(0, 2**31)),
-             max_choices=(max_choices, range(1, 100_000)), image_width=(image_width, range(32, 1025)),
-             timing_repeats=(timing_repeats, range(1, 101)))
+run = setup(
+    seed=seed,
+    profile=profile,
+    params=dict(
+        data_dir=data_dir,
+        run_dir=run_dir,
+        report_id=report_id,
+        typed_report=typed_report,
+        typed_patient=typed_patient,
+        max_choices=max_choices,
+        image_width=image_width,
+        timing_repeats=timing_repeats,
+    ),
+)
+check_params(
+    data_dir=(data_dir, "existing_dir"),
+    run_dir=(run_dir, str),
+    report_id=(report_id, str),
+    typed_report=(typed_report, str),
+    typed_patient=(typed_patient, range(0, 2**31)),
+    max_choices=(max_choices, range(1, 100_000)),
+    image_width=(image_width, range(32, 1025)),
+    timing_repeats=(timing_repeats, range(1, 101)),
+)
 checkpoint = ensure_xraygan_run(profile, data_dir, run_dir, device="cpu")
 pipe = XRayGANPipeline.from_checkpoint(checkpoint)
 renderer = PhantomRenderer(volume_size_for(pipe.image_size))
@@ -115,8 +131,12 @@ display(app.widget)
 
 # %% tags=["hide-input"]
 opened = app.explorer.view
-display(Markdown(f"**Test report {opening.id}** (phantom patient {opened.patient_seed}):\n\n> "
-                 + opening.text.replace("\n", "\n>\n> ")))
+display(
+    Markdown(
+        f"**Test report {opening.id}** (phantom patient {opened.patient_seed}):\n\n> "
+        + opening.text.replace("\n", "\n>\n> ")
+    )
+)
 test_rows = snapshot_rows(app.apply, app.undo, opened)
 plot_snapshots(test_rows, f"test report {opening.id}")
 plt.show()
@@ -141,21 +161,32 @@ snapshot_table(typed_rows)
 
 # %% tags=["hide-input"]
 timer = ReportExplorer(pipe, renderer, seed=seed)
-times, failed = time_responses(timer, [(opening.text, opening.patient_seed), (typed_report, typed_patient)],
-                               repeats=timing_repeats)
-timing = pd.DataFrame(
-    [{"response": action, "n": len(values), "median s": np.median(values), "p90 s": np.percentile(values, 90)}
-     for action, values in times.items() if values]
-).set_index("response").round(3)
+times, failed = time_responses(
+    timer, [(opening.text, opening.patient_seed), (typed_report, typed_patient)], repeats=timing_repeats
+)
+timing = (
+    pd.DataFrame(
+        [
+            {"response": action, "n": len(values), "median s": np.median(values), "p90 s": np.percentile(values, 90)}
+            for action, values in times.items()
+            if values
+        ]
+    )
+    .set_index("response")
+    .round(3)
+)
 all_times = [t for values in times.values() for t in values]
 glue("explorer_response_s", float(np.median(all_times)), display=False)
 glue("explorer_response_p90_s", float(np.percentile(all_times, 90)), display=False)
 glue("explorer_num_edits", len(toggles(opened)), display=False)
 glue("explorer_image_size", pipe.image_size, display=False)
-display(Markdown(f"Median response {np.median(all_times):.2f} s (p90 {np.percentile(all_times, 90):.2f} s) at "
-                 f"{pipe.image_size}², over {len(all_times)} responses; the opening report has "
-                 f"{len(toggles(opened))} edit buttons"
-                 + (f"; {failed} listed edit(s) failed verification." if failed else ".")))
+display(
+    Markdown(
+        f"Median response {np.median(all_times):.2f} s (p90 {np.percentile(all_times, 90):.2f} s) at "
+        f"{pipe.image_size}², over {len(all_times)} responses; the opening report has "
+        f"{len(toggles(opened))} edit buttons" + (f"; {failed} listed edit(s) failed verification." if failed else ".")
+    )
+)
 timing
 
 # %% [markdown]
@@ -171,4 +202,4 @@ display(Markdown(f"*App state: {app.status.value}*"))
 
 # %% tags=["remove-input"]
 # Provenance: wall time of this notebook, recorded for the book's run table.
-run.finish();
+run.finish()

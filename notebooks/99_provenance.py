@@ -50,15 +50,20 @@ build = json.loads((Path(data_dir) / "build.json").read_text())
 
 # %% tags=["hide-input"]
 # Wall time: papermill's, kernel start and imports included; else what the notebook measured.
-table = pd.DataFrame([{
-    "notebook": row["notebook"],
-    "profile": row["profile"],
-    "seed": row["seed"],
-    "device": row["device"],
-    "code version": row["code_version"],
-    "executed": str(row["started"])[:16],
-    "wall time (s)": round(float(row["papermill_seconds"] or row["wall_seconds"] or 0.0), 1),
-} for row in rows]).set_index("notebook")
+table = pd.DataFrame(
+    [
+        {
+            "notebook": row["notebook"],
+            "profile": row["profile"],
+            "seed": row["seed"],
+            "device": row["device"],
+            "code version": row["code_version"],
+            "executed": str(row["started"])[:16],
+            "wall time (s)": round(float(row["papermill_seconds"] or row["wall_seconds"] or 0.0), 1),
+        }
+        for row in rows
+    ]
+).set_index("notebook")
 versions = sorted({row["code_version"] for row in rows})
 devices = sorted({row["device"] for row in rows})
 total_minutes = float(table["wall time (s)"].sum()) / 60
@@ -89,10 +94,15 @@ plt.show()
 # ## Chapters and parameters
 
 # %% tags=["hide-input"]
-display(Markdown("\n".join(
-    f"- **{row['notebook']}** ({row['title']}): " + ", ".join(f"`{key}={value!r}`" for key, value in row["params"].items())
-    for row in rows
-)))
+display(
+    Markdown(
+        "\n".join(
+            f"- **{row['notebook']}** ({row['title']}): "
+            + ", ".join(f"`{key}={value!r}`" for key, value in row["params"].items())
+            for row in rows
+        )
+    )
+)
 missing = [row["notebook"] for row in rows if not row["recorded"]]
 if missing:
     display(Markdown(f"*No provenance recorded by: {', '.join(missing)}.*"))

@@ -88,8 +88,9 @@ def tiny_book(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-book")
     paths = {"executed": root / "executed", "data": root / "data" / "tiny", "runs": root / "runs" / "tiny"}
-    timings = run_book("tiny", executed_dir=paths["executed"], data_root=root / "data", runs_root=root / "runs",
-                       progress=False)
+    timings = run_book(
+        "tiny", executed_dir=paths["executed"], data_root=root / "data", runs_root=root / "runs", progress=False
+    )
     paths["html"] = build_html(executed_dir=paths["executed"], build_dir=root / "_build")
     paths["timings"] = timings  # type: ignore[assignment]
     return paths

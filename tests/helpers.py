@@ -61,9 +61,14 @@ def write_synthetic_data(out: Path, num_patients: int = 20, image_size: int = 32
         lungs = "dense" if level > 0.5 else "clear"
         cases.append(
             Case(
-                id=case_id, patient_id=f"patient{i}", split=("train", "train", "train", "val", "test")[i % 5],
-                findings=f"The heart is {heart}. The lungs are {lungs}.", impression="No effusion.",
-                structured_findings=[], frontal=f"images/{case_id}_frontal.png", lateral=f"images/{case_id}_lateral.png",
+                id=case_id,
+                patient_id=f"patient{i}",
+                split=("train", "train", "train", "val", "test")[i % 5],
+                findings=f"The heart is {heart}. The lungs are {lungs}.",
+                impression="No effusion.",
+                structured_findings=[],
+                frontal=f"images/{case_id}_frontal.png",
+                lateral=f"images/{case_id}_lateral.png",
             )  # fmt: skip
         )
     write_manifest(out, cases)

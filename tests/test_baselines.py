@@ -106,7 +106,9 @@ def test_word_attention_is_a_softmax_over_the_real_words_only():
     states_a, states_b = torch.randn(2, 2, 3, 5) * mask_a[..., None], torch.randn(2, 1, 3, 5) * mask_b[..., None]
     words, mask = compact_words([(states_a, mask_a), (states_b, mask_b)])
     assert mask.tolist() == [[True, True, True, True], [False, False, False, False]]
-    assert torch.equal(words[0], torch.stack([states_a[0, 0, 0], states_a[0, 0, 1], states_a[0, 1, 0], states_b[0, 0, 0]]))
+    assert torch.equal(
+        words[0], torch.stack([states_a[0, 0, 0], states_a[0, 0, 1], states_a[0, 1, 0], states_b[0, 0, 0]])
+    )
 
     attention = WordAttention(word_dim=5, channels=3)
     features = torch.randn(3, 3, 4, 4)
@@ -137,7 +139,11 @@ def test_each_baseline_trains_and_generates_both_views(tmp_path, data_dir, metho
     rows = metric_rows(run)
     assert all(set(row) == set(METRIC_KEYS) and row["kind"] == "baseline" and row["method"] == method for row in rows)
     phases = [(p.name, p.stage, p.image_size) for p in training_phases(config)]
-    expected = {"gan_int_cls": [("gan", 0, 32)], "stackgan": [("stage1", 0, 16), ("stage2", 1, 32)], "attngan": [("joint", 1, 32)]}
+    expected = {
+        "gan_int_cls": [("gan", 0, 32)],
+        "stackgan": [("stage1", 0, 16), ("stage2", 1, 32)],
+        "attngan": [("joint", 1, 32)],
+    }
     assert phases == expected[method]
     assert [row["step"] for row in rows] == [3, 6]
     assert all(row["seconds"] > 0 and row["images_per_s"] > 0 and row["d_wrong"] > 0 for row in rows)
@@ -199,7 +205,11 @@ def test_run_directories_checkpoints_and_divergence(tmp_path, data_dir):
     with pytest.raises(TrainingDiverged) as caught:
         trainer(dataclasses.replace(TINY, rec_weight=float("inf")), data_dir, tmp_path / "diverged").train()
     message = str(caught.value)
-    assert "diverged at step 1" in message and "non-finite" in message and str(tmp_path / "diverged" / "checkpoint.pt") in message
+    assert (
+        "diverged at step 1" in message
+        and "non-finite" in message
+        and str(tmp_path / "diverged" / "checkpoint.pt") in message
+    )
     assert load_checkpoint(tmp_path / "diverged" / "checkpoint.pt", "baseline")["progress"]["step"] == 0
 
 

@@ -25,14 +25,27 @@ def _tarball(members: dict[str, bytes]) -> bytes:
 
 def _asset(data: bytes, **extra) -> dict:
     integrity = "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()
-    return {"package": "demo", "version": "1.2.3", "tarball": "https://registry.invalid/demo-1.2.3.tgz",
-            "integrity": integrity, "prefix": "package/dist/", "keep": ("embed.js", ".woff"), "check": "embed.js",
-            **extra}
+    return {
+        "package": "demo",
+        "version": "1.2.3",
+        "tarball": "https://registry.invalid/demo-1.2.3.tgz",
+        "integrity": integrity,
+        "prefix": "package/dist/",
+        "keep": ("embed.js", ".woff"),
+        "check": "embed.js",
+        **extra,
+    }
 
 
 def test_static_assets_unpack_only_what_is_kept_from_the_cached_tarball(tmp_path, monkeypatch):
-    data = _tarball({"package/dist/embed.js": b"js", "package/dist/font.woff": b"font",
-                     "package/dist/embed-amd.js": b"amd", "package/src/index.ts": b"ts"})
+    data = _tarball(
+        {
+            "package/dist/embed.js": b"js",
+            "package/dist/font.woff": b"font",
+            "package/dist/embed-amd.js": b"amd",
+            "package/src/index.ts": b"ts",
+        }
+    )
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "demo-1.2.3.tgz").write_bytes(data)
     monkeypatch.setattr(book, "STATIC_ASSETS", {"demo": _asset(data)})
@@ -89,9 +102,14 @@ def test_the_tiny_profile_runs_its_kernels_on_one_thread():
     assert book.book_settings("cpu")["kernel_threads"] is None  # the default: torch's own choice
 
 
-@pytest.mark.parametrize(("section", "message"), [("{kernel_thread: 1}", "unknown book settings"),
-                                                  ("{kernel_threads: 0}", "positive integer"),
-                                                  ("{kernel_threads: two}", "positive integer")])
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("{kernel_thread: 1}", "unknown book settings"),
+        ("{kernel_threads: 0}", "positive integer"),
+        ("{kernel_threads: two}", "positive integer"),
+    ],
+)
 def test_bad_book_settings_are_refused(tmp_path, section, message):
     profile = tmp_path / "mine.yaml"
     profile.write_text(f"profile: mine\nseed: 0\ndata: {{image_size: 32}}\nbook: {section}\n")
@@ -109,7 +127,9 @@ def test_thread_limit_reaches_started_processes_and_is_undone(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "7")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
-    probe = "import os, torch; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], torch.get_num_threads())"
+    probe = (
+        "import os, torch; print(os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'], torch.get_num_threads())"
+    )
     with book.thread_limit(1):
         assert torch.get_num_threads() == 1
         started = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout

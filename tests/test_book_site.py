@@ -121,10 +121,18 @@ def visits(site, browser):
         context.route("**/*", _offline(base, problems["external"]))
         page = context.new_page()
         page.on("pageerror", lambda error, problems=problems: problems["js"].append(str(error)))
-        page.on("response", lambda response, problems=problems: response.status >= 400
-                and problems["http"].append(f"{response.status} {response.url}"))
-        page.on("requestfailed", lambda request, problems=problems: request.url.startswith(base)
-                and problems["failed"].append(f"{request.url}: {request.failure}"))
+        page.on(
+            "response",
+            lambda response, problems=problems: (
+                response.status >= 400 and problems["http"].append(f"{response.status} {response.url}")
+            ),
+        )
+        page.on(
+            "requestfailed",
+            lambda request, problems=problems: (
+                request.url.startswith(base) and problems["failed"].append(f"{request.url}: {request.failure}")
+            ),
+        )
         response = page.goto(base + page_path, wait_until="load")
         try:  # scripts that load more (MathJax, the widget manager) settle
             page.wait_for_load_state("networkidle", timeout=10_000)
@@ -157,8 +165,10 @@ def test_the_book_has_its_chapters(visits):
 
 
 def test_every_page_loads_without_errors(visits):
-    bad = {page: {key: facts[key] for key in ("status", "http", "failed", "js") if facts[key] not in ([], 200)}
-           for page, facts in visits.items()}
+    bad = {
+        page: {key: facts[key] for key in ("status", "http", "failed", "js") if facts[key] not in ([], 200)}
+        for page, facts in visits.items()
+    }
     bad = {page: problems for page, problems in bad.items() if problems}
     assert not bad, f"pages with load errors: {bad}"
 
@@ -183,7 +193,7 @@ def test_no_broken_internal_links(visits, site):
             if not link.startswith(base):
                 continue
             parts = urlsplit(link)
-            target = unquote(parts.path[len(urlsplit(base).path):]) or "index.html"
+            target = unquote(parts.path[len(urlsplit(base).path) :]) or "index.html"
             if target.endswith("/"):
                 target += "index.html"
             if not (html_dir / target).is_file():

@@ -31,8 +31,11 @@ def test_split_is_by_patient_and_covers_every_split(tiny_data):
     cases = read_manifest(tiny_data)
     by_split = {s: {c.patient_id for c in cases if c.split == s} for s in ("train", "val", "test")}
     assert all(by_split.values()), by_split
-    assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"]
-                or by_split["val"] & by_split["test"])
+    assert not (
+        by_split["train"] & by_split["val"]
+        or by_split["train"] & by_split["test"]
+        or by_split["val"] & by_split["test"]
+    )
 
 
 def test_vocabulary_comes_from_the_train_split_only(tiny_data):
@@ -40,8 +43,11 @@ def test_vocabulary_comes_from_the_train_split_only(tiny_data):
 
     cases = read_manifest(tiny_data)
     vocab = Vocabulary.load(tiny_data / "vocab.json")
-    words = lambda split: {w for c in cases if c.split == split  # noqa: E731
-                           for s in split_sentences(f"{c.findings} {c.impression}") for w in tokenize(s)}
+
+    def words(split):
+        texts = (f"{c.findings} {c.impression}" for c in cases if c.split == split)
+        return {w for text in texts for s in split_sentences(text) for w in tokenize(s)}
+
     train, held_out = words("train"), words("val") | words("test")
     assert train <= set(vocab.word(i) for i in range(len(vocab)))
     leaked = (held_out - train) & {vocab.word(i) for i in range(len(vocab))}
@@ -85,8 +91,9 @@ def test_another_seed_gives_other_patients(tiny_config, tmp_path):
     common = sorted(set(a) & set(b))
     for case_id in common:
         assert a[case_id].seed != b[case_id].seed
-        assert not np.array_equal(load_grayscale(tmp_path / "a" / a[case_id].frontal),
-                                  load_grayscale(tmp_path / "b" / b[case_id].frontal))
+        assert not np.array_equal(
+            load_grayscale(tmp_path / "a" / a[case_id].frontal), load_grayscale(tmp_path / "b" / b[case_id].frontal)
+        )
 
 
 def test_bad_build_settings_are_refused():

@@ -90,7 +90,9 @@ def test_evaluators_are_trained_once_and_reloaded(evaluators_dir, tiny_data):
 
 def test_another_config_or_data_directory_is_refused(evaluators_dir, tiny_data, tmp_path):
     with pytest.raises(CheckpointError, match="num_epochs"):
-        load_classifier(evaluators_dir / CLASSIFIER_NAME, dataclasses.replace(TINY, classifier_epochs=3).classifier_config())
+        load_classifier(
+            evaluators_dir / CLASSIFIER_NAME, dataclasses.replace(TINY, classifier_epochs=3).classifier_config()
+        )
     other = tmp_path / "other-data"
     shutil.copytree(tiny_data, other)
     manifest = other / "manifest.jsonl"

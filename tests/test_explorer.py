@@ -138,8 +138,10 @@ def test_other_edits_regenerate(explorer):
     assert not np.array_equal(flipped.phantom_frontal, added.phantom_frontal)
 
 
-@pytest.mark.parametrize("text", [REPORT, OTHER, NORMAL,
-                                  "Moderate cardiomegaly. Severe right pleural effusion. Mild edema. No pneumothorax."])
+@pytest.mark.parametrize(
+    "text",
+    [REPORT, OTHER, NORMAL, "Moderate cardiomegaly. Severe right pleural effusion. Mild edema. No pneumothorax."],
+)
 def test_toggles_are_the_possible_edits_of_each_finding(text):
     edits = possible_edits(text)
     shown = toggles(text)

@@ -196,9 +196,21 @@ def test_mesh_tolerates_odd_strings_but_not_non_strings():
 def test_mesh_mapping_covers_every_kind():
     covered = set()
     for term in [
-        "Cardiomegaly", "Pleural Effusion", "Opacity", "Pulmonary Atelectasis", "Nodule", "Granuloma",
-        "Calcified Granuloma", "Pneumothorax", "Emphysema", "Pulmonary Edema", "Lung/hypoinflation",
-        "Implanted Medical Device", "Catheters, Indwelling", "Surgical Instruments/mediastinum", "Scoliosis",
+        "Cardiomegaly",
+        "Pleural Effusion",
+        "Opacity",
+        "Pulmonary Atelectasis",
+        "Nodule",
+        "Granuloma",
+        "Calcified Granuloma",
+        "Pneumothorax",
+        "Emphysema",
+        "Pulmonary Edema",
+        "Lung/hypoinflation",
+        "Implanted Medical Device",
+        "Catheters, Indwelling",
+        "Surgical Instruments/mediastinum",
+        "Scoliosis",
     ]:
         covered |= {f.kind for f in mesh_to_findings([term])[0]}
     assert covered == set(FINDING_KINDS)

@@ -103,8 +103,12 @@ def test_safe_extract_refuses_tar_escapes_and_writes_nothing(tmp_path, bad, mess
 
 @pytest.mark.parametrize(
     "name, mode, message",
-    [("../evil.txt", 0o644, "escapes"), ("/abs.txt", 0o644, "absolute"), ("..\\evil.txt", 0o644, "escapes"),
-     ("link", stat.S_IFLNK | 0o777, "symbolic link")],
+    [
+        ("../evil.txt", 0o644, "escapes"),
+        ("/abs.txt", 0o644, "absolute"),
+        ("..\\evil.txt", 0o644, "escapes"),
+        ("link", stat.S_IFLNK | 0o777, "symbolic link"),
+    ],
 )
 def test_safe_extract_refuses_zip_escapes_and_writes_nothing(tmp_path, name, mode, message):
     path = tmp_path / "evil.zip"
@@ -151,7 +155,7 @@ def _openi_xml(number: int, findings: str, impression: str, mesh: list[str], ima
     parents = "".join(f'<parentImage id="{i}"><figureId>F</figureId></parentImage>' for i in images)
     return (
         f'<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="CXR{number}"/>'
-        f'<MedlineCitation><Article><Abstract>'
+        f"<MedlineCitation><Article><Abstract>"
         f'<AbstractText Label="FINDINGS">{findings}</AbstractText>'
         f'<AbstractText Label="IMPRESSION">{impression}</AbstractText>'
         f"</Abstract></Article></MedlineCitation><MeSH>{majors}</MeSH>{parents}</eCitation>"
@@ -215,7 +219,9 @@ def test_import_openi(tmp_path, openi):
     assert summary.n_cases == 4
     assert summary.skipped == {"image unreadable": 1, "no lateral view": 1, "image file missing": 1, "empty report": 1}
     refused = dict(summary.refused_files)
-    assert any("CXR2_IM-0002-1001.png" in name and "unreadable or corrupted" in message for name, message in refused.items())
+    assert any(
+        "CXR2_IM-0002-1001.png" in name and "unreadable or corrupted" in message for name, message in refused.items()
+    )
     assert any("CXR3_IM-0003-2001.png" in name and "colour" in message for name, message in refused.items())
     assert any("CXR5_IM-0005-2001" in name and "not found" in message for name, message in refused.items())
     assert "ecgen-radiology/6.xml" in refused
@@ -256,7 +262,13 @@ def test_import_openi_is_deterministic_and_reads_image_archives(tmp_path, openi)
     assert (first.n_cases, first.skipped, first.splits) == (second.n_cases, second.skipped, second.splits)
     splits_a = {c.id: c.split for c in read_manifest(tmp_path / "a")}
     assert splits_a == {c.id: c.split for c in read_manifest(tmp_path / "b")}
-    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [".xrg-dir.json", ".xrg.lock", "images", "manifest.jsonl", "vocab.json"]
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        ".xrg-dir.json",
+        ".xrg.lock",
+        "images",
+        "manifest.jsonl",
+        "vocab.json",
+    ]
     assert (tmp_path / "a/manifest.jsonl").read_bytes() == (tmp_path / "b/manifest.jsonl").read_bytes()
 
 
@@ -300,13 +312,28 @@ MIMIC_REPORT = """                                 FINAL REPORT
 def mimic(tmp_path):
     root = tmp_path / "mimic"
     studies = [  # subject, study, [(dicom, view, how)], report: text | None (missing) | "reports/" tree
-        ("10000032", "50414267", [("d1", "PA", 10), ("d2", "LATERAL", 20)], ("files", "Mild cardiomegaly.", "Cardiomegaly.")),
-        ("10000032", "50000001", [("d3", "LL", 30), ("d4", "AP", 40), ("d5", "LATERAL", 50)], ("reports", "No pleural effusion.", "Normal.")),
+        (
+            "10000032",
+            "50414267",
+            [("d1", "PA", 10), ("d2", "LATERAL", 20)],
+            ("files", "Mild cardiomegaly.", "Cardiomegaly."),
+        ),
+        (
+            "10000032",
+            "50000001",
+            [("d3", "LL", 30), ("d4", "AP", 40), ("d5", "LATERAL", 50)],
+            ("reports", "No pleural effusion.", "Normal."),
+        ),
         ("10000764", "57375967", [("d6", "AP", 60)], ("files", "Clear.", "Normal.")),
         ("10000764", "57375968", [("d7", "PA", "corrupt"), ("d8", "LATERAL", 80)], ("files", "Clear.", "Normal.")),
         ("10000898", "50771383", [("d9", "PA", 90), ("d10", "LATERAL", 100)], None),
         ("10000898", "54205396", [("d11", "PA", 110), ("d12", "LATERAL", 120)], ("files", "", "")),
-        ("10000898", "54205397", [("d13", "PA", 130), ("d14", "LATERAL", 140)], ("files", "Small right pneumothorax.", "Pneumothorax.")),
+        (
+            "10000898",
+            "54205397",
+            [("d13", "PA", 130), ("d14", "LATERAL", 140)],
+            ("files", "Small right pneumothorax.", "Pneumothorax."),
+        ),
         ("11000011", "59000000", [("d15", "PA", 150), ("d16", "LATERAL", 160)], ("files", "Clear lungs.", "Normal.")),
     ]
     rows = []
@@ -318,12 +345,19 @@ def mimic(tmp_path):
             _corrupt(path) if how == "corrupt" else _png(path, how)
         if report is not None:
             tree, findings, impression = report
-            text = MIMIC_REPORT.format(findings=findings, impression=impression) if findings else " FINAL REPORT\n EXAMINATION: CHEST\n"
+            text = (
+                MIMIC_REPORT.format(findings=findings, impression=impression)
+                if findings
+                else " FINAL REPORT\n EXAMINATION: CHEST\n"
+            )
             path = (root / "reports" if tree == "reports" else root) / f"{relative}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     with gzip.open(root / "mimic-cxr-2.0.0-metadata.csv.gz", "wt", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition"])
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition"],
+        )
         writer.writeheader()
         writer.writerows({**row, "PerformedProcedureStepDescription": "CHEST"} for row in rows)
     return root

@@ -94,9 +94,14 @@ def test_stable_hash_is_stable():
 
 def _case(case_id: str, split: str = "train") -> Case:
     return Case(
-        id=case_id, patient_id=case_id, split=split, findings="Heart is enlarged.", impression="Cardiomegaly.",
+        id=case_id,
+        patient_id=case_id,
+        split=split,
+        findings="Heart is enlarged.",
+        impression="Cardiomegaly.",
         structured_findings=[Finding("cardiomegaly", severity="mild")],
-        frontal=f"images/{case_id}_frontal.png", lateral=f"images/{case_id}_lateral.png",
+        frontal=f"images/{case_id}_frontal.png",
+        lateral=f"images/{case_id}_lateral.png",
     )
 
 

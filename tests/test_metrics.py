@@ -95,7 +95,9 @@ def test_bootstrap_ci_is_deterministic_contains_the_estimate_and_skips_undefined
 
 def test_inception_score_bounds_and_agreement_with_the_closed_form():
     classes = 5
-    identical = metrics.inception_score(torch.tensor([[1.0, 2.0, 0.5, -1.0, 0.0]]).repeat(40, 1), num_resamples=50, seed=0)
+    identical = metrics.inception_score(
+        torch.tensor([[1.0, 2.0, 0.5, -1.0, 0.0]]).repeat(40, 1), num_resamples=50, seed=0
+    )
     assert identical["value"] == pytest.approx(1.0, abs=1e-9) and identical["classes"] == classes
     confident = metrics.inception_score((30.0 * torch.eye(classes)).repeat(8, 1), num_resamples=50, seed=0)
     assert confident["value"] == pytest.approx(classes, rel=1e-6)
@@ -113,7 +115,10 @@ def test_fid_is_zero_for_the_same_set_and_grows_with_a_shift():
     real = _features(300, 8)
     same = metrics.compute("fid", real_features=real, fake_features=real.clone(), num_resamples=20, seed=0)
     assert same["value"] < 1e-6 and same["n"] == 300 and same["n_real"] == 300
-    shifted = [metrics.fid(real, _features(300, 8, shift=s, seed=1), num_resamples=20, seed=0)["value"] for s in (0.5, 1.0, 2.0)]
+    shifted = [
+        metrics.fid(real, _features(300, 8, shift=s, seed=1), num_resamples=20, seed=0)["value"]
+        for s in (0.5, 1.0, 2.0)
+    ]
     assert 0 < shifted[0] < shifted[1] < shifted[2]
     assert shifted[2] == pytest.approx(8 * 2.0**2, rel=0.15)  # ||mean shift||^2 dominates
     result = metrics.fid(real, _features(200, 8, shift=0.5, seed=1), num_resamples=20, seed=0)
@@ -178,7 +183,9 @@ def test_ms_ssim_diversity_is_one_for_identical_samples_and_lower_for_different_
     identical = metrics.compute("ms_ssim_diversity", samples=base.unsqueeze(1).repeat(1, 3, 1, 1, 1), num_resamples=50)
     assert identical["value"] == pytest.approx(1.0, abs=1e-5) and identical["n"] == 3
     assert (identical["scales"], identical["kernel_size"]) == metrics.ms_ssim_settings(size, size)
-    different = metrics.ms_ssim_diversity(torch.stack([_images(3, size, seed=s) for s in range(3)], dim=1), num_resamples=50)
+    different = metrics.ms_ssim_diversity(
+        torch.stack([_images(3, size, seed=s) for s in range(3)], dim=1), num_resamples=50
+    )
     assert different["value"] < 0.9
     for result in (identical, different):
         _check_result(result)
@@ -231,7 +238,9 @@ def test_finding_auroc_perfect_reversed_and_undefined():
 
 def test_cross_view_agreement_is_one_for_identical_calls_and_counts_disagreements():
     frontal = torch.rand(40, 2, generator=torch.Generator().manual_seed(0)).double()
-    same = metrics.compute("cross_view_agreement", frontal_probs=frontal, lateral_probs=frontal.clone(), names=["a", "b"])
+    same = metrics.compute(
+        "cross_view_agreement", frontal_probs=frontal, lateral_probs=frontal.clone(), names=["a", "b"]
+    )
     assert same["a"]["value"] == same["b"]["value"] == same["macro"]["value"] == 1.0
     lateral = frontal.clone()
     lateral[:10, 0] = 1 - (frontal[:10, 0] >= 0.5).double()  # the opposite call on 10 of 40
@@ -248,7 +257,9 @@ def test_controllability_success_intended_shift_and_spillover():
     after = before.clone()
     after[torch.arange(6), edited] += 0.2 * direction
     names = ["a", "b", "c"]
-    right = metrics.compute("controllability", before=before, after=after, edited=edited, direction=direction, names=names)
+    right = metrics.compute(
+        "controllability", before=before, after=after, edited=edited, direction=direction, names=names
+    )
     assert right["success_rate"]["value"] == 1.0 and right["intended_shift"]["value"] == pytest.approx(0.2)
     assert right["spillover"]["value"] == 0.0
     assert right["per_kind"] == {name: {"success_rate": 1.0, "n": 2} for name in names}
@@ -256,8 +267,12 @@ def test_controllability_success_intended_shift_and_spillover():
     assert wrong["success_rate"]["value"] == 0.0 and wrong["intended_shift"]["value"] == pytest.approx(-0.2)
     spilled = after.clone() + 0.1
     spilled[torch.arange(6), edited] = after[torch.arange(6), edited]
-    assert metrics.controllability(before, spilled, edited, direction, names)["spillover"]["value"] == pytest.approx(0.1)
-    assert metrics.controllability(before, after, edited, direction, names, tolerance=0.3)["success_rate"]["value"] == 0.0
+    assert metrics.controllability(before, spilled, edited, direction, names)["spillover"]["value"] == pytest.approx(
+        0.1
+    )
+    assert (
+        metrics.controllability(before, after, edited, direction, names, tolerance=0.3)["success_rate"]["value"] == 0.0
+    )
     for result in (right, wrong):
         _check_result(result)
     with pytest.raises(ConfigError, match="edited must hold 6 finding indices"):
@@ -273,7 +288,9 @@ def test_memorisation_ratio_is_low_for_copies_and_near_one_for_fresh_samples(mon
     monkeypatch.setattr(metrics, "_DISTANCE_BLOCK", 1000)  # several distance blocks
     train, test = _features(400, 8, seed=0), _features(300, 8, seed=1)
     copies = train[:200] + 1e-3 * _features(200, 8, seed=2)
-    copied = metrics.compute("memorisation", generated_features=copies, train_features=train, test_features=test, num_closest=5)
+    copied = metrics.compute(
+        "memorisation", generated_features=copies, train_features=train, test_features=test, num_closest=5
+    )
     assert copied["ratio"]["value"] < 0.01 and copied["ratio"]["n"] == 200 and copied["ratio"]["n_test"] == 300
     assert [c["distance"] for c in copied["closest"]] == sorted(c["distance"] for c in copied["closest"])
     assert len(copied["closest"]) == 5 and all(c["train"] == c["generated"] for c in copied["closest"])
@@ -314,7 +331,9 @@ def test_inception_features_with_a_local_weights_file(tmp_path, monkeypatch):
     fidelity = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     with monkeypatch.context() as patch:  # build the network without its (downloaded) weights
         patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
-        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state, *args, **kwargs: None)
+        patch.setattr(
+            fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state, *args, **kwargs: None
+        )
         torch.manual_seed(0)
         state = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
     weights = tmp_path / "inception.pth"

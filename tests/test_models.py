@@ -326,8 +326,16 @@ def test_range_conversions_round_trip():
 
 @pytest.mark.parametrize(
     "field, value",
-    [("base_size", 12), ("base_size", 4), ("num_stages", 0), ("num_stages", 9), ("alpha", 0.0), ("noise_dim", -1),
-     ("gen_channels", 0), ("views", ("frontal", "frontal"))],
+    [
+        ("base_size", 12),
+        ("base_size", 4),
+        ("num_stages", 0),
+        ("num_stages", 9),
+        ("alpha", 0.0),
+        ("noise_dim", -1),
+        ("gen_channels", 0),
+        ("views", ("frontal", "frontal")),
+    ],
 )
 def test_gan_config_is_validated(field, value):
     with pytest.raises(ConfigError):
@@ -436,7 +444,10 @@ class RunConfig:
 def _runnable(name: str) -> CheckpointedModel:
     torch.manual_seed(0)
     if name.startswith("xraygan"):
-        ablation = {"xraygan": {}, "xraygan_no_mscgan_no_hae": {"generator_kind": "single_shot", "encoder_kind": "flat"}}
+        ablation = {
+            "xraygan": {},
+            "xraygan_no_mscgan_no_hae": {"generator_kind": "single_shot", "encoder_kind": "flat"},
+        }
         return XRayGAN(XRayGANModelConfig(vocab_size=len(WORDS), **XRAYGAN_MODEL, **ablation[name]))
     if name in BASELINE_METHODS:
         return BaselineModel(BaselineModelConfig(vocab_size=len(WORDS), method=name, **BASELINE_MODEL))
@@ -452,7 +463,9 @@ def _outputs(model: CheckpointedModel) -> list[torch.Tensor]:
     images = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     if isinstance(model, XRayGAN):
         noise = torch.randn(2, model.config.noise_dim, generator=torch.Generator().manual_seed(2))
-        fake = model.generate(model.encode(encode_reports(REPORTS, WORDS, 16, 24)).c, model.config.num_stages - 1, noise)
+        fake = model.generate(
+            model.encode(encode_reports(REPORTS, WORDS, 16, 24)).c, model.config.num_stages - 1, noise
+        )
         return [fake["frontal"], fake["lateral"]]
     if isinstance(model, BaselineModel):
         condition = model.encode(encode_reports(REPORTS, WORDS, 16, 24))
@@ -492,7 +505,9 @@ def test_a_loaded_generator_has_no_discriminators_and_weights_that_do_not_fit_ar
         XRayGAN.from_checkpoint(tmp_path / "wider.pt")
     payload["model_config"]["gen_channels"], payload["model_config"]["vocab_size"] = 8, len(WORDS) + 1
     torch.save(resealed(payload), tmp_path / "other-words.pt")
-    with pytest.raises(CheckpointError, match=f"its vocabulary has {len(WORDS)} words, the model reads {len(WORDS) + 1}"):
+    with pytest.raises(
+        CheckpointError, match=f"its vocabulary has {len(WORDS)} words, the model reads {len(WORDS) + 1}"
+    ):
         XRayGAN.from_checkpoint(tmp_path / "other-words.pt")
     with pytest.raises(CheckpointError, match="is a 'xraygan' checkpoint, expected 'vcn'"):
         ViewConsistencyNet.from_checkpoint(path)

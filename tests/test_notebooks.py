@@ -44,8 +44,14 @@ def test_parameters_cells_parse_as_papermill_reads_them():
 
 
 SMOKE_TESTED = {
-    "01_data", "02_encoder", "03_vcn", "04_xraygan", "05_evaluation", "06_baselines_ablations",
-    "09_report_explorer", "99_provenance",
+    "01_data",
+    "02_encoder",
+    "03_vcn",
+    "04_xraygan",
+    "05_evaluation",
+    "06_baselines_ablations",
+    "09_report_explorer",
+    "99_provenance",
 }
 
 
@@ -128,8 +134,10 @@ def test_05_evaluation_runs_with_tiny_parameters(tiny_book):
 def test_06_baselines_ablations_runs_with_tiny_parameters(tiny_book):
     values = glued(executed(tiny_book, "06_baselines_ablations"))
     experiment = Path(tiny_book["runs"]) / "experiments"
-    for table, methods in (("table1", ("gan_int_cls", "stackgan", "attngan", "xraygan")),
-                           ("table2", ("xraygan_no_vcn", "xraygan_no_mscgan", "xraygan_no_hae", "xraygan"))):
+    for table, methods in (
+        ("table1", ("gan_int_cls", "stackgan", "attngan", "xraygan")),
+        ("table2", ("xraygan_no_vcn", "xraygan_no_mscgan", "xraygan_no_hae", "xraygan")),
+    ):
         for method in methods:
             assert float(values[f"{table}_{method}_fid"]) >= 0.0
             assert 0.0 < float(values[f"{table}_{method}_vc"]) < 1.0
@@ -164,22 +172,28 @@ def test_rerunning_the_book_with_nothing_changed_executes_nothing(tiny_book):
 
     paths = Path(tiny_book["executed"]), Path(tiny_book["data"]).parent, Path(tiny_book["runs"]).parent
     timings = run_book("tiny", executed_dir=paths[0], data_root=paths[1], runs_root=paths[2], progress=False)
-    assert {name: seconds for name, seconds in timings.items() if name != "data"} == dict.fromkeys(notebook_names(), 0.0)
+    assert {name: seconds for name, seconds in timings.items() if name != "data"} == dict.fromkeys(
+        notebook_names(), 0.0
+    )
     # A changed chapter makes the provenance page stale, and only it is executed again.
     chapter = paths[0] / "03_vcn.ipynb"
     notebook = nbformat.read(chapter, as_version=4)
     notebook.metadata["touched_by_test"] = True
     nbformat.write(notebook, chapter)
-    timings = run_book("tiny", only=["03_vcn"], executed_dir=paths[0], data_root=paths[1], runs_root=paths[2],
-                       progress=False)
+    timings = run_book(
+        "tiny", only=["03_vcn"], executed_dir=paths[0], data_root=paths[1], runs_root=paths[2], progress=False
+    )
     assert timings["03_vcn"] == 0.0 and timings["99_provenance"] > 0.0
 
 
 def test_bad_notebook_parameters_fail_at_once(tmp_path):
     import papermill
 
-    for bad, name in (({"data_dir": str(tmp_path / "missing")}, "data_dir"), ({"profile": "nonesuch"}, "profile"),
-                      ({"seed": -3}, "seed")):
+    for bad, name in (
+        ({"data_dir": str(tmp_path / "missing")}, "data_dir"),
+        ({"profile": "nonesuch"}, "profile"),
+        ({"seed": -3}, "seed"),
+    ):
         params = notebook_parameters("tiny", "01_data")
         params.update(bad)
         with pytest.raises(papermill.PapermillExecutionError, match=name):

@@ -46,7 +46,9 @@ def test_the_pipeline_makes_both_views_at_the_final_size(pipe):
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     assert not torch.equal(output.frontal, output.lateral)
     images = output.images()
-    assert set(images) == {"frontal", "lateral"} and images["frontal"].size == (32, 32) and images["frontal"].mode == "L"
+    assert (
+        set(images) == {"frontal", "lateral"} and images["frontal"].size == (32, 32) and images["frontal"].mode == "L"
+    )
     assert output.warnings == []  # a finished run, a short report
 
 
@@ -95,7 +97,9 @@ def test_a_list_of_reports_gives_one_output_each_as_one_at_a_time(pipe):
         )  # fmt: skip
         for name, attention in single.attention.items():
             assert output.attention[name].sentences == attention.sentences
-            for batched_weights, single_weights in zip(output.attention[name].word_weights, attention.word_weights, strict=True):
+            for batched_weights, single_weights in zip(
+                output.attention[name].word_weights, attention.word_weights, strict=True
+            ):
                 assert batched_weights == pytest.approx(single_weights, abs=1e-5)
             assert output.attention[name].sentence_weights == pytest.approx(attention.sentence_weights, abs=1e-5)
     assert batched[1].unknown_words == ["zorblax"]

@@ -30,7 +30,9 @@ from xrg.errors import ArchiveError, DataDirError, EmptyReportError, ReportError
 from xrg.resources import openi_reports_tgz
 
 
-def _report_xml(findings: str = "The heart is normal.", impression: str = "No acute disease.", uid: str = "CXR7") -> str:
+def _report_xml(
+    findings: str = "The heart is normal.", impression: str = "No acute disease.", uid: str = "CXR7"
+) -> str:
     return f"""<?xml version="1.0" encoding="utf-8"?>
 <eCitation>
   <uId id="{uid}"/>
@@ -69,7 +71,11 @@ def test_parse_real_report_1000():
     assert report.comparison == "XXXX PA and lateral chest radiographs"
     assert report.indication == "XXXX-year-old male, XXXX."
     assert "Opacity/lung/upper lobe/right" in report.mesh
-    assert report.mesh == ("Opacity/lung/upper lobe/right", "Pulmonary Atelectasis/upper lobe/right", "Opacity/lung/lingula")
+    assert report.mesh == (
+        "Opacity/lung/upper lobe/right",
+        "Pulmonary Atelectasis/upper lobe/right",
+        "Opacity/lung/lingula",
+    )
     assert report.image_ids == ("CXR1000_IM-0003-1001", "CXR1000_IM-0003-2001", "CXR1000_IM-0003-3001")
     assert report.source == "ecgen-radiology/1000.xml"
 
@@ -181,7 +187,9 @@ def test_collection_counts_bad_files_and_keeps_going(tmp_path):
     capped = load_openi_reports(big, max_bytes=10_000)
     assert capped.skipped["too large"] == 1 and capped.errors[0][0] == "r/1.xml"
     skipped: list[tuple[str, str]] = []
-    names = [name for name, _ in iter_report_sources(big, max_bytes=10_000, on_skip=lambda n, r: skipped.append((n, r)))]
+    names = [
+        name for name, _ in iter_report_sources(big, max_bytes=10_000, on_skip=lambda n, r: skipped.append((n, r)))
+    ]
     assert skipped == [("r/1.xml", "too large")]
     assert names == ["r/2.xml", "r/3.xml", "r/4.xml", "r/5.xml", "r/6.xml", "r/10.xml"]
 
@@ -217,11 +225,18 @@ def test_missing_and_unreadable_sources(tmp_path):
     [
         ("A 5.5 cm nodule. Heart normal.", ["A 5.5 cm nodule.", "Heart normal."]),
         ("Degenerative change at T11-12. No fracture.", ["Degenerative change at T11-12.", "No fracture."]),
-        ("Discussed with Dr. X at 5 p.m. today. Lungs clear.", ["Discussed with Dr. X at 5 p.m. today.", "Lungs clear."]),
+        (
+            "Discussed with Dr. X at 5 p.m. today. Lungs clear.",
+            ["Discussed with Dr. X at 5 p.m. today.", "Lungs clear."],
+        ),
         ("Devices, e.g. leads, are seen. No effusion", ["Devices, e.g. leads, are seen.", "No effusion"]),
         (
             "1. Increased opacity in the right upper lobe. Recommend chest CT. 2. XXXX opacity overlying the left 5th rib.",
-            ["Increased opacity in the right upper lobe.", "Recommend chest CT.", "XXXX opacity overlying the left 5th rib."],
+            [
+                "Increased opacity in the right upper lobe.",
+                "Recommend chest CT.",
+                "XXXX opacity overlying the left 5th rib.",
+            ],
         ),
         ("IMPRESSION: 1) Cardiomegaly 2) Small effusion", ["IMPRESSION:", "Cardiomegaly", "Small effusion"]),
         ("Nodule measuring 2. The heart is normal.", ["Nodule measuring 2.", "The heart is normal."]),
@@ -263,8 +278,25 @@ def test_real_impression_with_numbered_list(corpus):
 
 
 def test_tokenize():
-    assert tokenize("There is XXXX increased opacity, 5.5 cm!") == ["there", "is", "xxxx", "increased", "opacity", "5.5", "cm"]
-    assert tokenize("T11-12 x-XXXX and/or patient's (RUL)") == ["t11", "12", "x", "xxxx", "and", "or", "patient's", "rul"]
+    assert tokenize("There is XXXX increased opacity, 5.5 cm!") == [
+        "there",
+        "is",
+        "xxxx",
+        "increased",
+        "opacity",
+        "5.5",
+        "cm",
+    ]
+    assert tokenize("T11-12 x-XXXX and/or patient's (RUL)") == [
+        "t11",
+        "12",
+        "x",
+        "xxxx",
+        "and",
+        "or",
+        "patient's",
+        "rul",
+    ]
     assert tokenize("... ;; --") == []
     assert tokenize("") == []
 
@@ -273,7 +305,9 @@ def test_tokenize():
 
 
 def test_split_report_text_with_headers():
-    text = "Indication: cough.\nFINDINGS: The heart is normal.  No effusion.\nimpression: Normal chest.\nComparison: none"
+    text = (
+        "Indication: cough.\nFINDINGS: The heart is normal.  No effusion.\nimpression: Normal chest.\nComparison: none"
+    )
     assert split_report_text(text) == ("The heart is normal. No effusion.", "Normal chest.")
 
 

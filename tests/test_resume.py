@@ -73,7 +73,11 @@ class Phased:
     needs_vcns: bool = False
 
     def new_run(self, env: Env, name: str) -> Path:
-        return new_run(env.tmp_path, env.request.getfixturevalue("vcn_run"), name) if self.needs_vcns else env.tmp_path / name
+        return (
+            new_run(env.tmp_path, env.request.getfixturevalue("vcn_run"), name)
+            if self.needs_vcns
+            else env.tmp_path / name
+        )
 
     def straight(self, env: Env, run: Path) -> None:
         result = self.make(env.data_dir, run, resume=False).train()
@@ -203,7 +207,11 @@ def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
             return [f"{where}: {expected!r} != {actual!r}"]
         return [d for i, (e, a) in enumerate(zip(expected, actual)) for d in differences(e, a, f"{where}[{i}]")]
     both_nan = isinstance(expected, float) and isinstance(actual, float) and math.isnan(expected) and math.isnan(actual)
-    return [] if both_nan or (type(expected) is type(actual) and expected == actual) else [f"{where}: {expected!r} != {actual!r}"]
+    return (
+        []
+        if both_nan or (type(expected) is type(actual) and expected == actual)
+        else [f"{where}: {expected!r} != {actual!r}"]
+    )
 
 
 @pytest.mark.parametrize("name", list(CASES))

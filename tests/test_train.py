@@ -117,7 +117,9 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, d
     step = int(message.split("diverged at step ")[1].split()[0])
     kept = load_checkpoint(run / "checkpoint.pt", "xraygan", config=config)
     assert kept["progress"]["step"] < step
-    assert all(torch.isfinite(t).all() for state in kept["state"].values() for t in state.values() if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all() for state in kept["state"].values() for t in state.values() if t.is_floating_point()
+    )
 
 
 def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path, data_dir, vcn_run, monkeypatch):
@@ -191,7 +193,9 @@ def test_a_checkpoint_stores_the_model_config_apart_from_the_run_config(checkpoi
     model_config = XRayGANModelConfig.from_run_config(config, len(vocabulary))
     assert payload["config"] == config_to_dict(config) and payload["model_config"] == config_to_dict(model_config)
     assert payload["model_config"]["vocab_size"] == len(vocabulary) and "vocab_size" not in payload["config"]
-    assert {"lr", "vc_weight", "seed"} <= set(payload["config"]) and not {"lr", "vc_weight", "seed"} & set(payload["model_config"])
+    assert {"lr", "vc_weight", "seed"} <= set(payload["config"]) and not {"lr", "vc_weight", "seed"} & set(
+        payload["model_config"]
+    )
     model = XRayGAN.from_checkpoint(checkpoint_file)  # rebuilt from the model config alone
     assert model.config == model_config and model.checkpoint_info.run_config == payload["config"]
 
@@ -205,8 +209,13 @@ def test_a_checkpoint_of_xrg_0_is_refused_with_how_to_retrain_it(tmp_path, check
         old = tmp_path / f"old-{kind}.pt"
         torch.save(resealed(payload), old)
         model_class = {"xraygan": XRayGAN, "vcn": ViewConsistencyNet}[kind]
-        for load in (functools.partial(load_checkpoint, old, kind), functools.partial(model_class.from_checkpoint, old)):
-            with pytest.raises(CheckpointError, match=r"written by an older xrg \(0\.1\.0\), a different major version") as caught:
+        for load in (
+            functools.partial(load_checkpoint, old, kind),
+            functools.partial(model_class.from_checkpoint, old),
+        ):
+            with pytest.raises(
+                CheckpointError, match=r"written by an older xrg \(0\.1\.0\), a different major version"
+            ) as caught:
                 load()
             assert f"retrain it with this xrg: {command}" in str(caught.value)
     with pytest.raises(CheckpointError, match="older xrg"):
@@ -271,7 +280,9 @@ def test_configs_refuse_unknown_or_inconsistent_settings():
         XRayGANTrainConfig(generator_kind="stacked")
     with pytest.raises(ConfigError, match="batch_size must be int, got 4.5"):
         config_from_mapping(XRayGANTrainConfig, {"batch_size": [4.5, 4, 4, 4]})
-    overrides = parse_overrides(["vc_weight=0", "num_stages=2", "lr=[1e-4, 2]", "batch_size=[4, 4]", "num_epochs=[1, 1]"])
+    overrides = parse_overrides(
+        ["vc_weight=0", "num_stages=2", "lr=[1e-4, 2]", "batch_size=[4, 4]", "num_epochs=[1, 1]"]
+    )
     assert overrides["lr"] == ["1e-4", 2]  # YAML 1.1 reads 1e-4 as a string; the config converts it
     config = config_from_mapping(XRayGANTrainConfig, overrides)
     assert config.lr == (1e-4, 2.0) and config.vc_weight == 0.0 and config.vcn_sizes == ()

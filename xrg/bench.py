@@ -11,7 +11,8 @@ import multiprocessing as mp
 import os
 import resource
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -37,8 +37,9 @@ import sys
 import tarfile
 import time
 import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from xrg.errors import ConfigError
 from xrg.io import atomic_write_json, read_json_mapping
@@ -110,10 +111,14 @@ def book_settings(profile_name: str) -> dict[str, Any]:
     settings = {**BOOK_SETTINGS, **section}
     threads = settings["kernel_threads"]
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"profile {profile.name!r}: book kernel_threads must be a positive integer or null, got {threads!r}")
+        raise ConfigError(
+            f"profile {profile.name!r}: book kernel_threads must be a positive integer or null, got {threads!r}"
+        )
     parallel = settings["parallel_notebooks"]
     if isinstance(parallel, bool) or not isinstance(parallel, int) or not 1 <= parallel <= 16:
-        raise ConfigError(f"profile {profile.name!r}: book parallel_notebooks must be an integer in 1..16, got {parallel!r}")
+        raise ConfigError(
+            f"profile {profile.name!r}: book parallel_notebooks must be an integer in 1..16, got {parallel!r}"
+        )
     return settings
 
 
@@ -218,7 +223,10 @@ def _read_overrides(params_file: str | os.PathLike | None) -> dict[str, dict[str
 
 
 def execute_notebook(
-    notebook: str, params: dict[str, Any], output_dir: str | os.PathLike = EXECUTED_DIR, progress: bool = True,
+    notebook: str,
+    params: dict[str, Any],
+    output_dir: str | os.PathLike = EXECUTED_DIR,
+    progress: bool = True,
     threads: int | None = None,
 ) -> Path:
     """Execute one notebook with papermill into ``output_dir``; returns the executed path.
@@ -306,6 +314,7 @@ def run_book(
         read_json_mapping(stamps_path, "book stamp file", "delete it: every notebook is then re-executed once")
         if stamps_path.is_file() else {}
     )  # fmt: skip
+
     def stale(notebook: str, extra: str = "") -> tuple[dict[str, Any], str] | None:
         """The notebook's parameters and stamp when it must be executed, else None (up to date)."""
         params = notebook_parameters(profile.name, notebook, overrides, data_root, runs_root, executed_dir)
@@ -377,7 +386,10 @@ def _needs(notebook: str) -> set[str]:
 
 
 def _execute_in_parallel(
-    todo: dict[str, tuple[dict[str, Any], str]], executed_dir: Path, workers: int, threads: int | None,
+    todo: dict[str, tuple[dict[str, Any], str]],
+    executed_dir: Path,
+    workers: int,
+    threads: int | None,
     executed: Any,
 ) -> None:
     """Execute the notebooks of ``todo`` (name: (params, stamp)), up to ``workers`` at a time.
@@ -413,7 +425,11 @@ def _execute_in_parallel(
                 raise RuntimeError(f"notebook {notebook} not started: the book run was interrupted")
             process = subprocess.Popen(
                 [sys.executable, "-c", _CHILD, notebook, json.dumps(params), str(executed_dir)],
-                env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                env=env,
+                cwd=str(ROOT),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             processes[notebook] = process
         output, _ = process.communicate()
@@ -490,11 +506,14 @@ def _check_integrity(data: bytes, integrity: str, what: str) -> None:
 
 
 def _keep(name: str, keep: Sequence[str]) -> bool:
-    return any(name == k or (k.endswith("/") and name.startswith(k)) or (k.startswith(".") and name.endswith(k))
-               for k in keep)
+    return any(
+        name == k or (k.endswith("/") and name.startswith(k)) or (k.startswith(".") and name.endswith(k)) for k in keep
+    )
 
 
-def ensure_static_assets(static_dir: str | os.PathLike = STATIC_DIR, cache_dir: str | os.PathLike | None = None) -> Path:
+def ensure_static_assets(
+    static_dir: str | os.PathLike = STATIC_DIR, cache_dir: str | os.PathLike | None = None
+) -> Path:
     """Unpack every :data:`STATIC_ASSETS` package under ``static_dir``; returns ``static_dir``.
 
     Each package comes from the npm registry once (checked against the registry's sha512
@@ -535,7 +554,7 @@ def ensure_static_assets(static_dir: str | os.PathLike = STATIC_DIR, cache_dir: 
         try:
             with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
                 for member in archive.getmembers():
-                    name = member.name[len(asset["prefix"]):] if member.name.startswith(asset["prefix"]) else None
+                    name = member.name[len(asset["prefix"]) :] if member.name.startswith(asset["prefix"]) else None
                     if not member.isfile() or not name or not _keep(name, asset["keep"]):
                         continue
                     member.name = name
@@ -591,7 +610,11 @@ def build_html(
         source = _stage_sources(executed_dir, build_dir.parent / "book-source")
     ensure_static_assets(source / "book" / "_static")
     command = [
-        str(Path(sys.executable).parent / "jupyter-book"), "build", str(source), "--path-output", str(build_dir.parent)
+        str(Path(sys.executable).parent / "jupyter-book"),
+        "build",
+        str(source),
+        "--path-output",
+        str(build_dir.parent),
     ]
     if strict:
         command += ["-W", "-n", "--keep-going"]

@@ -28,8 +28,9 @@ import pickle
 import pickletools
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -124,7 +125,9 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except Exception as exc:  # noqa: BLE001 - torch.load of damaged bytes raises many kinds (EOFError, IndexError ...)
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {torch_error_summary(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not an xrg checkpoint (a torch file without the {CHECKPOINT_FORMAT!r} header)")
+        raise CheckpointError(
+            f"{path} is not an xrg checkpoint (a torch file without the {CHECKPOINT_FORMAT!r} header)"
+        )
     try:
         verify_integrity(payload, path)
     except RecursionError as exc:
@@ -251,7 +254,9 @@ def verify_integrity(payload: Mapping[str, Any], path: str | os.PathLike) -> Non
 def torch_error_summary(error: BaseException) -> str:
     """torch's message about a file it could not load, first line only, without its advice to unpickle code."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    text = re.split(r"(?i)\b(?:re-?running|this file can still be loaded|in pytorch 2\.6|if you trust|weights_only=False)", text)[0].rstrip(" .;:,(")
+    text = re.split(
+        r"(?i)\b(?:re-?running|this file can still be loaded|in pytorch 2\.6|if you trust|weights_only=False)", text
+    )[0].rstrip(" .;:,(")
     return text[:300] or type(error).__name__
 
 
@@ -367,7 +372,9 @@ def refused_global(path: str | os.PathLike, error: BaseException) -> str | None:
     return next((name for name in found if name not in allowed), None)
 
 
-def checkpoint_config(payload: Mapping[str, Any], cls: type[ConfigT], path: str | os.PathLike = "checkpoint") -> ConfigT:
+def checkpoint_config(
+    payload: Mapping[str, Any], cls: type[ConfigT], path: str | os.PathLike = "checkpoint"
+) -> ConfigT:
     """The run config stored in a loaded checkpoint, as a ``cls`` instance."""
     try:
         return config_from_mapping(cls, payload["config"], where=f"config of checkpoint {path}")

@@ -35,8 +35,9 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from xrg.errors import DiskFullError, TrainingStopped, XrgError
 
@@ -109,7 +110,9 @@ def _cmd_import_openi(args: argparse.Namespace) -> None:
 def _cmd_import_mimic(args: argparse.Namespace) -> None:
     from xrg.data.importers import import_mimic
 
-    print(import_mimic(args.root, args.out, size=args.size, seed=args.seed, subset=args.subset or None, force=args.force))
+    print(
+        import_mimic(args.root, args.out, size=args.size, seed=args.seed, subset=args.subset or None, force=args.force)
+    )
 
 
 def _cmd_phantom(args: argparse.Namespace) -> None:
@@ -177,7 +180,9 @@ def _cmd_train_xraygan(args: argparse.Namespace) -> int:
 
     profile = load_profile(args.profile)
     config = XRayGANTrainConfig.from_profile(profile, parse_overrides(args.set))
-    vcn_config = VCNTrainConfig.from_profile(profile, image_size=config.base_size, overrides=parse_overrides(args.vcn_set))
+    vcn_config = VCNTrainConfig.from_profile(
+        profile, image_size=config.base_size, overrides=parse_overrides(args.vcn_set)
+    )
     with _run_directory(args):
         print(f"XRayGAN run {args.out} on {args.data}: {config}")
         trainer = XRayGANTrainer(
@@ -245,7 +250,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     paths = save_pair(output, out)
     print(f"wrote {paths['frontal']} and {paths['lateral']} ({pipe.image_size}px) with {pipe}")
     if output.unknown_words:
-        print(f"{output.num_unknown_words} words not in the vocabulary (read as <unk>): {', '.join(output.unknown_words)}")
+        print(
+            f"{output.num_unknown_words} words not in the vocabulary (read as <unk>): {', '.join(output.unknown_words)}"
+        )
     for note in output.warnings:
         print(f"warning: {note}")
 
@@ -281,8 +288,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     profile = load_profile(args.profile)
     checkpoint_path(args.run)  # inputs first: a missing run or data directory fails before any training
     read_manifest(args.data)
-    evaluators_dir = Path(args.evaluators) if args.evaluators else Path("runs") / profile.name / "experiments" / "evaluators"
-    with own_output_dir(evaluators_dir, "evaluators", force=args.force_evaluators, what="--evaluators") as evaluators_dir:
+    evaluators_dir = (
+        Path(args.evaluators) if args.evaluators else Path("runs") / profile.name / "experiments" / "evaluators"
+    )
+    with own_output_dir(
+        evaluators_dir, "evaluators", force=args.force_evaluators, what="--evaluators"
+    ) as evaluators_dir:
         evaluators = ensure_evaluators(EvaluatorConfig.from_profile(profile), args.data, evaluators_dir, args.device)
     result = evaluate_run(args.run, args.data, evaluators, EvalConfig.from_profile(profile), args.device,
                           args.inception_weights, force=args.force)  # fmt: skip
@@ -318,15 +329,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xrg", description="Chest X-ray generation from radiology reports.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    data = commands.add_parser("data", help="build or import datasets").add_subparsers(dest="data_command", required=True)
+    data = commands.add_parser("data", help="build or import datasets").add_subparsers(
+        dest="data_command", required=True
+    )
     build = data.add_parser("build", help="render the Open-i reports through the CT phantom")
     build.add_argument("--profile", default="cpu", help="tiny | cpu | paper | path to a profile YAML (default cpu)")
     build.add_argument("--out", help="output directory (default data/<profile>)")
     build.add_argument("--reports", help="Open-i reports (directory or .tgz); default: the copy inside torchxrayvision")
     build.add_argument("--workers", type=bounded(1, 64), help="rendering processes, 1..64 (default from the profile)")
-    build.add_argument("--max-reports", type=bounded(3, 100_000), help="render a seeded sample of this many reports (3..100000)")
-    build.add_argument("--image-size", type=bounded(32, 256), help="stored resolution, 32..256 (default from the profile)")
-    build.add_argument("--seed", type=bounded(0, SEED_MAX), help="anatomy, sample and split seed (default from the profile)")
+    build.add_argument(
+        "--max-reports", type=bounded(3, 100_000), help="render a seeded sample of this many reports (3..100000)"
+    )
+    build.add_argument(
+        "--image-size", type=bounded(32, 256), help="stored resolution, 32..256 (default from the profile)"
+    )
+    build.add_argument(
+        "--seed", type=bounded(0, SEED_MAX), help="anatomy, sample and split seed (default from the profile)"
+    )
     build.add_argument("--force", action="store_true", help="write into --out even if another command made it")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
     build.set_defaults(func=_cmd_data_build)
@@ -354,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = phantom.add_mutually_exclusive_group(required=True)
     source.add_argument("--report", help="report text, e.g. 'Mild cardiomegaly. Small left pleural effusion.'")
     source.add_argument("--report-file", help="file holding the report text")
-    phantom.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="patient seed: the same seed is the same body")
+    phantom.add_argument(
+        "--seed", type=bounded(0, SEED_MAX), default=0, help="patient seed: the same seed is the same body"
+    )
     phantom.add_argument("--size", type=bounded(32, 256), default=256, help="image size, 32..256 (default 256)")
     phantom.add_argument("--out", default="phantom_out", help="output directory (default phantom_out)")
     phantom.add_argument("--force", action="store_true", help="write into --out even if something else made it")
@@ -364,27 +385,43 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bench_command", required=True
     )
     bench_data = bench.add_parser("data", help="phantom rendering throughput (pairs/s)")
-    bench_data.add_argument("--sizes", type=bounded(32, 256), nargs="+", default=[128, 256], help="image sizes, 32..256 (default 128 256)")
-    bench_data.add_argument("--pairs", type=bounded(1, 10_000), default=40, help="pairs rendered per size, 1..10000 (default 40)")
+    bench_data.add_argument(
+        "--sizes", type=bounded(32, 256), nargs="+", default=[128, 256], help="image sizes, 32..256 (default 128 256)"
+    )
+    bench_data.add_argument(
+        "--pairs", type=bounded(1, 10_000), default=40, help="pairs rendered per size, 1..10000 (default 40)"
+    )
     bench_data.add_argument("--workers", type=bounded(1, 64), default=2, help="processes, 1..64 (default 2)")
     bench_data.set_defaults(func=_cmd_bench_data)
     bench_train = bench.add_parser("train", help="XRayGAN training images/s per stage (synthetic batches)")
     bench_train.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
-    bench_train.add_argument("--steps", type=bounded(1, 1000), default=3, help="timed steps per phase, 1..1000 (default 3)")
-    bench_train.add_argument("--train-cases", type=bounded(1, 10_000_000), default=2700,
-                             help="train split size for the epoch-time estimate (default 2700, the cpu dataset)")
+    bench_train.add_argument(
+        "--steps", type=bounded(1, 1000), default=3, help="timed steps per phase, 1..1000 (default 3)"
+    )
+    bench_train.add_argument(
+        "--train-cases",
+        type=bounded(1, 10_000_000),
+        default=2700,
+        help="train split size for the epoch-time estimate (default 2700, the cpu dataset)",
+    )
     bench_train.add_argument("--device", type=device_name, help="cpu | cuda (default cuda when available)")
     bench_train.set_defaults(func=_cmd_bench_train)
     bench_generate = bench.add_parser("generate", help="report → frontal/lateral pair latency")
-    bench_generate.add_argument("--profile", default="cpu", help="profile of the untrained model timed without --checkpoint")
+    bench_generate.add_argument(
+        "--profile", default="cpu", help="profile of the untrained model timed without --checkpoint"
+    )
     bench_generate.add_argument("--checkpoint", help="a run directory or XRayGAN checkpoint file")
-    bench_generate.add_argument("--n", type=bounded(1, 10_000), default=20, help="reports timed per device, 1..10000 (default 20)")
+    bench_generate.add_argument(
+        "--n", type=bounded(1, 10_000), default=20, help="reports timed per device, 1..10000 (default 20)"
+    )
     bench_generate.set_defaults(func=_cmd_bench_generate)
     bench_explorer = bench.add_parser("explorer", help="report explorer response seconds (generate and each edit)")
     bench_explorer.add_argument("--run-dir", required=True, help="an XRayGAN run directory or checkpoint file")
     bench_explorer.add_argument("--data-dir", help="time the test reports of this data directory (default: built-in)")
     bench_explorer.add_argument("--n", type=bounded(1, 1000), default=10, help="reports timed, 1..1000 (default 10)")
-    bench_explorer.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed and default phantom patient")
+    bench_explorer.add_argument(
+        "--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed and default phantom patient"
+    )
     bench_explorer.set_defaults(func=_cmd_bench_explorer)
 
     train = commands.add_parser(
@@ -400,20 +437,39 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
         sub.add_argument("--force", action="store_true", help="train into --out even if something else made it")
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
-    xraygan.add_argument("--set", action="append", metavar="KEY=VALUE",
-                         help="override an xraygan setting, e.g. --set vc_weight=0 (repeatable)")
+    xraygan.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override an xraygan setting, e.g. --set vc_weight=0 (repeatable)",
+    )
     xraygan.add_argument("--vcn-set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
     xraygan.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    xraygan.add_argument("--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps")
+    xraygan.add_argument(
+        "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
+    )
     xraygan.set_defaults(func=_cmd_train_xraygan)
-    baseline.add_argument("--method", required=True, choices=("gan_int_cls", "stackgan", "attngan"), help="which baseline")
-    baseline.add_argument("--set", action="append", metavar="KEY=VALUE",
-                          help="override a baselines setting, e.g. --set rec_weight=100 (repeatable)")
+    baseline.add_argument(
+        "--method", required=True, choices=("gan_int_cls", "stackgan", "attngan"), help="which baseline"
+    )
+    baseline.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a baselines setting, e.g. --set rec_weight=100 (repeatable)",
+    )
     baseline.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    baseline.add_argument("--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps")
+    baseline.add_argument(
+        "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
+    )
     baseline.set_defaults(func=_cmd_train_baseline)
     vcn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
-    vcn.add_argument("--sizes", type=bounded(8, 1024), nargs="+", help="resolutions, 8..1024 (default: the profile's XRayGAN stage sizes)")
+    vcn.add_argument(
+        "--sizes",
+        type=bounded(8, 1024),
+        nargs="+",
+        help="resolutions, 8..1024 (default: the profile's XRayGAN stage sizes)",
+    )
     vcn.set_defaults(func=_cmd_train_vcn)
 
     generate = commands.add_parser("generate", help="generate frontal.png and lateral.png from a report")
@@ -422,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--report-file", help="file holding the report text")
     generate.add_argument("--checkpoint", required=True, help="a run directory or an XRayGAN checkpoint file")
     generate.add_argument("--out", default="generated", help="output directory (default generated)")
-    generate.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed (only for models with noise_dim > 0)")
+    generate.add_argument(
+        "--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed (only for models with noise_dim > 0)"
+    )
     generate.add_argument("--force", action="store_true", help="write into --out even if something else made it")
     generate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     generate.set_defaults(func=_cmd_generate)
@@ -430,13 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a trained run (IS, FID, SSIM, VC, fidelity ...) → RUN/eval.json")
     evaluate.add_argument("--run", required=True, help="run directory (XRayGAN, an ablation or a baseline)")
     evaluate.add_argument("--data", required=True, help="the data directory the run was trained on")
-    evaluate.add_argument("--profile", default="cpu", help="profile whose eval and evaluator sections apply (default cpu)")
+    evaluate.add_argument(
+        "--profile", default="cpu", help="profile whose eval and evaluator sections apply (default cpu)"
+    )
     evaluate.add_argument("--evaluators", help="evaluator directory (default runs/<profile>/experiments/evaluators)")
-    evaluate.add_argument("--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)")
+    evaluate.add_argument(
+        "--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)"
+    )
     evaluate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     evaluate.add_argument("--force", action="store_true", help="recompute even when eval.json is up to date")
-    evaluate.add_argument("--force-evaluators", action="store_true",
-                          help="use --evaluators even if something else made it")
+    evaluate.add_argument(
+        "--force-evaluators", action="store_true", help="use --evaluators even if something else made it"
+    )
     evaluate.set_defaults(func=_cmd_eval)
 
     experiment = commands.add_parser("experiment", help="train what is missing and write the paper's Table 1 or 2")
@@ -449,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--force", action="store_true", help="write into --out even if something else made it")
     experiment.set_defaults(func=_cmd_experiment)
 
-    book = commands.add_parser("book", help="execute and render the book").add_subparsers(dest="book_command", required=True)
+    book = commands.add_parser("book", help="execute and render the book").add_subparsers(
+        dest="book_command", required=True
+    )
     run = book.add_parser("run", help="build the data and execute the notebooks with papermill")
     run.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
     run.add_argument("--params", help="YAML file of notebook parameters overriding the profile's")

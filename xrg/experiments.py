@@ -121,9 +121,13 @@ class Experiment:
 
     @classmethod
     def create(
-        cls, profile: str | Profile, data_dir: str | Path, out_dir: str | Path, device: str | torch.device = "cpu",
+        cls,
+        profile: str | Profile,
+        data_dir: str | Path,
+        out_dir: str | Path,
+        device: str | torch.device = "cpu",
         progress: bool = True,
-    ) -> "Experiment":
+    ) -> Experiment:
         loaded = profile if isinstance(profile, Profile) else load_profile(profile)
         return cls(loaded, Path(data_dir), Path(out_dir), torch.device(device), progress)
 
@@ -139,7 +143,9 @@ class Experiment:
             config = baseline_config(self.profile, method)
             if not _run_finished(run_dir, "baseline", config):
                 resume = (run_dir / CHECKPOINT_NAME).is_file()
-                BaselineTrainer(config, self.data_dir, run_dir, device=self.device, resume=resume, progress=self.progress).train()
+                BaselineTrainer(
+                    config, self.data_dir, run_dir, device=self.device, resume=resume, progress=self.progress
+                ).train()
             return run_dir
         config = xraygan_config(self.profile, method)
         if _run_finished(run_dir, "xraygan", config):
@@ -148,7 +154,9 @@ class Experiment:
         if config.vc_weight > 0:
             self._share_vcns(config, vcn_config, run_dir)
         resume = (run_dir / CHECKPOINT_NAME).is_file()
-        XRayGANTrainer(config, self.data_dir, run_dir, vcn_config, device=self.device, resume=resume, progress=self.progress).train()
+        XRayGANTrainer(
+            config, self.data_dir, run_dir, vcn_config, device=self.device, resume=resume, progress=self.progress
+        ).train()
         return run_dir
 
     def _share_vcns(self, config: XRayGANTrainConfig, vcn_config: VCNTrainConfig, run_dir: Path) -> None:
@@ -183,8 +191,15 @@ class Experiment:
             method_started = time.perf_counter()
             run_dir = self.ensure_run(method)
             trained = time.perf_counter() - method_started
-            result = evaluate_run(run_dir, self.data_dir, evaluators, eval_config, self.device, inception_weights, self.progress)
-            rows[method] = {"run_dir": str(run_dir), "training_seconds": training_seconds(run_dir), "wall_seconds": trained, "eval": result}
+            result = evaluate_run(
+                run_dir, self.data_dir, evaluators, eval_config, self.device, inception_weights, self.progress
+            )
+            rows[method] = {
+                "run_dir": str(run_dir),
+                "training_seconds": training_seconds(run_dir),
+                "wall_seconds": trained,
+                "eval": result,
+            }
         summary = {
             "table": table,
             "profile": self.profile.name,

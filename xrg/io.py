@@ -12,8 +12,9 @@ import json
 import os
 import tempfile
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable, BinaryIO
+from typing import Any, BinaryIO
 
 from xrg.errors import DiskFullError
 
@@ -122,8 +123,9 @@ def append_jsonl(path: str | os.PathLike, row: Any) -> None:
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise DiskFullError(
-                exc.errno, f"disk full while appending to {path} ({exc.strerror or exc}); its earlier lines are kept; "
-                "free some space and try again"
+                exc.errno,
+                f"disk full while appending to {path} ({exc.strerror or exc}); its earlier lines are kept; "
+                "free some space and try again",
             ) from exc
         raise
 

@@ -16,8 +16,8 @@ import fcntl
 import os
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from xrg.errors import XrgError
 
@@ -104,7 +104,9 @@ def is_locked_here(directory: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def own_output_dir(directory: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out") -> Iterator[Path]:
+def own_output_dir(
+    directory: str | os.PathLike, kind: str, *, force: bool = False, what: str = "--out"
+) -> Iterator[Path]:
     """Inside the block, this process is the one writer of ``directory``, claimed as ``kind``.
 
     The directory's writability is checked first, then its lock is taken, then it is claimed

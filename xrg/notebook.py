@@ -80,12 +80,13 @@ class RunInfo:
     def record(self) -> dict[str, Any]:
         """The provenance as plain JSON values, wall time so far included."""
         record = {k: v for k, v in asdict(self).items() if k != "t0"}
-        record["params"] = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
-                            for k, v in self.params.items()}
+        record["params"] = {
+            k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in self.params.items()
+        }
         record["wall_seconds"] = round(self.elapsed(), 3)
         return record
 
-    def table(self) -> "Any":
+    def table(self) -> Any:
         import pandas as pd
 
         rows = {k: v for k, v in asdict(self).items() if k not in ("params", "t0")}
@@ -98,8 +99,10 @@ class RunInfo:
         if show:
             from IPython.display import Markdown, display
 
-            text = (f"*Executed in {record['wall_seconds']:.1f} s on {self.device} with profile `{self.profile}`, "
-                    f"seed {self.seed}, xrg {self.code_version} (started {self.started}).*")
+            text = (
+                f"*Executed in {record['wall_seconds']:.1f} s on {self.device} with profile `{self.profile}`, "
+                f"seed {self.seed}, xrg {self.code_version} (started {self.started}).*"
+            )
             display(Markdown(text), metadata={PROVENANCE_KEY: record})
         return record
 
@@ -109,7 +112,9 @@ def setup(seed: int, profile: str, params: dict[str, Any] | None = None, show: b
     from xrg.profiles import load_profile
 
     if not isinstance(profile, str) or not profile.strip():
-        raise ConfigError(f"notebook parameter profile={profile!r} must be a profile name (tiny, cpu, paper) or a YAML path")
+        raise ConfigError(
+            f"notebook parameter profile={profile!r} must be a profile name (tiny, cpu, paper) or a YAML path"
+        )
     try:
         load_profile(profile)
     except ConfigError as exc:
@@ -187,24 +192,34 @@ def executed_provenance(executed_dir: str | Path, exclude: tuple[str, ...] = ())
         if path.stem in exclude or path.stem.endswith(".failed"):
             continue
         notebook = nbformat.read(path, as_version=4)
-        title = next((line.lstrip("# ").strip() for cell in notebook.cells if cell.cell_type == "markdown"
-                      for line in cell.source.splitlines() if line.startswith("# ")), path.stem)
+        title = next(
+            (
+                line.lstrip("# ").strip()
+                for cell in notebook.cells
+                if cell.cell_type == "markdown"
+                for line in cell.source.splitlines()
+                if line.startswith("# ")
+            ),
+            path.stem,
+        )
         record: dict[str, Any] = {}
         for cell in notebook.cells:
             for output in cell.get("outputs", []):
                 record = output.get("metadata", {}).get(PROVENANCE_KEY, record)
         papermill = notebook.metadata.get("papermill", {})
-        rows.append({
-            "notebook": path.stem,
-            "title": title,
-            "profile": record.get("profile", "not recorded"),
-            "seed": record.get("seed"),
-            "device": record.get("device", "not recorded"),
-            "code_version": record.get("code_version", "not recorded"),
-            "started": record.get("started", papermill.get("start_time", "")),
-            "wall_seconds": record.get("wall_seconds", papermill.get("duration")),
-            "papermill_seconds": papermill.get("duration"),
-            "params": record.get("params", papermill.get("parameters", {})),
-            "recorded": bool(record),
-        })
+        rows.append(
+            {
+                "notebook": path.stem,
+                "title": title,
+                "profile": record.get("profile", "not recorded"),
+                "seed": record.get("seed"),
+                "device": record.get("device", "not recorded"),
+                "code_version": record.get("code_version", "not recorded"),
+                "started": record.get("started", papermill.get("start_time", "")),
+                "wall_seconds": record.get("wall_seconds", papermill.get("duration")),
+                "papermill_seconds": papermill.get("duration"),
+                "params": record.get("params", papermill.get("parameters", {})),
+                "recorded": bool(record),
+            }
+        )
     return rows

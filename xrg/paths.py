@@ -20,8 +20,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import Iterable
 
 import xrg
 from xrg.errors import DataDirError, XrgError
@@ -173,7 +173,11 @@ def _legacy_kind(directory: Path) -> str | None:
     from xrg.checkpoint import read_checkpoint
     from xrg.errors import CheckpointError
 
-    candidates = [directory / "checkpoint.pt", *sorted(directory.glob("*.pt"))[:4], *sorted(directory.glob("vcn/*.pt"))[:4]]
+    candidates = [
+        directory / "checkpoint.pt",
+        *sorted(directory.glob("*.pt"))[:4],
+        *sorted(directory.glob("vcn/*.pt"))[:4],
+    ]
     for candidate in candidates:
         if candidate.is_file() and not candidate.is_symlink():
             try:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence, overload, runtime_checkable
+from typing import Any, Protocol, overload, runtime_checkable
 
 import torch
 from PIL import Image
@@ -104,9 +105,7 @@ class XRayGANOutput:
 
     def images(self) -> dict[str, Image.Image]:
         """Both views as 8-bit greyscale PIL images, ``{"frontal": ..., "lateral": ...}``."""
-        return {
-            view: Image.fromarray(to_uint8(getattr(self, view)[0].numpy())) for view in ("frontal", "lateral")
-        }
+        return {view: Image.fromarray(to_uint8(getattr(self, view)[0].numpy())) for view in ("frontal", "lateral")}
 
 
 def _section_tokens(text: str, max_sentences: int, max_words: int) -> list[list[str]]:
@@ -148,7 +147,7 @@ class XRayGANPipeline:
         return self.config.final_size
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "XRayGANPipeline":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> XRayGANPipeline:
         """Load the encoder and generators of an XRayGAN checkpoint (or of ``RUN/checkpoint.pt``)."""
         path = run_checkpoint(path)
         model = XRayGAN.from_checkpoint(path, map_location=device)
@@ -164,7 +163,7 @@ class XRayGANPipeline:
     @classmethod
     def from_config(
         cls, config: Any, vocabulary: Vocabulary, seed: int = 0, device: str | torch.device = "cpu"
-    ) -> "XRayGANPipeline":
+    ) -> XRayGANPipeline:
         """An untrained pipeline with seeded random weights (for benchmarks and tests).
 
         ``config`` is an :class:`~xrg.models.xraygan.XRayGANModelConfig` or an XRayGAN run
@@ -210,7 +209,9 @@ class XRayGANPipeline:
             return self._generate([report], generator)[0]  # a str, or refused naming what it is
         for item in report:
             if not isinstance(item, str):
-                raise ReportError(f"a {type(report).__name__} of reports must hold strings, got a {type(item).__name__}")
+                raise ReportError(
+                    f"a {type(report).__name__} of reports must hold strings, got a {type(item).__name__}"
+                )
         return self._generate(list(report), generator, batched=type(report).__name__)
 
     def _generate(
@@ -229,7 +230,9 @@ class XRayGANPipeline:
                 if batched is None:
                     raise
                 raise type(error)(f"{error} (report {number + 1} of the {batched} of {len(reports)})") from error
-            parsed.append((findings_text, impression_text, findings, impression, findings_tokens, impression_tokens, notes))
+            parsed.append(
+                (findings_text, impression_text, findings, impression, findings_tokens, impression_tokens, notes)
+            )
         if not parsed:
             return []
         device = self.device
@@ -281,6 +284,5 @@ def save_pair(output: XRayGANOutput, out_dir: str | os.PathLike) -> dict[str, Pa
     """Write ``frontal.png`` and ``lateral.png`` of ``output`` into ``out_dir``."""
     out_dir = Path(out_dir)
     return {
-        view: save_png(out_dir / f"{view}.png", getattr(output, view)[0].numpy())
-        for view in ("frontal", "lateral")
+        view: save_png(out_dir / f"{view}.png", getattr(output, view)[0].numpy()) for view in ("frontal", "lateral")
     }

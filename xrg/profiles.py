@@ -72,6 +72,10 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     if bad:
         raise ConfigError(f"profile file {path}: sections {bad} must be mappings of settings")
     return Profile(
-        name=str(raw.get("profile", path.stem)), seed=seed, data=raw["data"], notebooks=notebooks,
-        sections=sections, path=path,
+        name=str(raw.get("profile", path.stem)),
+        seed=seed,
+        data=raw["data"],
+        notebooks=notebooks,
+        sections=sections,
+        path=path,
     )

@@ -118,7 +118,11 @@ def _run_cli(conn: Connection, argv: list[str], output: str, install) -> None:
     try:
         torch.set_num_threads(1)
         install()
-        with open(output, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        with (
+            open(output, "w", encoding="utf-8") as sink,
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+        ):
             status = xrg.cli.main(argv)
         conn.send(("exit", status))
     except BaseException:
@@ -129,6 +133,7 @@ def _run_cli(conn: Connection, argv: list[str], output: str, install) -> None:
 
 def vcn_cli_child(conn: Connection, argv: list[str], output: str, step_sleep: float) -> None:
     """Run ``xrg <argv>`` reporting ``("step", n)`` after each VCN step; exit with its status."""
+
     def install() -> None:
         vcn_step, count = xrg.train.vcn.vcn_step, [0]
 

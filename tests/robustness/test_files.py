@@ -96,7 +96,9 @@ def png_with_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def colour() -> bytes:
@@ -117,8 +119,14 @@ BAD_IMAGES = {
     "cmyk.jpg": (encode(Image.new("CMYK", (32, 32), (10, 20, 30, 0)), "JPEG"), "unsupported mode 'CMYK'"),
     "bilevel.png": (encode(Image.new("1", (32, 32), 1)), "unsupported mode '1'"),
     "float.tif": (encode(Image.fromarray(np.full((32, 32), 2.5, np.float32)), "TIFF"), "unsupported mode 'F'"),
-    "int32-high.tif": (encode(Image.fromarray(np.full((32, 32), 70_000, np.int32)), "TIFF"), "outside the 16-bit range"),
-    "int32-negative.tif": (encode(Image.fromarray(np.full((32, 32), -3, np.int32)), "TIFF"), "outside the 16-bit range"),
+    "int32-high.tif": (
+        encode(Image.fromarray(np.full((32, 32), 70_000, np.int32)), "TIFF"),
+        "outside the 16-bit range",
+    ),
+    "int32-negative.tif": (
+        encode(Image.fromarray(np.full((32, 32), -3, np.int32)), "TIFF"),
+        "outside the 16-bit range",
+    ),
     "tiny.png": (encode(Image.new("L", (4, 4), 99)), "unusable shape"),
     "bomb.png": (png_with_header(100_000, 100_000), "decompression bomb"),
     "large.png": (png_with_header(12_000, 12_000), "decompression bomb"),
@@ -265,7 +273,9 @@ def test_openi_import_names_every_refused_file_and_keeps_going(tmp_path):
     ramp_mean = (40 // 8 - 1) / 2 / 255  # the ramp adds 0..4 grey levels
     for case_id, frontal, lateral in (("openi-1", 20, 200), ("openi-4", 70, 110), ("openi-5", 50, 120)):
         for view, value in ((cases[case_id].frontal, frontal), (cases[case_id].lateral, lateral)):
-            assert load_grayscale(tmp_path / "out" / view).mean() == pytest.approx(value / 255 + ramp_mean, abs=1.5 / 255)
+            assert load_grayscale(tmp_path / "out" / view).mean() == pytest.approx(
+                value / 255 + ramp_mean, abs=1.5 / 255
+            )
 
 
 def test_mimic_import_names_every_refused_file_and_keeps_going(tmp_path):
@@ -287,7 +297,12 @@ def test_mimic_import_names_every_refused_file_and_keeps_going(tmp_path):
         # The lateral is listed first in the metadata and named like a frontal: the view column decides.
         (folder / "frontal-looking-lateral.jpg").write_bytes(encode(Image.open(io.BytesIO(grey_png(200))), "JPEG"))
         rows += [
-            {"dicom_id": "frontal-looking-lateral", "subject_id": subject, "study_id": study, "ViewPosition": "LATERAL"},
+            {
+                "dicom_id": "frontal-looking-lateral",
+                "subject_id": subject,
+                "study_id": study,
+                "ViewPosition": "LATERAL",
+            },
             {"dicom_id": dicom, "subject_id": subject, "study_id": study, "ViewPosition": "PA"},
         ]
         (folder.parent / f"s{study}.txt").write_text("FINDINGS: Heart normal.\nIMPRESSION: No acute disease.\n")

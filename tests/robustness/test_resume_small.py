@@ -164,7 +164,9 @@ def test_sigterm_stops_xrg_train_vcn_which_prints_a_command_that_resumes_exactly
     assert rows(run / "vcn" / "metrics.jsonl") == rows(straight_vcn / "vcn" / "metrics.jsonl")
 
 
-def test_train_vcn_stopped_then_crashed_twice_resumes_exactly(tmp_path, monkeypatch, data_dir, vcn_config, straight_vcn):
+def test_train_vcn_stopped_then_crashed_twice_resumes_exactly(
+    tmp_path, monkeypatch, data_dir, vcn_config, straight_vcn
+):
     """SIGTERM at an epoch's last step; a crash while saving at the epoch end (its metrics row is
     then dropped and redone); a crash in the next epoch's first step (resumed from the epoch-end save)."""
     monkeypatch.setattr(xrg.train.loop, "PARTIAL_SAVE_SECONDS", 0.0)  # every epoch end saves too

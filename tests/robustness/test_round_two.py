@@ -148,7 +148,9 @@ def test_data_build_with_a_traversal_uid_skips_that_report(tmp_path):
 def _mimic_root(root: Path, dicom_ids: list[str]) -> Path:
     study = root / "files" / "p10" / "p10000001" / "s50000001"
     study.mkdir(parents=True)
-    (root / "files" / "p10" / "p10000001" / "s50000001.txt").write_text("FINDINGS: Mild cardiomegaly.\nIMPRESSION: Cardiomegaly.\n")
+    (root / "files" / "p10" / "p10000001" / "s50000001.txt").write_text(
+        "FINDINGS: Mild cardiomegaly.\nIMPRESSION: Cardiomegaly.\n"
+    )
     rows = [{"dicom_id": d, "subject_id": "10000001", "study_id": "50000001", "ViewPosition": v}
             for d, v in zip(dicom_ids, ["PA", "LATERAL"] * len(dicom_ids))]  # fmt: skip
     for row in rows:
@@ -267,7 +269,10 @@ NUMBER_OPTIONS = [
 
 
 @fuzz("number_options")
-@given(st.sampled_from(NUMBER_OPTIONS), st.one_of(st.integers(-(2**70), 2**70), st.sampled_from(["", "1e9", "ten", "0x10", "3.5"])))
+@given(
+    st.sampled_from(NUMBER_OPTIONS),
+    st.one_of(st.integers(-(2**70), 2**70), st.sampled_from(["", "1e9", "ten", "0x10", "3.5"])),
+)
 def test_every_number_option_has_a_stated_range(capsys, option, value):
     words, name, low, high, required = option
     argv = [*words, *required, name, str(value)]
@@ -370,7 +375,18 @@ def test_a_second_writer_is_refused_naming_the_holders_pid(tmp_path, locked_by_c
     data = write_synthetic_data(tmp_path / "data")
     for argv in (
         ["train", "xraygan", "--profile", "tiny", "--data", str(data), "--out", str(directory)],
-        ["train", "baseline", "--method", "stackgan", "--profile", "tiny", "--data", str(data), "--out", str(directory)],
+        [
+            "train",
+            "baseline",
+            "--method",
+            "stackgan",
+            "--profile",
+            "tiny",
+            "--data",
+            str(data),
+            "--out",
+            str(directory),
+        ],
         ["data", "build", "--profile", "tiny", "--out", str(directory), "--force"],
     ):
         assert main(argv) == 2
@@ -413,8 +429,23 @@ KINDS = ["phantom-dataset", "openi-dataset", "mimic-dataset", "phantom-render", 
 @given(
     st.sampled_from(KINDS),
     st.one_of(st.none(), st.sampled_from(KINDS), st.just("corrupt")),
-    st.lists(st.sampled_from(["frontal.png", "notes.txt", "manifest.jsonl", "build.json", ".xrg.lock", "images",
-                              ".draft.tmp", "resnet50.pt", "metrics.jsonl"]), unique=True, max_size=4),  # fmt: skip
+    st.lists(
+        st.sampled_from(
+            [
+                "frontal.png",
+                "notes.txt",
+                "manifest.jsonl",
+                "build.json",
+                ".xrg.lock",
+                "images",
+                ".draft.tmp",
+                "resnet50.pt",
+                "metrics.jsonl",
+            ]
+        ),
+        unique=True,
+        max_size=4,
+    ),  # fmt: skip
     st.booleans(),
 )
 def test_a_directory_is_claimed_only_when_it_is_new_empty_or_of_the_same_kind(
@@ -590,7 +621,12 @@ def test_files_are_written_with_the_umasks_permissions(tmp_path):
     try:
         data = write_synthetic_data(tmp_path / "data", num_patients=5)
         checkpoint = random_checkpoint(tmp_path / "model.pt", TINY, Vocabulary.load(data / "vocab.json"))
-        for path in (data / "manifest.jsonl", data / "vocab.json", checkpoint, *sorted((data / "images").iterdir())[:2]):
+        for path in (
+            data / "manifest.jsonl",
+            data / "vocab.json",
+            checkpoint,
+            *sorted((data / "images").iterdir())[:2],
+        ):
             assert path.stat().st_mode & 0o777 == 0o644, path
         os.umask(0o077)
         assert atomic_write_text(tmp_path / "private.txt", "x").stat().st_mode & 0o777 == 0o600
@@ -648,7 +684,10 @@ def test_a_checkpoint_repacked_with_compression_is_refused_unread(tmp_path):
 
     data = write_synthetic_data(tmp_path / "data", num_patients=5)
     original = random_checkpoint(tmp_path / "model.pt", TINY, Vocabulary.load(data / "vocab.json"))
-    with zipfile.ZipFile(original) as source, zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as sink:
+    with (
+        zipfile.ZipFile(original) as source,
+        zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as sink,
+    ):
         for info in source.infolist():
             sink.writestr(info.filename, source.read(info))
     with pytest.raises(CheckpointError, match="compressed entries"):
@@ -694,7 +733,9 @@ def test_eval_checks_its_inputs_and_its_evaluators_directory_before_training(tmp
     assert "holds no trained model" in capsys.readouterr().err
     run = tmp_path / "run"
     random_checkpoint(run / "checkpoint.pt", TINY, Vocabulary.load(data / "vocab.json"))
-    assert main(["eval", "--run", str(run), "--data", str(data), "--profile", "tiny", "--evaluators", str(foreign)]) == 2
+    assert (
+        main(["eval", "--run", str(run), "--data", str(data), "--profile", "tiny", "--evaluators", str(foreign)]) == 2
+    )
     assert "files that xrg did not make (notes.txt)" in capsys.readouterr().err
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 

@@ -321,7 +321,9 @@ def test_a_diverging_run_names_the_step_the_losses_and_the_last_good_checkpoint(
     good = int(message.split(kept)[1].split(")")[0])
     assert good < step and checkpoint_step_of(run) == good
     payload = load_checkpoint(run / "checkpoint.pt", "xraygan")
-    assert all(torch.isfinite(t).all() for state in payload["state"].values() for t in state.values() if t.is_floating_point())
+    assert all(
+        torch.isfinite(t).all() for state in payload["state"].values() for t in state.values() if t.is_floating_point()
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -445,7 +447,18 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one_and_the_run_resumes_
 
 def test_the_command_line_says_the_disk_is_full_and_how_to_resume(tmp_path, monkeypatch, data_dir, capsys):
     run = tmp_path / "run"
-    argv = ["train", "xraygan", "--profile", "tiny", "--data", str(data_dir), "--out", str(run), "--quiet", *CLI_SETTINGS]
+    argv = [
+        "train",
+        "xraygan",
+        "--profile",
+        "tiny",
+        "--data",
+        str(data_dir),
+        "--out",
+        str(run),
+        "--quiet",
+        *CLI_SETTINGS,
+    ]
     claim_output_dir(run, "run")  # its marker was written while there was room: the checkpoint is the first write now
     FullDisk(monkeypatch, "fsync")
     assert main(argv) == 2

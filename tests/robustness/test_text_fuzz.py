@@ -241,7 +241,10 @@ def test_truncated_real_xml(named, fraction):
 
 
 @fuzz("parse_report_xml_mutated")
-@given(st.sampled_from(REAL_XML), st.lists(st.tuples(st.floats(0, 1), st.binary(min_size=0, max_size=4)), min_size=1, max_size=6))
+@given(
+    st.sampled_from(REAL_XML),
+    st.lists(st.tuples(st.floats(0, 1), st.binary(min_size=0, max_size=4)), min_size=1, max_size=6),
+)
 def test_real_xml_with_bytes_replaced(named, edits):
     _, data = named
     data = bytearray(data)
@@ -267,7 +270,9 @@ def xml_documents(draw) -> str:
         return text if draw(st.booleans()) else CONTROL.sub(" ", text)
 
     body = "".join(f'<AbstractText Label="{label}">{escape(text)}</AbstractText>' for label, text in sections)
-    uid = draw(st.one_of(st.just(""), st.builds(lambda n: f'<uId id="CXR{n}"/>', st.integers(0, 10**6)), st.text(max_size=5)))
+    uid = draw(
+        st.one_of(st.just(""), st.builds(lambda n: f'<uId id="CXR{n}"/>', st.integers(0, 10**6)), st.text(max_size=5))
+    )
     mesh = "".join(f"<major>{escape(t)}</major>" for t in draw(st.lists(report_like(max_pieces=4), max_size=3)))
     root = draw(st.sampled_from(["eCitation", "eCitation", "eCitation", "other", "eCitation xmlns='urn:x'"]))
     document = f"<{root}>{uid}<Abstract>{body}</Abstract><MeSH>{mesh}</MeSH></{root.split()[0]}>"
@@ -345,7 +350,9 @@ def test_deeply_nested_xml_is_handled():
 # Sentences, tokens, sections, headers, findings
 # --------------------------------------------------------------------------------------
 
-VOCAB = Vocabulary.build(["The heart is normal. The lungs are clear. No pleural effusion. Mild cardiomegaly. 5.5 cm nodule."])
+VOCAB = Vocabulary.build(
+    ["The heart is normal. The lungs are clear. No pleural effusion. Mild cardiomegaly. 5.5 cm nodule."]
+)
 
 
 @fuzz("split_sentences")

@@ -19,9 +19,10 @@ import multiprocessing as mp
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -70,7 +71,7 @@ class DataBuildConfig:
             raise ConfigError(f"findings_source must be one of {FINDINGS_SOURCES}, got {self.findings_source!r}")
 
     @classmethod
-    def from_profile(cls, data: dict[str, Any], seed: int, **overrides: Any) -> "DataBuildConfig":
+    def from_profile(cls, data: dict[str, Any], seed: int, **overrides: Any) -> DataBuildConfig:
         from xrg.config import config_from_mapping
 
         unknown = set(data) - set(cls.__dataclass_fields__)
@@ -205,8 +206,12 @@ def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[st
 
 
 def render_pairs(
-    jobs: Sequence[tuple[str, list[dict], int, int, str]], volume_size: int, workers: int, progress: bool = True,
-    desc: str = "rendering pairs", key: dict[str, Any] | None = None,
+    jobs: Sequence[tuple[str, list[dict], int, int, str]],
+    volume_size: int,
+    workers: int,
+    progress: bool = True,
+    desc: str = "rendering pairs",
+    key: dict[str, Any] | None = None,
 ) -> Counter:
     """Render ``(case_id, findings_json, seed, size, out)`` jobs into ``out/images`` with worker processes.
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Sequence
 
 from xrg.data.findings import FINDING_KINDS, KIND_ATTRIBUTES, SEVERITIES, Finding, describe_findings, label_text
 from xrg.data.reports import _HEADER, normalize_text, split_report_text, split_sentences

@@ -103,4 +103,9 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape == (size, size):
         return image.astype(np.float32, copy=False)
     pil = Image.fromarray(np.asarray(image, dtype=np.float32), mode="F")
-    return np.asarray(pil.resize((size, size), resample=Image.Resampling.BOX if size < min(image.shape) else Image.Resampling.BICUBIC), dtype=np.float32).clip(0, 1)
+    return np.asarray(
+        pil.resize(
+            (size, size), resample=Image.Resampling.BOX if size < min(image.shape) else Image.Resampling.BICUBIC
+        ),
+        dtype=np.float32,
+    ).clip(0, 1)

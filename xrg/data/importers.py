@@ -27,9 +27,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -77,9 +78,10 @@ class ImportSummary:
             lines.append(f"refused files: {len(self.refused_files)}, e.g.")
             lines += [f"  {name}: {message}" for name, message in self.refused_files[:5]]
         if self.unmapped_terms:
-            lines.append("most frequent unmapped terms: " + ", ".join(
-                f"{term} ({count})" for term, count in self.unmapped_terms.most_common(8)
-            ))
+            lines.append(
+                "most frequent unmapped terms: "
+                + ", ".join(f"{term} ({count})" for term, count in self.unmapped_terms.most_common(8))
+            )
         return "\n".join(lines)
 
 
@@ -133,7 +135,9 @@ class _ExtractLimits:
     def check_plan(self, sizes: Sequence[int]) -> None:
         """Refuse, before anything is written, an archive too large in members, bytes or for the disk."""
         if len(sizes) > self.max_members:
-            raise ArchiveError(f"archive {self.archive} has {len(sizes)} members, more than the {self.max_members} allowed")
+            raise ArchiveError(
+                f"archive {self.archive} has {len(sizes)} members, more than the {self.max_members} allowed"
+            )
         total = sum(sizes)
         if total > self.max_bytes:
             raise ArchiveError(
@@ -237,7 +241,9 @@ def _extract_tar(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
                 if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
                     raise ArchiveError(f"archive {archive}: member {member.name!r} is a device or FIFO; refused")
                 if not (member.isreg() or member.isdir()):
-                    raise ArchiveError(f"archive {archive}: member {member.name!r} has unsupported type {member.type!r}")
+                    raise ArchiveError(
+                        f"archive {archive}: member {member.name!r} has unsupported type {member.type!r}"
+                    )
                 planned.append((member.name, destination, member.isdir()))
                 # Written where it was checked: a backslash is a separator, as in a zip archive.
                 member.name = member.name.replace("\\", "/")
@@ -285,7 +291,9 @@ def _extract_zip(archive: Path, target: Path, limits: _ExtractLimits) -> list[Pa
                 destination = _checked_destination(archive, info.filename, root)
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
-                    raise ArchiveError(f"archive {archive}: member {info.filename!r} is a symbolic link; links are refused")
+                    raise ArchiveError(
+                        f"archive {archive}: member {info.filename!r} is a symbolic link; links are refused"
+                    )
                 if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
                     raise ArchiveError(f"archive {archive}: member {info.filename!r} is a device or FIFO; refused")
                 plan.append((info, destination))
@@ -523,11 +531,15 @@ def _import_openi(
             if not lateral_ids:
                 summary.skipped["no lateral view"] += 1
                 continue
-            frontal = _load_first([files.get(i, i) for i in frontal_ids], size, summary.refused_files, images, image_dir)
+            frontal = _load_first(
+                [files.get(i, i) for i in frontal_ids], size, summary.refused_files, images, image_dir
+            )
             if isinstance(frontal, str):
                 summary.skipped[frontal] += 1
                 continue
-            lateral = _load_first([files.get(i, i) for i in lateral_ids], size, summary.refused_files, images, image_dir)
+            lateral = _load_first(
+                [files.get(i, i) for i in lateral_ids], size, summary.refused_files, images, image_dir
+            )
             if isinstance(lateral, str):
                 summary.skipped[lateral] += 1
                 continue
@@ -609,9 +621,10 @@ def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | Non
     summary = ImportSummary(n_cases=0, skipped=collections.Counter(), refused_files=[], out=out)
     for number, row in enumerate(rows, start=2):
         subject, study = row["subject_id"], row["study_id"]
-        if not (subject.isascii() and subject.isdigit() and study.isascii() and study.isdigit()) or max(
-            len(subject), len(study)
-        ) > 20:
+        if (
+            not (subject.isascii() and subject.isdigit() and study.isascii() and study.isdigit())
+            or max(len(subject), len(study)) > 20
+        ):
             raise DataDirError(
                 f"MIMIC-CXR metadata line {number}: subject_id {subject[:40]!r} / study_id {study[:40]!r} are not numbers"
             )
@@ -619,7 +632,10 @@ def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | Non
             summary.skipped["unsafe dicom_id"] += 1
             if summary.skipped["unsafe dicom_id"] <= MAX_LISTED_REFUSALS:
                 summary.refused_files.append(
-                    (f"metadata line {number}", f"dicom_id {row['dicom_id'][:80]!r} is not a safe id; the row is refused")
+                    (
+                        f"metadata line {number}",
+                        f"dicom_id {row['dicom_id'][:80]!r} is not a safe id; the row is refused",
+                    )
                 )
             continue
         if subset is None or f"p{subject[:2]}" == subset:
@@ -637,7 +653,11 @@ def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | Non
             summary.skipped["no lateral view"] += 1
             continue
         report_file = next(
-            (p for p in (root / "files" / f"{relative}.txt", root / "reports" / "files" / f"{relative}.txt") if p.is_file()),
+            (
+                p
+                for p in (root / "files" / f"{relative}.txt", root / "reports" / "files" / f"{relative}.txt")
+                if p.is_file()
+            ),
             None,
         )
         if report_file is not None and not resolves_inside(report_file, root):
@@ -663,11 +683,15 @@ def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | Non
             summary.refused_files.append((str(report_file), f"unreadable report: {exc}"))
             continue
         study_dir = root / "files" / relative
-        frontal = _load_first([study_dir / f"{d}.jpg" for d in frontal_ids], size, summary.refused_files, study_dir, root)
+        frontal = _load_first(
+            [study_dir / f"{d}.jpg" for d in frontal_ids], size, summary.refused_files, study_dir, root
+        )
         if isinstance(frontal, str):
             summary.skipped[frontal] += 1
             continue
-        lateral = _load_first([study_dir / f"{d}.jpg" for d in lateral_ids], size, summary.refused_files, study_dir, root)
+        lateral = _load_first(
+            [study_dir / f"{d}.jpg" for d in lateral_ids], size, summary.refused_files, study_dir, root
+        )
         if isinstance(lateral, str):
             summary.skipped[lateral] += 1
             continue

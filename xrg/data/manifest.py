@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ class Case:
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], where: str = "manifest") -> "Case":
+    def from_json(cls, data: dict[str, Any], where: str = "manifest") -> Case:
         required = {"id", "patient_id", "split", "findings", "impression", "structured_findings", "frontal", "lateral"}
         missing = required - set(data)
         if missing:
@@ -58,7 +59,9 @@ class Case:
             raise DataDirError(f"{where}: case {data['id']!r} has unknown split {data['split']!r}")
         for name in ("patient_id", "findings", "impression", "frontal", "lateral"):
             if not isinstance(data[name], str):
-                raise DataDirError(f"{where}: case {data['id']!r}: {name} must be a string, got {type(data[name]).__name__}")
+                raise DataDirError(
+                    f"{where}: case {data['id']!r}: {name} must be a string, got {type(data[name]).__name__}"
+                )
         for view in ("frontal", "lateral"):
             check_relative(data[view], f"{where}: case {data['id']!r}: {view} image path", "the data directory")
         if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):

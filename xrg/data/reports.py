@@ -23,9 +23,10 @@ import os
 import re
 import tarfile
 import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml
@@ -117,9 +118,7 @@ def parse_report_xml(data: bytes | str, source: str = "<string>") -> Report:
     impression = " ".join(sections["IMPRESSION"])
     if not findings and not impression:
         raise EmptyReportError(f"report {source}: has neither FINDINGS nor IMPRESSION text")
-    mesh = tuple(
-        term for major in root.iter("major") if (term := normalize_text(_text_of(major)))
-    )
+    mesh = tuple(term for major in root.iter("major") if (term := normalize_text(_text_of(major))))
     image_ids = tuple(image_id.strip() for image in root.iter("parentImage") if (image_id := image.get("id")))
     return Report(
         report_id=report_id,
@@ -465,7 +464,7 @@ class Vocabulary:
         self._index = {word: i for i, word in enumerate(words)}
 
     @classmethod
-    def build(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None) -> "Vocabulary":
+    def build(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None) -> Vocabulary:
         """Build from report texts, most frequent words first (ties alphabetical).
 
         Words seen fewer than ``min_freq`` times are left out; ``max_size`` caps the total
@@ -533,7 +532,7 @@ class Vocabulary:
         }
 
     @classmethod
-    def from_dict(cls, data: Any, where: str = "vocabulary") -> "Vocabulary":
+    def from_dict(cls, data: Any, where: str = "vocabulary") -> Vocabulary:
         """Rebuild from :meth:`to_dict`; any inconsistency is a :class:`VocabularyError`."""
         if not isinstance(data, dict):
             raise VocabularyError(f"{where}: expected a JSON object, got {type(data).__name__}")
@@ -560,7 +559,7 @@ class Vocabulary:
         return atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocabulary":
+    def load(cls, path: str | os.PathLike) -> Vocabulary:
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")

@@ -45,7 +45,7 @@ class FindingClassifierConfig:
             raise ConfigError(f"num_classes must be at least 1, got {self.num_classes}")
 
     @classmethod
-    def from_run_config(cls, config: Any = None) -> "FindingClassifierConfig":
+    def from_run_config(cls, config: Any = None) -> FindingClassifierConfig:
         """The classifier of every run config (``ClassifierTrainConfig`` has no architecture fields)."""
         return cls()
 
@@ -102,7 +102,9 @@ def class_weights(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return w_positive, w_negative
 
 
-def weighted_bce(logits: torch.Tensor, labels: torch.Tensor, w_positive: torch.Tensor, w_negative: torch.Tensor) -> torch.Tensor:
+def weighted_bce(
+    logits: torch.Tensor, labels: torch.Tensor, w_positive: torch.Tensor, w_negative: torch.Tensor
+) -> torch.Tensor:
     """Eq. (3.1), averaged over samples and classes."""
     labels = labels.float()
     weight = labels * w_positive + (1 - labels) * w_negative

@@ -20,12 +20,17 @@ from xrg.models.xraygan import to_model_range
 @torch.no_grad()
 def _embed(model: ViewConsistencyNet, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     device = next(model.parameters()).device
-    parts = [model.embed(to_model_range(images[i : i + batch_size].to(device))).cpu() for i in range(0, len(images), batch_size)]
+    parts = [
+        model.embed(to_model_range(images[i : i + batch_size].to(device))).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(parts)
 
 
 @torch.no_grad()
-def pair_scores(model: ViewConsistencyNet, dataset: XRayPairDataset, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(
+    model: ViewConsistencyNet, dataset: XRayPairDataset, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(probabilities, labels)``: true pairs (label 1) then mismatched pairs (label 0)."""
     model.eval()
     frontal = _embed(model, torch.stack([dataset[i]["frontal"] for i in range(len(dataset))]))
@@ -37,7 +42,9 @@ def pair_scores(model: ViewConsistencyNet, dataset: XRayPairDataset, seed: int =
 
 
 @torch.no_grad()
-def generated_vc(pipe: Any, model: ViewConsistencyNet, dataset: XRayPairDataset, limit: int | None = None) -> dict[str, float]:
+def generated_vc(
+    pipe: Any, model: ViewConsistencyNet, dataset: XRayPairDataset, limit: int | None = None
+) -> dict[str, float]:
     """Mean P(same patient) of generated pairs for the dataset's reports, beside real pairs'.
 
     Generated images are resized to the VCN's dataset resolution (area averaging), so both
@@ -54,6 +61,7 @@ def generated_vc(pipe: Any, model: ViewConsistencyNet, dataset: XRayPairDataset,
         fake_l.append(resize_image(output.lateral, size))
         real_f.append(dataset[index]["frontal"])
         real_l.append(dataset[index]["lateral"])
+
     def score(frontal: list[torch.Tensor], lateral: list[torch.Tensor]) -> torch.Tensor:
         return model.pair_probability(_embed(model, torch.stack(frontal)), _embed(model, torch.stack(lateral))).mean()
 

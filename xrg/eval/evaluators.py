@@ -92,16 +92,15 @@ class EvaluatorConfig:
             )
 
     @classmethod
-    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> "EvaluatorConfig":
+    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> EvaluatorConfig:
         values = {"seed": profile.seed, **profile.section("evaluators"), **(overrides or {})}
         return config_from_mapping(cls, values, where=f"evaluators section of profile {profile.name!r}")
 
-    def classifier_config(self) -> "ClassifierTrainConfig":
+    def classifier_config(self) -> ClassifierTrainConfig:
         return ClassifierTrainConfig(
             image_size=self.image_size, num_epochs=self.classifier_epochs, batch_size=self.classifier_batch_size,
             lr=self.classifier_lr, weight_decay=self.classifier_weight_decay, seed=self.seed,
         )  # fmt: skip
-
 
 
 @dataclass

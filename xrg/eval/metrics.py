@@ -37,8 +37,9 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,9 @@ def _tensor(value: Any, name: str, layout: str, dtype: torch.dtype = torch.float
 
 def _in_unit_range(tensor: torch.Tensor, name: str) -> None:
     if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
-        raise ConfigError(f"{name} must lie in [0, 1], got values from {float(tensor.min()):.4g} to {float(tensor.max()):.4g}")
+        raise ConfigError(
+            f"{name} must lie in [0, 1], got values from {float(tensor.min()):.4g} to {float(tensor.max()):.4g}"
+        )
 
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
@@ -119,7 +122,9 @@ def _feature_pair(real: Any, fake: Any, real_name: str, fake_name: str) -> tuple
     real_t = _tensor(real, real_name, "[N, D]", min_rows=2)
     fake_t = _tensor(fake, fake_name, "[M, D]", min_rows=2)
     if real_t.shape[1] != fake_t.shape[1]:
-        raise ConfigError(f"{real_name} and {fake_name} must have the same feature size D, got {real_t.shape[1]} and {fake_t.shape[1]}")
+        raise ConfigError(
+            f"{real_name} and {fake_name} must have the same feature size D, got {real_t.shape[1]} and {fake_t.shape[1]}"
+        )
     return real_t, fake_t
 
 
@@ -179,7 +184,9 @@ def bootstrap_distribution(
     None or NaN) is NaN.
     """
     _check_resampling(num_resamples, seed)
-    return np.stack([_as_float_array(statistic(*indices)) for indices in _resampled_indices(_sizes(n), num_resamples, seed)])
+    return np.stack(
+        [_as_float_array(statistic(*indices)) for indices in _resampled_indices(_sizes(n), num_resamples, seed)]
+    )
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -348,7 +355,9 @@ def fid(real_features: Any, fake_features: Any, num_resamples: int = 50, seed: i
 
 
 @register("kid")
-def kid(real_features: Any, fake_features: Any, seed: int = 0, subsets: int = 50, subset_size: int = 1000) -> dict[str, Any]:
+def kid(
+    real_features: Any, fake_features: Any, seed: int = 0, subsets: int = 50, subset_size: int = 1000
+) -> dict[str, Any]:
     """Kernel Inception Distance (unbiased polynomial-kernel MMD²) between two feature sets.
 
     As torchmetrics' ``KernelInceptionDistance`` (its ``poly_mmd``, the subsets drawn with
@@ -386,7 +395,9 @@ def _images(value: Any, name: str, layout: str = "[N, C, H, W]") -> torch.Tensor
     images = _tensor(value, name, layout, dtype=torch.float32)  # torch's float64 convolutions are ~10x slower
     _in_unit_range(images, name)
     if min(images.shape[-2:]) < SSIM_MIN_SIDE:
-        raise ConfigError(f"{name} images must be at least {SSIM_MIN_SIDE} px on each side, got {tuple(images.shape[-2:])}")
+        raise ConfigError(
+            f"{name} images must be at least {SSIM_MIN_SIDE} px on each side, got {tuple(images.shape[-2:])}"
+        )
     return images
 
 
@@ -418,7 +429,9 @@ def _defined_mean(table: np.ndarray) -> np.ndarray:
 
 
 @register("finding_auroc")
-def finding_auroc(scores: Any, labels: Any, names: Sequence[str], num_resamples: int = 200, seed: int = 0) -> dict[str, Any]:
+def finding_auroc(
+    scores: Any, labels: Any, names: Sequence[str], num_resamples: int = 200, seed: int = 0
+) -> dict[str, Any]:
     """Per-finding AUROC of ``scores [N, K]`` (probabilities) against ``labels [N, K]`` (0/1).
 
     A finding without positives or without negatives has value None; resamples where a
@@ -453,13 +466,20 @@ def finding_auroc(scores: Any, labels: Any, names: Sequence[str], num_resamples:
     }
     defined = np.isfinite(full)
     macro = float(full[defined].mean()) if defined.any() else None
-    result["macro"] = _estimate(macro, _defined_mean(distribution[:, defined]), len(probabilities), findings=int(defined.sum()))
+    result["macro"] = _estimate(
+        macro, _defined_mean(distribution[:, defined]), len(probabilities), findings=int(defined.sum())
+    )
     return result
 
 
 @register("cross_view_agreement")
 def cross_view_agreement(
-    frontal_probs: Any, lateral_probs: Any, names: Sequence[str], threshold: float = 0.5, num_resamples: int = 200, seed: int = 0
+    frontal_probs: Any,
+    lateral_probs: Any,
+    names: Sequence[str],
+    threshold: float = 0.5,
+    num_resamples: int = 200,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Per finding, the fraction of cases whose frontal and lateral get the same call (p >= threshold)."""
     frontal = _tensor(frontal_probs, "frontal_probs", "[N, K]")
@@ -468,7 +488,9 @@ def cross_view_agreement(
     names = _finding_names(names, frontal.shape[1])
     agree = ((frontal >= threshold) == (lateral >= threshold)).double().numpy()
     distribution = bootstrap_distribution(lambda rows: agree[rows].mean(axis=0), len(agree), num_resamples, seed)
-    result: dict[str, Any] = {name: _estimate(agree[:, k].mean(), distribution[:, k], len(agree)) for k, name in enumerate(names)}
+    result: dict[str, Any] = {
+        name: _estimate(agree[:, k].mean(), distribution[:, k], len(agree)) for k, name in enumerate(names)
+    }
     result["macro"] = _estimate(agree.mean(), distribution.mean(axis=1), len(agree))
     return result
 
@@ -489,10 +511,15 @@ def ms_ssim_settings(height: int, width: int) -> tuple[int, int]:
     """
     side = min(int(height), int(width))
     scale_counts = range(1, len(MS_SSIM_BETAS) + 1)
-    most = {kernel: max((s for s in scale_counts if _ms_ssim_fits(side, s, kernel)), default=0) for kernel in MS_SSIM_KERNELS}
+    most = {
+        kernel: max((s for s in scale_counts if _ms_ssim_fits(side, s, kernel)), default=0)
+        for kernel in MS_SSIM_KERNELS
+    }
     wanted = min(3, max(most.values()))
     if wanted == 0:
-        raise ConfigError(f"images of {height}x{width} px are too small for MS-SSIM (at least {MS_SSIM_KERNELS[-1]} px a side)")
+        raise ConfigError(
+            f"images of {height}x{width} px are too small for MS-SSIM (at least {MS_SSIM_KERNELS[-1]} px a side)"
+        )
     kernel = next(k for k in MS_SSIM_KERNELS if most[k] >= wanted)
     return most[kernel], kernel
 
@@ -594,7 +621,12 @@ def _nearest(queries: torch.Tensor, references: torch.Tensor) -> tuple[torch.Ten
 
 @register("memorisation")
 def memorisation(
-    generated_features: Any, train_features: Any, test_features: Any, num_closest: int = 8, num_resamples: int = 200, seed: int = 0
+    generated_features: Any,
+    train_features: Any,
+    test_features: Any,
+    num_closest: int = 8,
+    num_resamples: int = 200,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Are generated images closer to training images than unseen real images are?
 
@@ -628,7 +660,9 @@ def memorisation(
         "ratio": _estimate(value, distribution, len(generated_np), n_test=len(test_np), n_train=len(train)),
         "median_generated": float(np.median(generated_np)),
         "median_test": float(np.median(test_np)),
-        "closest": [{"generated": int(i), "train": int(generated_nearest[i]), "distance": float(generated_np[i])} for i in order],
+        "closest": [
+            {"generated": int(i), "train": int(generated_nearest[i]), "distance": float(generated_np[i])} for i in order
+        ],
     }
 
 
@@ -685,7 +719,9 @@ def _inception_network(path: str, modified: float, device: str) -> nn.Module:
                 feature_extractor_weights_path=str(copy),
             )  # fmt: skip
         except Exception as error:  # load_state_dict of a file that is not these weights
-            raise ConfigError(f"Inception weights file {path} could not be loaded: {torch_error_summary(error)}") from None
+            raise ConfigError(
+                f"Inception weights file {path} could not be loaded: {torch_error_summary(error)}"
+            ) from None
     return network.to(device)
 
 
@@ -713,7 +749,9 @@ def inception_features(
     pools, logits = [], []
     for start in range(0, len(pixels), batch_size):
         batch = pixels[start : start + batch_size].to(device)
-        batch = torch.nn.functional.interpolate(batch, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+        batch = torch.nn.functional.interpolate(
+            batch, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False
+        )
         batch = (batch.expand(-1, 3, -1, -1) * 255).round().clamp(0, 255).to(torch.uint8)
         # forward() returns only the first requested feature; this returns both in one pass
         pool, logit = network._torch_fidelity_forward(batch)

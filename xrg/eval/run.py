@@ -33,9 +33,10 @@ import dataclasses
 import hashlib
 import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,9 @@ class EvalConfig:
     num_reports: int = 0  # test reports scored (0: the whole test split)
     batch_size: int = 32  # reports generated per forward pass
     seed: int = 0  # seeds the noise of the generators and the bootstrap
-    num_resamples: int = 200  # bootstrap resamples per CI (FID a tenth, at least 10: each resample is an eigendecomposition)
+    num_resamples: int = (
+        200  # bootstrap resamples per CI (FID a tenth, at least 10: each resample is an eigendecomposition)
+    )
     diversity_reports: int = 50  # reports generated diversity_samples times for MS-SSIM
     diversity_samples: int = 4  # seeds per report for MS-SSIM
     controllability_reports: int = 100  # test reports edited for the controllability score
@@ -81,7 +84,7 @@ class EvalConfig:
             raise ConfigError(f"eval diversity_samples must be >= 2, got {self.diversity_samples}")
 
     @classmethod
-    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> "EvalConfig":
+    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> EvalConfig:
         values = {"seed": profile.seed, **profile.section("eval"), **(overrides or {})}
         return config_from_mapping(cls, values, where=f"eval section of profile {profile.name!r}")
 
@@ -100,7 +103,9 @@ def _batches(count: int, size: int) -> Iterator[range]:
 
 
 @torch.no_grad()
-def _classify(classifier: torch.nn.Module, images: torch.Tensor, size: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def _classify(
+    classifier: torch.nn.Module, images: torch.Tensor, size: int, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pooled features and finding logits of ``images [N, 1, H, W]`` in [0, 1] at ``size``."""
     device = next(classifier.parameters()).device
     features, logits = [], []
@@ -113,7 +118,9 @@ def _classify(classifier: torch.nn.Module, images: torch.Tensor, size: int, batc
 
 
 @torch.no_grad()
-def _vc(vcn: torch.nn.Module, frontal: torch.Tensor, lateral: torch.Tensor, size: int, batch_size: int = 64) -> torch.Tensor:
+def _vc(
+    vcn: torch.nn.Module, frontal: torch.Tensor, lateral: torch.Tensor, size: int, batch_size: int = 64
+) -> torch.Tensor:
     """P(same patient) of each (frontal, lateral) pair under a VCN, at ``size``."""
     from xrg.models.xraygan import to_model_range
 
@@ -127,7 +134,12 @@ def _vc(vcn: torch.nn.Module, frontal: torch.Tensor, lateral: torch.Tensor, size
 
 
 def generate_for_cases(
-    model: PairGenerator, dataset: XRayPairDataset, indices: Sequence[int], seed: int, batch_size: int, progress: bool = False,
+    model: PairGenerator,
+    dataset: XRayPairDataset,
+    indices: Sequence[int],
+    seed: int,
+    batch_size: int,
+    progress: bool = False,
     desc: str = "generating",
 ) -> dict[str, torch.Tensor]:
     """Both views for the dataset's cases ``indices``; batch ``b`` uses noise seeded ``seed + b``."""
@@ -231,7 +243,11 @@ def evaluate_run(
         previous = read_json_mapping(out_path, "evaluation result", "delete it, or pass --force to recompute it")
         # Files are compared by content, not by the path they were reached by (relative or absolute).
         same_inputs = all(previous.get("sources", {}).get(key) == sources[key] for key in FRESHNESS_KEYS)
-        if previous.get("format") == EVAL_FORMAT and same_inputs and previous.get("config") == dataclasses.asdict(config):
+        if (
+            previous.get("format") == EVAL_FORMAT
+            and same_inputs
+            and previous.get("config") == dataclasses.asdict(config)
+        ):
             return previous
 
     model = load_generator(run_path, device)
@@ -242,7 +258,9 @@ def evaluate_run(
     indices = list(range(count))
     real = {view: torch.stack([test[i][view] for i in indices]) for view in VIEWS}
     labels = torch.stack([test[i]["labels"] for i in indices]).long()
-    fake = generate_for_cases(model, test, indices, config.seed, config.batch_size, progress, f"generating {model.method}")
+    fake = generate_for_cases(
+        model, test, indices, config.seed, config.batch_size, progress, f"generating {model.method}"
+    )
 
     resamples, fid_resamples = config.num_resamples, max(config.num_resamples // 10, 10)
     classifier, vcn = evaluators.classifier, evaluators.vcn
@@ -259,34 +277,58 @@ def evaluate_run(
     names = list(FINDING_KINDS)
     result: dict[str, Any] = {"format": EVAL_FORMAT, "method": model.method, "num_reports": count}
 
-    result["is"] = metrics.compute("inception_score", fake_logits=both(logits, "generated"), num_resamples=resamples, seed=config.seed)
-    result["is_real"] = metrics.compute("inception_score", fake_logits=both(logits, "real"), num_resamples=resamples, seed=config.seed)
+    result["is"] = metrics.compute(
+        "inception_score", fake_logits=both(logits, "generated"), num_resamples=resamples, seed=config.seed
+    )
+    result["is_real"] = metrics.compute(
+        "inception_score", fake_logits=both(logits, "real"), num_resamples=resamples, seed=config.seed
+    )
     result["fid"] = {
         key: metrics.compute("fid", real_features=r, fake_features=g, num_resamples=fid_resamples, seed=config.seed)
         for key, r, g in [(view, feats["real", view], feats["generated", view]) for view in VIEWS]
         + [("both", both(feats, "real"), both(feats, "generated"))]
     }
-    result["kid"] = metrics.compute("kid", real_features=both(feats, "real"), fake_features=both(feats, "generated"), seed=config.seed)
+    result["kid"] = metrics.compute(
+        "kid", real_features=both(feats, "real"), fake_features=both(feats, "generated"), seed=config.seed
+    )
     result["ssim"] = {view: metrics.compute("ssim", fake=fake[view], real=real[view]) for view in VIEWS}
-    result["ssim"]["both"] = metrics.compute("ssim", fake=torch.cat([fake[v] for v in VIEWS]), real=torch.cat([real[v] for v in VIEWS]))
-    result["vc"] = metrics.compute("view_consistency", probabilities=_vc(vcn, fake["frontal"], fake["lateral"], eval_size))
-    result["vc_real"] = metrics.compute("view_consistency", probabilities=_vc(vcn, real["frontal"], real["lateral"], eval_size))
+    result["ssim"]["both"] = metrics.compute(
+        "ssim", fake=torch.cat([fake[v] for v in VIEWS]), real=torch.cat([real[v] for v in VIEWS])
+    )
+    result["vc"] = metrics.compute(
+        "view_consistency", probabilities=_vc(vcn, fake["frontal"], fake["lateral"], eval_size)
+    )
+    result["vc_real"] = metrics.compute(
+        "view_consistency", probabilities=_vc(vcn, real["frontal"], real["lateral"], eval_size)
+    )
     probs = {key: torch.sigmoid(value) for key, value in logits.items()}
     result["fidelity"] = {
-        source: {view: metrics.compute("finding_auroc", scores=probs[source, view], labels=labels, names=names) for view in VIEWS}
+        source: {
+            view: metrics.compute("finding_auroc", scores=probs[source, view], labels=labels, names=names)
+            for view in VIEWS
+        }
         for source in ("generated", "real")
     }
     result["cross_view_agreement"] = {
-        source: metrics.compute("cross_view_agreement", frontal_probs=probs[source, "frontal"], lateral_probs=probs[source, "lateral"], names=names)
+        source: metrics.compute(
+            "cross_view_agreement",
+            frontal_probs=probs[source, "frontal"],
+            lateral_probs=probs[source, "lateral"],
+            names=names,
+        )
         for source in ("generated", "real")
     }
 
     # diversity: the same reports with diversity_samples seeds
     diverse = indices[: config.diversity_reports]
     if diverse:
-        samples = [generate_for_cases(model, test, diverse, config.seed + 1000 * (k + 1), config.batch_size) for k in range(config.diversity_samples)]
+        samples = [
+            generate_for_cases(model, test, diverse, config.seed + 1000 * (k + 1), config.batch_size)
+            for k in range(config.diversity_samples)
+        ]
         result["diversity"] = {
-            view: metrics.compute("ms_ssim_diversity", samples=torch.stack([s[view] for s in samples], dim=1)) for view in VIEWS
+            view: metrics.compute("ms_ssim_diversity", samples=torch.stack([s[view] for s in samples], dim=1))
+            for view in VIEWS
         }
 
     # controllability: edited held-out reports, same seed before and after
@@ -302,7 +344,9 @@ def evaluate_run(
             edited=torch.tensor([names.index(e["kind"]) for e in edits]),
             direction=torch.tensor([float(e["direction"]) for e in edits]), names=names,
         )  # fmt: skip
-        result["controllability_edits"] = [{k: e[k] for k in ("case_id", "operation", "kind", "argument", "direction")} for e in edits]
+        result["controllability_edits"] = [
+            {k: e[k] for k in ("case_id", "operation", "kind", "argument", "direction")} for e in edits
+        ]
 
     # memorisation: generated and real test frontals against the train split's frontals
     train = XRayPairDataset(data_dir, "train", image_size=eval_size, vocab=model.vocabulary)
@@ -330,8 +374,16 @@ def evaluate_run(
                 for source, images in (("real", real), ("generated", fake))
             }
             result["inception"] = {
-                "is": metrics.compute("inception_score", fake_logits=incep["generated"][1], num_resamples=resamples, seed=config.seed),
-                "fid": metrics.compute("fid", real_features=incep["real"][0], fake_features=incep["generated"][0], num_resamples=fid_resamples, seed=config.seed),
+                "is": metrics.compute(
+                    "inception_score", fake_logits=incep["generated"][1], num_resamples=resamples, seed=config.seed
+                ),
+                "fid": metrics.compute(
+                    "fid",
+                    real_features=incep["real"][0],
+                    fake_features=incep["generated"][0],
+                    num_resamples=fid_resamples,
+                    seed=config.seed,
+                ),
             }
         else:
             result["inception"] = {"absent": reason}

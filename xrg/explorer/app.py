@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from xrg.data.findings import FINDING_KINDS
 from xrg.errors import XrgError
@@ -52,9 +53,7 @@ class ExplorerApp:
                                            tooltip="back to the report before any edit")  # fmt: skip
         self.status = widgets.HTML(value="<i>Pick or type a report and press Generate.</i>")
         self.toggle_box = widgets.VBox()
-        self.images = {
-            name: widgets.Image(format="png", width=image_width, height=image_width) for name, _ in PANELS
-        }
+        self.images = {name: widgets.Image(format="png", width=image_width, height=image_width) for name, _ in PANELS}
         self.attention = widgets.HTML()
         self.findings = widgets.HTML()
         self.toggle_buttons: list[tuple[Toggle, Any]] = []
@@ -82,10 +81,14 @@ class ExplorerApp:
                 widgets.HBox(panels),
                 widgets.HBox(
                     [
-                        widgets.VBox([widgets.HTML("<b>What the encoder attended to</b>"), self.attention],
-                                     layout=widgets.Layout(width="60%")),
-                        widgets.VBox([widgets.HTML("<b>Findings read from the report</b>"), self.findings],
-                                     layout=widgets.Layout(width="40%")),
+                        widgets.VBox(
+                            [widgets.HTML("<b>What the encoder attended to</b>"), self.attention],
+                            layout=widgets.Layout(width="60%"),
+                        ),
+                        widgets.VBox(
+                            [widgets.HTML("<b>Findings read from the report</b>"), self.findings],
+                            layout=widgets.Layout(width="40%"),
+                        ),
                     ]
                 ),  # fmt: skip
             ]

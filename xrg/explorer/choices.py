@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from xrg.errors import ConfigError, ReportError
 from xrg.explorer.core import _report_findings, toggles

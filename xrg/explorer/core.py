@@ -59,7 +59,7 @@ class ExplorerView:
     lateral: np.ndarray
     phantom_frontal: np.ndarray
     phantom_lateral: np.ndarray
-    attention: dict[str, "SectionAttention"]
+    attention: dict[str, SectionAttention]
     edits: list[tuple[str, str, str | None]]
     timing: dict[str, float]
     seed: int
@@ -127,8 +127,8 @@ class ReportExplorer:
 
     def __init__(
         self,
-        pipeline: "XRayGANPipeline",
-        renderer: "PhantomRenderer",
+        pipeline: XRayGANPipeline,
+        renderer: PhantomRenderer,
         seed: int = 0,
         patient_seed: int | None = None,
         max_chars: int = MAX_REPORT_CHARS,
@@ -151,7 +151,7 @@ class ReportExplorer:
         device: str | torch.device = "cpu",
         volume_size: int | None = None,
         cache_dir: str | os.PathLike | None = None,
-    ) -> "ReportExplorer":
+    ) -> ReportExplorer:
         """An explorer over a trained XRayGAN run (a run directory or checkpoint file) and a
         phantom renderer at the CT grid that suits the run's resolution."""
         from xrg.data.phantom import PhantomRenderer, volume_size_for

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html
 import io
-from typing import TYPE_CHECKING, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 _SHADE = "255, 140, 0"  # orange, like the encoder chapter's attention plots
 
 
-def attention_html(attention: dict[str, "SectionAttention"], unknown_words: Iterable[str] = ()) -> str:
+def attention_html(attention: dict[str, SectionAttention], unknown_words: Iterable[str] = ()) -> str:
     """The report as the encoder weighed it: one row per sentence, a bar of the sentence's
     weight, then its words, each shaded by word weight × sentence weight (the most weighed
     word of the report fully shaded). Words are escaped (:func:`html.escape`); words the

@@ -7,7 +7,7 @@ draws them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from xrg.data.edits import ReportEdit
 from xrg.explorer.core import ExplorerView, Toggle, action_name, toggles

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from xrg.errors import ConfigError, XrgError
 from xrg.explorer.core import ReportExplorer, action_name, toggles

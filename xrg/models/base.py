@@ -16,9 +16,10 @@ classes, never :mod:`xrg.train`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ class CheckpointedModel(nn.Module):
         self.load_state_dict(state)
 
     @classmethod
-    def build_for_loading(cls, config: Any) -> "CheckpointedModel":
+    def build_for_loading(cls, config: Any) -> CheckpointedModel:
         """The untrained model a checkpoint's weights are loaded into (``cls(config)`` by default)."""
         return cls(config)
 
@@ -88,7 +89,7 @@ class CheckpointedModel(nn.Module):
         """Why weights that do not fit the model of ``config`` are refused."""
         return f"checkpoint {path} does not match the model its config describes: {error}"
 
-    def for_inference(self) -> "CheckpointedModel":
+    def for_inference(self) -> CheckpointedModel:
         """The loaded model as generation and evaluation use it (eval mode by default)."""
         return self.eval()
 
@@ -147,7 +148,7 @@ class ConditionalGANModel(CheckpointedModel):
     a model built for loading has no discriminators."""
 
     @classmethod
-    def build_for_loading(cls, config: Any) -> "ConditionalGANModel":
+    def build_for_loading(cls, config: Any) -> ConditionalGANModel:
         return cls(config, with_discriminators=False)
 
     def checkpoint_state(self) -> dict[str, Any]:

@@ -230,7 +230,9 @@ class VectorTrunk(nn.Module):
         widths = [min(channels * 2 ** (num_up - i), max_channels) for i in range(num_up + 1)]
         self.first_width = widths[0]
         self.out_channels = widths[-1]
-        self.fc = nn.Sequential(nn.Linear(in_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(in_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU()
+        )
         block = deconv_block if transposed else up_block
         self.blocks = nn.Sequential(*(block(widths[i], widths[i + 1]) for i in range(num_up)))
 
@@ -285,7 +287,9 @@ class StageIGenerator(nn.Module):
 
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
-        self.trunk = VectorTrunk(config.noise_dim + config.ca_dim, config.base_size, config.gen_channels, config.max_channels)
+        self.trunk = VectorTrunk(
+            config.noise_dim + config.ca_dim, config.base_size, config.gen_channels, config.max_channels
+        )
         self.to_image = image_head(self.trunk.out_channels)
 
     def forward(self, c_hat: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -422,13 +426,17 @@ class AttentionCascade(nn.Module):
 
     def __init__(self, config: BaselineConfig) -> None:
         super().__init__()
-        self.first = VectorTrunk(config.noise_dim + config.ca_dim, config.base_size, config.gen_channels, config.max_channels)
+        self.first = VectorTrunk(
+            config.noise_dim + config.ca_dim, config.base_size, config.gen_channels, config.max_channels
+        )
         self.first_image = image_head(self.first.out_channels)
         self.stages = nn.ModuleList(
             AttentionStage(config.word_dim, self.first.out_channels) for _ in range(config.num_stages - 1)
         )
 
-    def forward(self, vector: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, upto_stage: int) -> list[torch.Tensor]:
+    def forward(
+        self, vector: torch.Tensor, words: torch.Tensor, mask: torch.Tensor, upto_stage: int
+    ) -> list[torch.Tensor]:
         hidden = self.first(vector)
         images = [self.first_image(hidden)]
         for stage in self.stages[:upto_stage]:
@@ -539,7 +547,11 @@ def build_discriminators(config: BaselineConfig) -> nn.ModuleDict:
             view: nn.ModuleDict(
                 {
                     str(stage): ConditionalDiscriminator(
-                        size, config.cond_dim, config.ca_dim, config.disc_channels, config.max_channels,
+                        size,
+                        config.cond_dim,
+                        config.ca_dim,
+                        config.disc_channels,
+                        config.max_channels,
                         unconditional=config.method == "attngan",
                     )  # fmt: skip
                     for stage, size in enumerate(config.stage_sizes)
@@ -576,12 +588,14 @@ class BaselineModelConfig:
 
     def __post_init__(self) -> None:
         if self.max_sentences < 1 or self.max_words < 1:
-            raise ConfigError(f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}")
+            raise ConfigError(
+                f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
+            )
         self.network_config()  # validates the method, sizes and widths
         self.encoder_config()  # validates the encoder settings
 
     @classmethod
-    def from_run_config(cls, config: Any, vocab_size: int) -> "BaselineModelConfig":
+    def from_run_config(cls, config: Any, vocab_size: int) -> BaselineModelConfig:
         """The model fields of a baseline run config (``BaselineTrainConfig``) for ``vocab_size`` words."""
         fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "vocab_size"}
         return cls(vocab_size=vocab_size, **fields)

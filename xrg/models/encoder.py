@@ -73,7 +73,9 @@ def run_bilstm(lstm: nn.LSTM, inputs: torch.Tensor, mask: torch.Tensor) -> tuple
     packed = pack_padded_sequence(compact, lengths[rows].cpu(), batch_first=True, enforce_sorted=False)
     packed_states, (hidden, _) = lstm(packed)
     compact_states, _ = pad_packed_sequence(packed_states, batch_first=True, total_length=length)
-    restored = torch.zeros_like(compact_states).scatter(1, order.unsqueeze(-1).expand_as(compact_states), compact_states)
+    restored = torch.zeros_like(compact_states).scatter(
+        1, order.unsqueeze(-1).expand_as(compact_states), compact_states
+    )
     states = states.index_copy(0, rows, restored)
     final = final.index_copy(0, rows, torch.cat([hidden[-2], hidden[-1]], dim=-1))
     return states, final

@@ -17,9 +17,10 @@ loaded, frozen, with :meth:`~xrg.models.base.CheckpointedModel.from_checkpoint`.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,9 @@ def negative_partners(patient_ids: Sequence[str], generator: torch.Generator) ->
     order = torch.randperm(len(patient_ids), generator=generator)
     partners = torch.empty_like(order)
     partners[order] = order.roll(-1)
-    rows = torch.tensor([i for i in range(len(patient_ids)) if patient_ids[i] != patient_ids[int(partners[i])]], dtype=torch.long)
+    rows = torch.tensor(
+        [i for i in range(len(patient_ids)) if patient_ids[i] != patient_ids[int(partners[i])]], dtype=torch.long
+    )
     return rows, partners[rows] if rows.numel() else rows
 
 
@@ -62,7 +65,7 @@ class VCNConfig:
             raise ConfigError(f"vcn embed_dim must be at least 1, got {self.embed_dim}")
 
     @classmethod
-    def from_run_config(cls, config: Any) -> "VCNConfig":
+    def from_run_config(cls, config: Any) -> VCNConfig:
         """The model fields of a VCN run config (``VCNTrainConfig``)."""
         return cls(embed_dim=config.embed_dim, scale=config.scale)
 

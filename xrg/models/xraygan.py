@@ -86,7 +86,14 @@ class XRayGANConfig:
             raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
         if self.noise_dim < 0:
             raise ConfigError(f"noise_dim must be non-negative, got {self.noise_dim}")
-        for name in ("cond_dim", "gen_channels", "disc_channels", "cond_channels", "max_channels", "disc_max_downsamplings"):
+        for name in (
+            "cond_dim",
+            "gen_channels",
+            "disc_channels",
+            "cond_channels",
+            "max_channels",
+            "disc_max_downsamplings",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.views or len(set(self.views)) != len(self.views):
@@ -234,7 +241,9 @@ class MultiScaleGenerator(nn.Module):
             for _ in range(config.num_stages - 1)
         )
 
-    def forward(self, c: torch.Tensor, noise: torch.Tensor | None = None, upto_stage: int | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, c: torch.Tensor, noise: torch.Tensor | None = None, upto_stage: int | None = None
+    ) -> list[torch.Tensor]:
         """Images of stages ``0 .. upto_stage`` (default: all), each ``[B, 1, size, size]``."""
         last = self.config.num_stages - 1 if upto_stage is None else upto_stage
         if not 0 <= last < self.config.num_stages:
@@ -420,12 +429,14 @@ class XRayGANModelConfig:
         if self.generator_kind not in GENERATOR_KINDS:
             raise ConfigError(f"generator_kind must be one of {GENERATOR_KINDS}, got {self.generator_kind!r}")
         if self.max_sentences < 1 or self.max_words < 1:
-            raise ConfigError(f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}")
+            raise ConfigError(
+                f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
+            )
         self.network_config()  # validates the sizes and widths
         self.encoder_config()  # validates the encoder settings
 
     @classmethod
-    def from_run_config(cls, config: Any, vocab_size: int) -> "XRayGANModelConfig":
+    def from_run_config(cls, config: Any, vocab_size: int) -> XRayGANModelConfig:
         """The model fields of an XRayGAN run config (``XRayGANTrainConfig``) for a vocabulary of ``vocab_size`` words."""
         fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "vocab_size"}
         return cls(vocab_size=vocab_size, **fields)
@@ -503,8 +514,12 @@ class XRayGAN(ConditionalGANModel):
                     view: nn.ModuleDict(
                         {
                             str(stage): PatchDiscriminator(
-                                config.stage_size(stage), network.cond_dim, config.disc_channels,
-                                config.cond_channels, config.max_channels, config.disc_max_downsamplings,
+                                config.stage_size(stage),
+                                network.cond_dim,
+                                config.disc_channels,
+                                config.cond_channels,
+                                config.max_channels,
+                                config.disc_max_downsamplings,
                             )  # fmt: skip
                             for stage in config.trained_stages
                         }

@@ -49,9 +49,10 @@ before any step on it; every epoch appends a row to ``RUN/metrics.jsonl`` (``kin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +143,9 @@ class BaselineTrainConfig:
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0 < self.lr_decay <= 1 or self.lr_decay_every < 1:
-            raise ConfigError(f"need 0 < lr_decay <= 1 and lr_decay_every >= 1, got {self.lr_decay}, {self.lr_decay_every}")
+            raise ConfigError(
+                f"need 0 < lr_decay <= 1 and lr_decay_every >= 1, got {self.lr_decay}, {self.lr_decay_every}"
+            )
         if self.batch_size < 2:
             raise ConfigError(f"batch_size must be at least 2 (BatchNorm, mismatched pairs), got {self.batch_size}")
         if self.num_epochs < 1:
@@ -163,7 +166,7 @@ class BaselineTrainConfig:
     @classmethod
     def from_profile(
         cls, profile: Profile, method: str, overrides: dict[str, Any] | None = None
-    ) -> "BaselineTrainConfig":
+    ) -> BaselineTrainConfig:
         """The profile's ``baselines:`` section for ``method``, then ``overrides``.
 
         Both may hold per-method sub-sections (``attngan: {kl_weight: 1.0}``) that override
@@ -210,7 +213,10 @@ def training_phases(config: BaselineTrainConfig) -> list[BaselinePhase]:
     if config.method == "stackgan":
         first = max(1, int(config.num_epochs * config.stage1_fraction + 0.5))
         first = min(first, config.num_epochs - 1)
-        return [BaselinePhase("stage1", 0, sizes[0], first), BaselinePhase("stage2", 1, sizes[1], config.num_epochs - first)]
+        return [
+            BaselinePhase("stage1", 0, sizes[0], first),
+            BaselinePhase("stage2", 1, sizes[1], config.num_epochs - first),
+        ]
     name = "gan" if config.method == "gan_int_cls" else "joint"
     return [BaselinePhase(name, len(sizes) - 1, sizes[-1], config.num_epochs)]
 
@@ -227,7 +233,9 @@ def mismatched_partners(patient_ids: Sequence[str], generator: torch.Generator) 
 # --------------------------------------------------------------------------------------
 
 
-def make_optimizers(model: BaselineModel, phase: BaselinePhase, phase_index: int, config: BaselineTrainConfig) -> Optimizers:
+def make_optimizers(
+    model: BaselineModel, phase: BaselinePhase, phase_index: int, config: BaselineTrainConfig
+) -> Optimizers:
     betas = tuple(config.betas)
     generator_parameters = [p for m in model.trained_generator_modules(phase) for p in m.parameters()]
     return Optimizers(
@@ -270,7 +278,9 @@ def discriminator_loss(
     return loss, wrong
 
 
-def generator_adversarial_loss(discriminator: ConditionalDiscriminator, fake: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def generator_adversarial_loss(
+    discriminator: ConditionalDiscriminator, fake: torch.Tensor, c: torch.Tensor
+) -> torch.Tensor:
     """Non-saturating ``BCE(D(fake, c), 1)`` (+ the unconditional term for AttnGAN's discriminators)."""
     features = discriminator.features(fake)
     loss = _bce(discriminator.cond_logits(features, c), 1.0)
@@ -280,7 +290,11 @@ def generator_adversarial_loss(discriminator: ConditionalDiscriminator, fake: to
 
 
 def train_step(
-    model: BaselineModel, batch: dict[str, Any], phase: BaselinePhase, optimizers: Optimizers, config: BaselineTrainConfig
+    model: BaselineModel,
+    batch: dict[str, Any],
+    phase: BaselinePhase,
+    optimizers: Optimizers,
+    config: BaselineTrainConfig,
 ) -> dict[str, float]:
     """One discriminator update, then one generator update on the same batch (module docstring)."""
     device = model.device
@@ -310,7 +324,9 @@ def train_step(
     for critic in critics.values():
         critic.requires_grad_(False)
     try:
-        adv_loss = sum(generator_adversarial_loss(critic, fakes[s][v], condition.c) for (s, v), critic in critics.items())
+        adv_loss = sum(
+            generator_adversarial_loss(critic, fakes[s][v], condition.c) for (s, v), critic in critics.items()
+        )
         if config.method == "gan_int_cls" and rows.numel():
             mixed = INTERPOLATION_BETA * condition.c[rows] + (1.0 - INTERPOLATION_BETA) * condition.c[partners]
             interpolated = model.generator(TextCondition(mixed)).images[-1]
@@ -365,7 +381,9 @@ class BaselineTrainer(PhasedTrainer):
         self.device = torch.device(device)
         self.progress = progress
         self.phases = training_phases(config)
-        self._load_train_sets(data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words)
+        self._load_train_sets(
+            data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words
+        )
         self._check_run_dir(Path(run_dir), resume)
         torch.manual_seed(config.seed)
         self.model = BaselineModel(BaselineModelConfig.from_run_config(config, len(self.vocabulary))).to(self.device)
@@ -445,4 +463,6 @@ class BaselineTrainer(PhasedTrainer):
             self.model.train_mode(phase)
         fake = output.images[-1]
         real = real_images(batch, tuple(fake), self.device)
-        return save_png(self.run_dir / SAMPLES_DIR / f"stage{phase.stage}_{phase.image_size}px.png", sample_grid(real, fake))
+        return save_png(
+            self.run_dir / SAMPLES_DIR / f"stage{phase.stage}_{phase.image_size}px.png", sample_grid(real, fake)
+        )

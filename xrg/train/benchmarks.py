@@ -15,7 +15,8 @@ import functools
 import os
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +73,9 @@ def synthetic_batch(batch_size: int, image_size: int, vocab_size: int, generator
     }
 
 
-def _timed_steps(step: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]], warmup: int, device: torch.device) -> float:
+def _timed_steps(
+    step: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]], warmup: int, device: torch.device
+) -> float:
     """Median seconds of ``step`` over ``batches`` after the first ``warmup``."""
     durations = []
     for number, batch in enumerate(batches):
@@ -111,7 +114,9 @@ def bench_train(
     print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'phase s':>9}" if train_cases else ""))
     rows = []
 
-    def report(phase: str, stage: int | None, image_size: int, batch_size: int, num_epochs: int, seconds: float) -> None:
+    def report(
+        phase: str, stage: int | None, image_size: int, batch_size: int, num_epochs: int, seconds: float
+    ) -> None:
         row = {
             "phase": phase, "stage": stage, "image_size": image_size, "batch_size": batch_size,
             "seconds_per_step": seconds, "images_per_s": 2 * batch_size / seconds, "device": str(device),
@@ -134,7 +139,9 @@ def bench_train(
         optimizer = make_vcn_optimizer(vcn, vcn_config)
         batch_size = batch_size_of(vcn_config.batch_size)
         batches = [synthetic_batch(batch_size, image_size, vocab_size, generator) for _ in range(warmup + steps)]
-        seconds = _timed_steps(functools.partial(vcn_step, vcn, optimizer, generator=generator), batches, warmup, device)
+        seconds = _timed_steps(
+            functools.partial(vcn_step, vcn, optimizer, generator=generator), batches, warmup, device
+        )
         report("vcn", None, image_size, batch_size, vcn_config.num_epochs, seconds)
 
     model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device)
@@ -149,7 +156,14 @@ def bench_train(
             step = functools.partial(pretrain_step, model, **settings)
         else:
             step = functools.partial(gan_step, model, frozen_vcn, **settings)
-        report(phase.name, phase.stage, phase.image_size, batch_size, phase.num_epochs, _timed_steps(step, batches, warmup, device))
+        report(
+            phase.name,
+            phase.stage,
+            phase.image_size,
+            batch_size,
+            phase.num_epochs,
+            _timed_steps(step, batches, warmup, device),
+        )
     if train_cases:
         total = sum(row["phase_seconds"] for row in rows)
         print_fn(f"estimated training time for {train_cases} train cases, VCNs included: {total / 60:.1f} min")

@@ -57,8 +57,11 @@ def evaluator_vcn_config(config: EvaluatorConfig) -> VCNTrainConfig:
 
 
 def train_classifier(
-    cohort_dir: str | os.PathLike, config: ClassifierTrainConfig, out_dir: str | os.PathLike,
-    device: str | torch.device = "cpu", progress: bool = True,
+    cohort_dir: str | os.PathLike,
+    config: ClassifierTrainConfig,
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> tuple[FindingClassifier, dict[str, Any], Path]:
     """Train the DenseNet-121 on both views of the cohort's train part; test it on its test part.
 
@@ -119,8 +122,11 @@ def train_classifier(
 
 
 def ensure_evaluators(
-    config: EvaluatorConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
-    device: str | torch.device = "cpu", progress: bool = True,
+    config: EvaluatorConfig,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> Evaluators:
     """The evaluators of ``data_dir`` in ``out_dir``: loaded, or rendered and trained (module docstring)."""
     out_dir = Path(out_dir)
@@ -133,7 +139,9 @@ def ensure_evaluators(
     else:
         classifier, classifier_metrics, _ = train_classifier(cohort_dir, classifier_config, out_dir, device, progress)
     vocabulary = Vocabulary.load(cohort_dir / VOCAB_NAME)
-    vcn = ensure_vcns(out_dir, cohort_dir, [evaluator_vcn_config(config)], vocabulary, device, progress)[config.image_size]
+    vcn = ensure_vcns(out_dir, cohort_dir, [evaluator_vcn_config(config)], vocabulary, device, progress)[
+        config.image_size
+    ]
     cohort = read_json_mapping(cohort_dir / COHORT_NAME, "cohort record", f"delete {cohort_dir} to render it again")
     metrics = {"classifier": classifier_metrics, "vcn": vcn.metrics, "cohort": cohort, "config": asdict(config)}
     return Evaluators(

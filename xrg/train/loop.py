@@ -25,9 +25,10 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -121,7 +122,9 @@ class PhasedTrainer:
         self.data_dir = Path(data_dir)
         self._max_sentences, self._max_words = max_sentences, max_words
         self.train_sets = {
-            size: XRayPairDataset(self.data_dir, "train", image_size=size, max_sentences=max_sentences, max_words=max_words)
+            size: XRayPairDataset(
+                self.data_dir, "train", image_size=size, max_sentences=max_sentences, max_words=max_words
+            )
             for size in sorted(set(image_sizes))
         }
         self.vocabulary = next(iter(self.train_sets.values())).vocab
@@ -239,7 +242,9 @@ class PhasedTrainer:
             vocabulary=self.vocabulary,
             optimizers=optimizers,
             progress={
-                **dataclasses.asdict(self.position), "finished": self.finished, "num_phases": len(self.phases),
+                **dataclasses.asdict(self.position),
+                "finished": self.finished,
+                "num_phases": len(self.phases),
                 **self._progress_extras(),
             },  # fmt: skip
             rng=rng,
@@ -251,7 +256,9 @@ class PhasedTrainer:
         return self.checkpoint_path
 
     def _load(self, path: Path) -> None:
-        payload = load_checkpoint(path, self.kind, config=self.config, vocabulary=self.vocabulary, map_location=self.device)
+        payload = load_checkpoint(
+            path, self.kind, config=self.config, vocabulary=self.vocabulary, map_location=self.device
+        )
         self._verify_checkpoint(payload, path)
         state = payload["state"]
         try:
@@ -497,7 +504,11 @@ class EpochLoop:
     # ---- the resumable state -------------------------------------------------------------
 
     def save(self) -> Path:
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle.get_state(), "epoch_shuffle": self._epoch_shuffle}
+        rng = {
+            "torch": torch.get_rng_state(),
+            "shuffle": self.shuffle.get_state(),
+            "epoch_shuffle": self._epoch_shuffle,
+        }
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         self.model.save(
@@ -540,7 +551,9 @@ class EpochLoop:
         def later(row: dict[str, Any]) -> bool:
             if any(row.get(key) != value for key, value in self.metric_match.items()):
                 return False
-            return row.get("kind") == f"{self.kind}_test" or (row.get("kind") == self.kind and int(row["epoch"]) >= self.epoch)
+            return row.get("kind") == f"{self.kind}_test" or (
+                row.get("kind") == self.kind and int(row["epoch"]) >= self.epoch
+            )
 
         dropped = trim_metrics(self.metrics_path, later)
         if dropped:

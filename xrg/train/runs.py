@@ -26,7 +26,10 @@ def run_finished(run_dir: str | os.PathLike) -> bool:
 
 
 def ensure_xraygan_run(
-    profile: str, data_dir: str | os.PathLike, run_dir: str | os.PathLike, device: str | torch.device = "cpu",
+    profile: str,
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> Path:
     """The checkpoint of the profile's XRayGAN run in ``run_dir``: trained or resumed if needed."""
@@ -38,8 +41,12 @@ def ensure_xraygan_run(
 
 
 def ensure_run(
-    config: XRayGANTrainConfig, data_dir: str | os.PathLike, run_dir: str | os.PathLike,
-    vcn_config: VCNTrainConfig | None = None, device: str | torch.device = "cpu", progress: bool = True,
+    config: XRayGANTrainConfig,
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    vcn_config: VCNTrainConfig | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> Path:
     """The checkpoint of an XRayGAN run with ``config`` in ``run_dir``: loaded, resumed or trained.
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +89,7 @@ class VCNTrainConfig:
             )
 
     @classmethod
-    def from_profile(cls, profile: Profile, image_size: int, overrides: dict[str, Any] | None = None) -> "VCNTrainConfig":
+    def from_profile(cls, profile: Profile, image_size: int, overrides: dict[str, Any] | None = None) -> VCNTrainConfig:
         """The profile's ``vcn:`` section at ``image_size``; the seed defaults to the profile's."""
         values = {"seed": profile.seed, **profile.section("vcn"), **(overrides or {}), "image_size": image_size}
         return config_from_mapping(cls, values, where=f"vcn settings of profile {profile.name!r}")
@@ -98,7 +99,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _embed_views(model: ViewConsistencyNet, batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _embed_views(
+    model: ViewConsistencyNet, batch: dict[str, Any], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     images = torch.cat([batch["frontal"], batch["lateral"]]).to(device)
     frontal, lateral = model.embed(to_model_range(images)).chunk(2)
     return frontal, lateral
@@ -159,7 +162,9 @@ def vcn_step(
 
 def make_vcn_optimizer(model: ViewConsistencyNet, config: VCNTrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.Adam(model.parameters(), lr=config.lr, betas=(0.9, 0.999), weight_decay=config.weight_decay)
 
 

@@ -42,9 +42,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,7 +148,7 @@ class XRayGANTrainConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
     @classmethod
-    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> "XRayGANTrainConfig":
+    def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> XRayGANTrainConfig:
         """The profile's ``xraygan:`` section plus ``overrides``; the seed defaults to the profile's."""
         values = {"seed": profile.seed, **profile.section("xraygan"), **(overrides or {})}
         return config_from_mapping(cls, values, where=f"xraygan settings of profile {profile.name!r}")
@@ -348,7 +349,9 @@ class XRayGANTrainer(PhasedTrainer):
         self.device = torch.device(device)
         self.progress = progress
         self.phases = training_phases(config)
-        self._load_train_sets(data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words)
+        self._load_train_sets(
+            data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words
+        )
         self._check_run_dir(Path(run_dir), resume, tidy=(SAMPLES_DIR, "vcn"))
 
         self.vcns: dict[int, VCNResult] = {}
@@ -433,5 +436,9 @@ class XRayGANTrainer(PhasedTrainer):
         fake = self.model.generate(c, phase.stage, noise)
         self.model.train()
         real = real_images(batch, tuple(fake), self.device)
-        name = f"stage{phase.stage}_{phase.image_size}px.png" if phase.name == "gan" else f"pretrain_{phase.image_size}px.png"
+        name = (
+            f"stage{phase.stage}_{phase.image_size}px.png"
+            if phase.name == "gan"
+            else f"pretrain_{phase.image_size}px.png"
+        )
         return save_png(self.run_dir / SAMPLES_DIR / name, sample_grid(real, fake))

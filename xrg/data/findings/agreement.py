@@ -8,7 +8,8 @@ on Open-i reports (``python -m xrg.data.findings`` prints the table).
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from xrg.data.findings.labeller import label_text
 from xrg.data.findings.mesh import mesh_to_findings
@@ -24,7 +25,7 @@ def _present_kinds(findings: Iterable[Finding]) -> set[str]:
 
 def agreement(
     pairs: Iterable[tuple[Sequence[Finding], Sequence[Finding]]], kinds: Sequence[str] = FINDING_KINDS
-) -> "pd.DataFrame":
+) -> pd.DataFrame:
     """Report-level agreement of a candidate labelling with a reference labelling.
 
     ``pairs`` holds one ``(reference, candidate)`` pair of finding lists per report (e.g.
@@ -69,8 +70,14 @@ def _agreement_row(n: int, n_ref: int, n_cand: int, n_both: int, n_neither: int)
         expected = (n_ref * n_cand + (n - n_ref) * (n - n_cand)) / n**2
         kappa = (observed - expected) / (1 - expected) if expected < 1 else (1.0 if observed == 1 else nan)
     return {
-        "n_reports": n, "n_reference": n_ref, "n_candidate": n_cand, "n_both": n_both,
-        "precision": precision, "recall": recall, "f1": f1, "kappa": kappa,
+        "n_reports": n,
+        "n_reference": n_ref,
+        "n_candidate": n_cand,
+        "n_both": n_both,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "kappa": kappa,
     }
 
 
@@ -79,7 +86,7 @@ def report_text(report: Any) -> str:
     return f"{report.findings} {report.impression}".strip()
 
 
-def openi_agreement(reports: Iterable[Any]) -> tuple["pd.DataFrame", collections.Counter[str]]:
+def openi_agreement(reports: Iterable[Any]) -> tuple[pd.DataFrame, collections.Counter[str]]:
     """Agreement of :func:`label_text` with :func:`mesh_to_findings` on Open-i reports.
 
     ``reports`` are :class:`xrg.data.reports.Report` objects (anything with ``findings``,

@@ -6,17 +6,27 @@ The wording is the one :func:`~xrg.data.findings.label_text` reads back to the s
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 from xrg.data.findings.schema import KIND_ATTRIBUTES, Finding, _finding_order, merge_findings
 
 _SIZE_WORDS = {"mild": "small", "moderate": "moderate", "severe": "large"}
 _NOUNS: Mapping[str, str] = {
-    "cardiomegaly": "cardiomegaly", "pleural_effusion": "pleural effusion", "opacity": "opacity",
-    "atelectasis": "atelectasis", "nodule": "nodule", "granuloma": "granuloma",
-    "calcified_granuloma": "calcified granuloma", "pneumothorax": "pneumothorax", "emphysema": "emphysema",
-    "edema": "pulmonary edema", "hypoinflation": "low lung volumes", "pacemaker": "pacemaker",
-    "central_line": "central venous catheter", "sternotomy": "median sternotomy wires", "scoliosis": "scoliosis",
+    "cardiomegaly": "cardiomegaly",
+    "pleural_effusion": "pleural effusion",
+    "opacity": "opacity",
+    "atelectasis": "atelectasis",
+    "nodule": "nodule",
+    "granuloma": "granuloma",
+    "calcified_granuloma": "calcified granuloma",
+    "pneumothorax": "pneumothorax",
+    "emphysema": "emphysema",
+    "edema": "pulmonary edema",
+    "hypoinflation": "low lung volumes",
+    "pacemaker": "pacemaker",
+    "central_line": "central venous catheter",
+    "sternotomy": "median sternotomy wires",
+    "scoliosis": "scoliosis",
 }
 _SIZED = frozenset({"pleural_effusion", "nodule", "pneumothorax"})  # severity said as size
 

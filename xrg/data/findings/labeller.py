@@ -11,8 +11,8 @@ import functools
 import re
 import unicodedata
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from xrg.data.findings.schema import Finding, _combine_sides, _make_finding, _max_severity, merge_findings
 from xrg.data.reports import split_sentences
@@ -50,27 +50,39 @@ from xrg.errors import ReportError
 #: kind, longer patterns are tried first.
 TEXT_SYNONYMS: Mapping[str, tuple[str, ...]] = {
     "cardiomegaly": (
-        r"cardiomegaly", r"cardiac (?:enlargement|megaly)", r"cardiomegally",
+        r"cardiomegaly",
+        r"cardiac (?:enlargement|megaly)",
+        r"cardiomegally",
         r"(?:enlarged|large|borderline(?: enlarged)?) (?:heart|cardiac (?:silhouette|shadow|size|contour)|"
         r"cardiomediastinal (?:silhouette|contour)|cardiopericardial silhouette|heart size)",
         r"enlargement of the (?:heart|cardiac silhouette|cardiomediastinal silhouette)",
     ),
     "pleural_effusion": (
-        r"(?:pleural )?effusions?", r"pleural fluid",
+        r"(?:pleural )?effusions?",
+        r"pleural fluid",
         r"(?:layering )?fluid in the (?:\w+ )?(?:pleural space|fissure)s?",
         r"blunt(?:ing|ed) (?:of )?(?:the )?(?:\w+ ){0,3}costophrenic(?: (?:angles?|sulci|sulcus|recess(?:es)?|xxxx))?",
         r"costophrenic (?:angles?|sulci|sulcus|recess(?:es)?|xxxx)(?: \w+){0,2} (?:are |is |remains? )?blunt(?:ed|ing)",
         r"blunt(?:ing|ed) (?:of )?(?:the )?(?:\w+ ){0,3}(?:sulci|sulcus)",
-        r"hydropneumothora(?:x|ces)", r"hemopneumothora(?:x|ces)", r"hemothorax",
+        r"hydropneumothora(?:x|ces)",
+        r"hemopneumothora(?:x|ces)",
+        r"hemothorax",
     ),
     "opacity": (
-        r"opacit(?:y|ies)", r"opacification", r"consolidat(?:ion|ions|ive|ed)",
+        r"opacit(?:y|ies)",
+        r"opacification",
+        r"consolidat(?:ion|ions|ive|ed)",
         r"air ?-?space (?:disease|process|opacit(?:y|ies)|consolidation|filling)",
         r"alveolar (?:opacit(?:y|ies)|filling|process)",
-        r"infiltrat(?:e|es|ion|ive)", r"(?:broncho)?pneumonias?", r"pneumonitis", r"densit(?:y|ies)",
+        r"infiltrat(?:e|es|ion|ive)",
+        r"(?:broncho)?pneumonias?",
+        r"pneumonitis",
+        r"densit(?:y|ies)",
     ),
     "atelectasis": (
-        r"atelectas(?:is|es)", r"atelectatic", r"volume loss",
+        r"atelectas(?:is|es)",
+        r"atelectatic",
+        r"volume loss",
         r"collapsed? (?:of )?(?:the )?(?:right |left )?(?:upper |middle |lower )?(?:lobe|lung)",
         r"(?:lobar|lung) collapse",
     ),
@@ -78,9 +90,11 @@ TEXT_SYNONYMS: Mapping[str, tuple[str, ...]] = {
         r"nodules?",
         r"(?:fibro)?nodular (?:[\w-]+ ){0,3}?(?:opacit(?:y|ies)|densit(?:y|ies)|lesions?|foci|focus|infiltrates?|"
         r"scarring)",
-        r"mass(?:es)?", r"mass lesions?",
+        r"mass(?:es)?",
+        r"mass lesions?",
         r"mass-?like(?: (?:opacit(?:y|ies)|opacification|densit(?:y|ies)|consolidation|lesion))?",
-        r"(?:pulmonary|lung) lesions?", r"(?:non-?calcified|uncalcified) (?:nodules?|densit(?:y|ies))",
+        r"(?:pulmonary|lung) lesions?",
+        r"(?:non-?calcified|uncalcified) (?:nodules?|densit(?:y|ies))",
     ),
     "granuloma": (r"granulom(?:a|as|ata)", r"(?:non-?calcified|uncalcified) granulom(?:a|as|ata)"),
     "calcified_granuloma": (
@@ -91,41 +105,68 @@ TEXT_SYNONYMS: Mapping[str, tuple[str, ...]] = {
         r"(?:hilar|perihilar) (?:lymph node )?calcifications?",
     ),
     "pneumothorax": (
-        r"pneumothora(?:x|xes|ces)", r"hydropneumothora(?:x|ces)", r"hemopneumothora(?:x|ces)",
+        r"pneumothora(?:x|xes|ces)",
+        r"hydropneumothora(?:x|ces)",
+        r"hemopneumothora(?:x|ces)",
         r"pleural air(?: collections?)?",
     ),
     "emphysema": (
-        r"emphysema", r"emphysematous", r"copd", r"chronic obstructive (?:pulmonary |lung |airways? )?disease",
-        r"hyper-?inflat(?:ed|ion)", r"hyper-?expan(?:ded|sion)", r"hyper-?aerat(?:ed|ion)", r"over-?inflat(?:ed|ion)",
-        r"over-?expan(?:ded|sion)", r"hyperlucen(?:t|cy)", r"bullae", r"bullous (?:disease|changes?)",
-        r"flatten(?:ed|ing) (?:of )?(?:the )?(?:\w+ )?(?:hemi-?)?diaphragms?", r"increased lung volumes?",
+        r"emphysema",
+        r"emphysematous",
+        r"copd",
+        r"chronic obstructive (?:pulmonary |lung |airways? )?disease",
+        r"hyper-?inflat(?:ed|ion)",
+        r"hyper-?expan(?:ded|sion)",
+        r"hyper-?aerat(?:ed|ion)",
+        r"over-?inflat(?:ed|ion)",
+        r"over-?expan(?:ded|sion)",
+        r"hyperlucen(?:t|cy)",
+        r"bullae",
+        r"bullous (?:disease|changes?)",
+        r"flatten(?:ed|ing) (?:of )?(?:the )?(?:\w+ )?(?:hemi-?)?diaphragms?",
+        r"increased lung volumes?",
         r"(?:hemi-?)?diaphragms? (?:are |is |appear )?flattened",
     ),
     "edema": (
         r"o?edema",
         r"(?:pulmonary |central |perihilar |hilar )?vascular (?:congestion|engorgement|redistribution|prominence)",
-        r"pulmonary congestion", r"pulmonary venous (?:hypertension|congestion)", r"engorge(?:d|ment)",
+        r"pulmonary congestion",
+        r"pulmonary venous (?:hypertension|congestion)",
+        r"engorge(?:d|ment)",
         r"prominen(?:t|ce of the) (?:central |pulmonary |lung |hilar )*(?:vascularity|vasculature|vessels|vascular "
         r"markings)",
         r"increased (?:central |pulmonary |lung )*(?:vascularity|vasculature|vascular markings)",
-        r"congestive (?:heart |cardiac )?failure", r"chf", r"(?:heart|cardiac) failure", r"congestion",
+        r"congestive (?:heart |cardiac )?failure",
+        r"chf",
+        r"(?:heart|cardiac) failure",
+        r"congestion",
         r"congestive changes?",
-        r"kerley b?-? ?lines?", r"cephalization",
+        r"kerley b?-? ?lines?",
+        r"cephalization",
     ),
     "hypoinflation": (
-        r"hypo-?inflat(?:ed|ion)", r"hypo-?expan(?:ded|sion)", r"hypo-?aerat(?:ed|ion)", r"under-?inflat(?:ed|ion)",
+        r"hypo-?inflat(?:ed|ion)",
+        r"hypo-?expan(?:ded|sion)",
+        r"hypo-?aerat(?:ed|ion)",
+        r"under-?inflat(?:ed|ion)",
         r"(?:low|lower|decreas(?:ed|ing)|diminished|reduced) (?:lung |inspiratory )?volumes?(?![- ]normal)",
         r"hypoventilation",
         r"(?:poor|shallow|suboptimal|low) (?:inspiration|inspiratory (?:effort|volumes?))",
         r"(?:lung volumes|inspiration) (?:are |is )?(?:low(?![- ]normal)|diminished|decreased|reduced|shallow|poor)",
     ),
     "pacemaker": (
-        r"pacemakers?", r"pacers?", r"a?icds?", r"(?:implantable )?(?:cardioverter[- ])?defibrillators?",
-        r"pacing (?:devices?|leads?|wires?|generators?)", r"cardiac (?:devices?|leads?|generators?|pacing device)",
-        r"(?:pulse |battery )?generators?", r"transvenous leads?",
+        r"pacemakers?",
+        r"pacers?",
+        r"a?icds?",
+        r"(?:implantable )?(?:cardioverter[- ])?defibrillators?",
+        r"pacing (?:devices?|leads?|wires?|generators?)",
+        r"cardiac (?:devices?|leads?|generators?|pacing device)",
+        r"(?:pulse |battery )?generators?",
+        r"transvenous leads?",
     ),
     "central_line": (
-        r"central (?:venous )?(?:lines?|catheters?|access)", r"picc(?: lines?)?",
+        r"central (?:venous )?(?:lines?|catheters?|access)",
+        r"picc(?: lines?)?",
         r"peripherally inserted central (?:venous )?catheters?",
         r"(?:port-?a-?cath(?:eter)?|portacath(?:eter)?|mediport|power ?port|infusion port|venous port|chest port|"
         r"port catheter)s?",
@@ -137,23 +178,32 @@ TEXT_SYNONYMS: Mapping[str, tuple[str, ...]] = {
         r"tip (?:\w+ ){0,6}(?:svc|superior vena cava|cavoatrial|cavo-atrial|caval[- ]?atrial|brachiocephalic)",
     ),
     "sternotomy": (
-        r"sternotomy(?: (?:wires?|sutures?|xxxx))?", r"sternal (?:wires?|sutures?|cerclage|wiring|xxxx)", r"cabg",
-        r"coronary (?:artery )?bypass(?: grafts?| graft surgery| surgery)?", r"post-?sternotomy",
+        r"sternotomy(?: (?:wires?|sutures?|xxxx))?",
+        r"sternal (?:wires?|sutures?|cerclage|wiring|xxxx)",
+        r"cabg",
+        r"coronary (?:artery )?bypass(?: grafts?| graft surgery| surgery)?",
+        r"post-?sternotomy",
     ),
     "scoliosis": (
-        r"(?:dextro|levo)?scolios(?:is|es)", r"scoliotic(?: curvature| deformity| curve)?", r"(?:dextro|levo)-?convex",
-        r"(?:dextro|levo) ?curvature", r"(?<!kyphotic )(?<!kyphosis )curvature of the (?:[\w-]+ ){0,2}spine",
+        r"(?:dextro|levo)?scolios(?:is|es)",
+        r"scoliotic(?: curvature| deformity| curve)?",
+        r"(?:dextro|levo)-?convex",
+        r"(?:dextro|levo) ?curvature",
+        r"(?<!kyphotic )(?<!kyphosis )curvature of the (?:[\w-]+ ){0,2}spine",
         r"(?<!kyphotic )(?:spine|spinal) curvature",
     ),
 }
 
 #: Phrases that contain a synonym but are not the finding; they win overlaps and yield nothing.
 TEXT_NOT_FINDINGS: tuple[str, ...] = (
-    r"pericardial effusions?", r"joint effusions?",
+    r"pericardial effusions?",
+    r"joint effusions?",
     r"(?:subcutaneous|mediastinal|interstitial|soft tissue|surgical) emphysema",
-    r"(?:soft tissue|subcutaneous|laryngeal|chest wall|extremity) o?edema", r"nasal congestion",
+    r"(?:soft tissue|subcutaneous|laryngeal|chest wall|extremity) o?edema",
+    r"nasal congestion",
     r"(?:bone|mineral|bone mineral|soft tissue|breast|nipple) densit(?:y|ies)",
-    r"(?:soft tissue|breast|mediastinal|neck|abdominal|thyroid) mass(?:es)?", r"nipple shadows?",
+    r"(?:soft tissue|breast|mediastinal|neck|abdominal|thyroid) mass(?:es)?",
+    r"nipple shadows?",
     r"(?:foley|urinary|nasogastric|enteric|feeding|endotracheal|chest|drainage|pigtail|suprapubic|peritoneal) "
     r"(?:tubes?|catheters?)",
     r"body mass(?: index)?",
@@ -288,9 +338,7 @@ SEVERITY_WORDS: Mapping[str, str] = {
     r"severe(?:ly)?|large(?:r)?|marked(?:ly)?|massive(?:ly)?|extensive|huge|significantly|substantial(?:ly)?": "severe",
 }
 #: Attributes implied by the mention's own words, used where the words around say nothing.
-IMPLIED_BY_MENTION: tuple[tuple[str, Mapping[str, str]], ...] = (
-    (r"\bmass", {"severity": "severe"}),
-)
+IMPLIED_BY_MENTION: tuple[tuple[str, Mapping[str, str]], ...] = ((r"\bmass", {"severity": "severe"}),)
 #: Words that end a mention's noun phrase when reading modifiers around it.
 _MODIFIER_STOP = re.compile(r"[,;:()|]|\b(?:with|and|or|without|but|plus|also|versus|vs|which|that|may|likely|no)\b")
 _MODIFIER_CHARS = 80  # how far (characters) modifiers are looked for around a mention

@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import collections
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 from xrg.data.findings.schema import Finding, _combine_sides, _make_finding, _max_severity, merge_findings
 from xrg.errors import FindingError
@@ -22,36 +22,82 @@ from xrg.errors import FindingError
 
 MESH_SIDES: Mapping[str, str] = {"left": "left", "right": "right", "bilateral": "bilateral"}
 MESH_ZONES: Mapping[str, str] = {
-    "upper lobe": "upper", "apex": "upper",
-    "middle lobe": "middle", "lingula": "middle", "mid": "middle",
-    "lower lobe": "lower", "base": "lower", "bases": "lower", "costophrenic angle": "lower", "retrocardiac": "lower",
+    "upper lobe": "upper",
+    "apex": "upper",
+    "middle lobe": "middle",
+    "lingula": "middle",
+    "mid": "middle",
+    "lower lobe": "lower",
+    "base": "lower",
+    "bases": "lower",
+    "costophrenic angle": "lower",
+    "retrocardiac": "lower",
 }
 #: Qualifiers that also imply a side when none is given: the lingula and the space behind
 #: the heart are both in the left lung.
 MESH_IMPLIED_SIDES: Mapping[str, str] = {"lingula": "left", "retrocardiac": "left"}
 MESH_SEVERITIES: Mapping[str, str] = {
-    "mild": "mild", "borderline": "mild", "small": "mild", "minimal": "mild",
+    "mild": "mild",
+    "borderline": "mild",
+    "small": "mild",
+    "minimal": "mild",
     "moderate": "moderate",
-    "severe": "severe", "large": "severe", "marked": "severe",
+    "severe": "severe",
+    "large": "severe",
+    "marked": "severe",
 }
 #: Terms that say "nothing to find" (not counted as unmapped).
 MESH_NO_FINDING: frozenset[str] = frozenset({"normal", "no indexing"})
 
 #: Anatomy qualifiers that put an "opacity", "nodule" ... outside the lung parenchyma
 #: (a rib lesion, a mediastinal mass, a breast density): not a lung finding to draw.
-NON_LUNG_SITES: frozenset[str] = frozenset({
-    "ribs", "clavicle", "sternum", "humerus", "shoulder", "spine", "thoracic vertebrae", "cervical vertebrae",
-    "lumbar vertebrae", "mediastinum", "paratracheal", "supracardiac", "heart", "mitral valve", "aorta",
-    "breast", "adipose tissue", "abdomen", "neck", "trachea", "trachea, carina",
-})
+NON_LUNG_SITES: frozenset[str] = frozenset(
+    {
+        "ribs",
+        "clavicle",
+        "sternum",
+        "humerus",
+        "shoulder",
+        "spine",
+        "thoracic vertebrae",
+        "cervical vertebrae",
+        "lumbar vertebrae",
+        "mediastinum",
+        "paratracheal",
+        "supracardiac",
+        "heart",
+        "mitral valve",
+        "aorta",
+        "breast",
+        "adipose tissue",
+        "abdomen",
+        "neck",
+        "trachea",
+        "trachea, carina",
+    }
+)
 #: Sites that make an "Implanted Medical Device" something else than a cardiac pacemaker
 #: or defibrillator (a valve prosthesis, a septal closure device "over the heart", a shoulder
 #: prosthesis, spinal hardware ...).
-NON_PACEMAKER_SITES: frozenset[str] = frozenset({
-    "aortic valve", "mitral valve", "heart", "heart atria", "heart ventricles", "pulmonary artery", "humerus",
-    "shoulder", "thoracic vertebrae",
-    "cervical vertebrae", "lumbar vertebrae", "spine", "abdomen", "breast", "neck",
-})
+NON_PACEMAKER_SITES: frozenset[str] = frozenset(
+    {
+        "aortic valve",
+        "mitral valve",
+        "heart",
+        "heart atria",
+        "heart ventricles",
+        "pulmonary artery",
+        "humerus",
+        "shoulder",
+        "thoracic vertebrae",
+        "cervical vertebrae",
+        "lumbar vertebrae",
+        "spine",
+        "abdomen",
+        "breast",
+        "neck",
+    }
+)
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ order, the :class:`Finding` dataclass and its JSON form, the attributes each kin
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,21 +18,21 @@ from xrg.errors import FindingError
 
 #: Every finding kind the renderer can draw, in the fixed order of multi-hot label vectors.
 FINDING_KINDS: tuple[str, ...] = (
-    "cardiomegaly",         # severity
-    "pleural_effusion",     # side, severity
-    "opacity",              # side, zone, severity: consolidation, airspace disease, infiltrate, pneumonia
-    "atelectasis",          # side, zone, severity (volume loss)
-    "nodule",               # side, zone, severity = size (mass when severe)
-    "granuloma",            # side, zone: non-calcified granuloma
+    "cardiomegaly",  # severity
+    "pleural_effusion",  # side, severity
+    "opacity",  # side, zone, severity: consolidation, airspace disease, infiltrate, pneumonia
+    "atelectasis",  # side, zone, severity (volume loss)
+    "nodule",  # side, zone, severity = size (mass when severe)
+    "granuloma",  # side, zone: non-calcified granuloma
     "calcified_granuloma",  # side, zone: calcified granuloma / calcinosis of the lung
-    "pneumothorax",         # side, severity
-    "emphysema",            # severity: emphysema, COPD, hyperinflation / hyperdistention
-    "edema",                # severity: pulmonary edema, vascular congestion
-    "hypoinflation",        # severity: low lung volumes
-    "pacemaker",            # side of the generator pocket
-    "central_line",         # side of entry: indwelling catheters, PICC, central venous lines
-    "sternotomy",           # median sternotomy wires
-    "scoliosis",            # side = side of convexity, severity
+    "pneumothorax",  # side, severity
+    "emphysema",  # severity: emphysema, COPD, hyperinflation / hyperdistention
+    "edema",  # severity: pulmonary edema, vascular congestion
+    "hypoinflation",  # severity: low lung volumes
+    "pacemaker",  # side of the generator pocket
+    "central_line",  # side of entry: indwelling catheters, PICC, central venous lines
+    "sternotomy",  # median sternotomy wires
+    "scoliosis",  # side = side of convexity, severity
 )
 
 SIDES: tuple[str, ...] = ("left", "right", "bilateral")
@@ -78,7 +79,7 @@ class Finding:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Finding":
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
         if not isinstance(data, Mapping) or "kind" not in data:
             raise FindingError(f"a finding must be a mapping with a 'kind', got {data!r}")
         unknown = set(data) - {"kind", "side", "zone", "severity", "negated"}

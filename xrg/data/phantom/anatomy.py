@@ -80,7 +80,7 @@ class Anatomy:
         return arrays
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "Anatomy":
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Anatomy:
         import json
 
         small = json.loads(str(arrays["anatomy_json"]))
@@ -104,7 +104,7 @@ class Anatomy:
         return cls(**values)
 
     @classmethod
-    def measure(cls, arrays: dict[str, np.ndarray]) -> "Anatomy":
+    def measure(cls, arrays: dict[str, np.ndarray]) -> Anatomy:
         from scipy import ndimage as ndi
 
         labels = arrays["labels"]

@@ -12,7 +12,8 @@ inside the lung; how: balls, tubes, boxes, noise, scaling) take the renderer fir
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -103,6 +104,7 @@ def _local_box(r: PhantomRenderer, center: np.ndarray, half_mm: np.ndarray | flo
     size = r.volume_size
     lo, hi = np.clip(lo, 0, size), np.clip(hi, 0, size)
     return slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0])
+
 
 # --- how to draw ----------------------------------------------------------------------------
 
@@ -211,6 +213,7 @@ def _scaled_sample(r: PhantomRenderer, channels: np.ndarray, box, center: np.nda
         result += upper
         out = result
     return out
+
 
 # --- the findings ---------------------------------------------------------------------------
 
@@ -463,7 +466,7 @@ def draw_hypoinflation(r: PhantomRenderer, volume, finding: Finding, rng, shape:
     height = r._lung_height_mm
     for side in ("left", "right"):
         box = r.anatomy.lung_box[side]
-        volume[box] *= (1.0 + r._lung_of(side, box) * np.float32(rise / (height - rise)))
+        volume[box] *= 1.0 + r._lung_of(side, box) * np.float32(rise / (height - rise))
     shape.heart_factor = shape.heart_factor * np.array([1.0 + 0.06 * strength, 1.0, 1.0])
 
 

@@ -39,7 +39,7 @@ class PatientParams:
     noise_std: float = 0.01  # detector noise, in display units at mid-grey
 
     @classmethod
-    def sample(cls, seed: int) -> "PatientParams":
+    def sample(cls, seed: int) -> PatientParams:
         rng = _rng(seed, "patient")
         return cls(
             scale=tuple(float(v) for v in rng.uniform(0.94, 1.06, 3)),

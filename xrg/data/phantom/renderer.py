@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -248,7 +248,7 @@ class PhantomRenderer:
         cube = buffer[0, : slices * rows].reshape(slices, rows, size)
         cube[:pad] = cube[pad]
         cube[pad + size :] = cube[pad + size - 1]
-        buffer[1, : -rows] = buffer[0, rows:]  # channel 1: the next slice
+        buffer[1, :-rows] = buffer[0, rows:]  # channel 1: the next slice
         x, y, z = self._grid(params, shape)
         height = buffer.shape[1]
         # voxel index of z in the padded stack, its slice below and the blend weight
@@ -358,7 +358,11 @@ class PhantomRenderer:
 
 
 def render_report(
-    text: str, seed: int = 0, size: int = 256, out: str | os.PathLike = "phantom_out", volume_size: int | None = None,
+    text: str,
+    seed: int = 0,
+    size: int = 256,
+    out: str | os.PathLike = "phantom_out",
+    volume_size: int | None = None,
     force: bool = False,
 ) -> str:
     """Label a free-text report, render its findings into patient ``seed`` and write
