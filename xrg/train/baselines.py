@@ -34,7 +34,12 @@ XRayGAN. ``rec_weight`` (default 0: the originals have no such term) adds ``rec_
 can be given XRayGAN's L2 × 100 for a comparison with equal supervision; ``rec_loss`` is
 logged either way. Real targets of lower stages are the real images area-downsampled.
 
-Runs behave like XRayGAN runs (:mod:`xrg.train.xraygan`, whose helpers are reused): a new run
+Runs behave like XRayGAN runs: both go through the one loop of :mod:`xrg.train.loop`, each
+telling it what it does through its :class:`~xrg.train.loop.Step` — here
+:class:`BaselineStep` (the optimizers and frozen parts of a phase, the batch size,
+:func:`train_step`, the epoch-end BatchNorm recalibration and sample grid, the ``method``
+every metric row and checkpoint carries) — and :class:`BaselineTrainer` builds the data, the
+model and that step and is otherwise :class:`~xrg.train.loop.PhasedTrainer`. So a new run
 refuses a directory holding a checkpoint, ``resume=True`` continues one to the bit on CPU
 (from the exact batch); ``RUN/checkpoint.pt`` is written at the start, after every epoch and
 on SIGINT/SIGTERM; a NaN or infinite loss raises :class:`~xrg.errors.TrainingDiverged`
@@ -49,7 +54,7 @@ before any step on it; every epoch appends a row to ``RUN/metrics.jsonl`` (``kin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xrg.config import config_from_mapping
-from xrg.data.datasets import collate_pairs, resize_image
-from xrg.data.images import save_png
+from xrg.data.datasets import resize_image
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
 from xrg.models.baselines import (
@@ -75,10 +79,19 @@ from xrg.models.baselines import (
 )
 from xrg.models.encoder import EncoderConfig
 from xrg.profiles import Profile
-from xrg.train.loop import SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite
-from xrg.train.runtime import epoch_batches, recalibrate_batchnorm
+from xrg.train.loop import (
+    Optimizers,
+    PhasedTrainer,
+    Position,
+    RunFiles,
+    Step,
+    TrainData,
+    real_images,
+    recalibrate_generators,
+    require_finite,
+    write_sample_grid,
+)
 from xrg.train.vcn import negative_partners
-from xrg.train.xraygan import real_images, sample_grid
 
 __all__ = [
     "BASELINE_METHODS", "BaselineModel", "BaselineTrainConfig", "BaselineTrainer", "mismatched_partners",
@@ -356,17 +369,90 @@ def train_step(
 # --------------------------------------------------------------------------------------
 
 
-class BaselineTrainer(PhasedTrainer):
-    """One baseline run in ``run_dir`` over the data directory ``data_dir`` (module docstring).
+class BaselineStep(Step):
+    """A baseline in the shared loop: one discriminator, then one generator update per batch (module docstring).
 
-    A new run refuses a ``run_dir`` that already holds a checkpoint; ``resume=True``
-    continues one, after checking that it was written with the same config and vocabulary.
-    Checkpoints, resume and the loop are :class:`~xrg.train.loop.PhasedTrainer`'s.
+    A phase trains :meth:`~xrg.models.baselines.BaselineModel.trained_generator_modules` and
+    the discriminators of its stages; what it only reads (StackGAN Stage II: all that makes
+    Stage I) is frozen and in eval mode. Metric rows and the checkpoint's progress carry the
+    ``method``.
     """
 
     kind = "baseline"
     metric_keys = METRIC_KEYS
     loss_keys = LOSS_KEYS
+
+    def __init__(
+        self,
+        config: BaselineTrainConfig,
+        phases: list[BaselinePhase],
+        data: TrainData,
+        model: BaselineModel,
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        super().__init__(config, phases, data, model, device, run_dir)
+        self.extras = {"method": config.method}
+
+    def optimizers(self, phase: BaselinePhase, phase_index: int) -> Optimizers:
+        return make_optimizers(self.model, phase, phase_index, self.config)
+
+    def train_mode(self, phase: BaselinePhase) -> None:
+        for module in self.model.frozen_modules(phase):
+            module.requires_grad_(False)
+        self.model.train_mode(phase)
+
+    def batch_size(self, phase: BaselinePhase) -> int:
+        return self.config.batch_size
+
+    def update(self, phase: BaselinePhase, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
+        return train_step(self.model, batch, phase, optimizers, self.config)
+
+    def recalibrate(self, phase: BaselinePhase, position: Position) -> int:
+        """Re-estimate the BatchNorm statistics of the generators ``phase`` trains (as XRayGAN does).
+
+        The encoder runs in eval mode (as at generation); the batches and the noise are those
+        of :func:`~xrg.train.loop.recalibrate_generators`.
+        """
+        if self.config.bn_recalibration_batches == 0:
+            return 0
+        trained = nn.ModuleList(m for m in self.model.trained_generator_modules(phase) if m is not self.model.encoder)
+        self.model.eval()
+        try:
+            return recalibrate_generators(
+                trained, self, phase, position, lambda batch, noise: self.model.generate_for(phase, batch, noise)
+            )
+        finally:
+            self.model.train_mode(phase)
+
+    @torch.no_grad()
+    def write_samples(self, phase: BaselinePhase) -> Path | None:
+        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
+        if self.config.num_samples == 0:
+            return None
+        batch = self.data.sample_batch(phase.image_size, self.config.num_samples)
+        self.model.eval()
+        try:
+            _, output = self.model.generate_for(phase, batch, torch.Generator().manual_seed(self.config.seed))
+        finally:
+            self.model.train_mode(phase)
+        return write_sample_grid(self, f"stage{phase.stage}_{phase.image_size}px.png", batch, output.images[-1])
+
+    def phase_label(self, phase: BaselinePhase) -> str:
+        return f"{self.config.method}, {phase.name} phase"
+
+    def progress_label(self, phase: BaselinePhase) -> str:
+        return f"{self.config.method} {phase.name} ({phase.image_size}px)"
+
+
+class BaselineTrainer(PhasedTrainer):
+    """One baseline run in ``run_dir`` over the data directory ``data_dir`` (module docstring).
+
+    A new run refuses a ``run_dir`` that already holds a checkpoint; ``resume=True``
+    continues one, after checking that it was written with the same config and vocabulary.
+    This class only builds the run: its :class:`BaselineStep` (``trainer.family``) goes
+    through the loop, checkpoints and resume of :class:`~xrg.train.loop.PhasedTrainer`.
+    """
 
     def __init__(
         self,
@@ -377,92 +463,19 @@ class BaselineTrainer(PhasedTrainer):
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        self.config = config
-        self.device = torch.device(device)
-        self.progress = progress
-        self.phases = training_phases(config)
-        self._load_train_sets(
-            data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words
-        )
-        self._check_run_dir(Path(run_dir), resume)
+        device = torch.device(device)
+        phases = training_phases(config)
+        data = TrainData(data_dir, (phase.image_size for phase in phases), config.max_sentences, config.max_words)
+        files = RunFiles.check(run_dir, BaselineStep.kind, resume)
         torch.manual_seed(config.seed)
-        self.model = BaselineModel(BaselineModelConfig.from_run_config(config, len(self.vocabulary))).to(self.device)
-        self._start(config.seed, resume)
-
-    # ---- hooks of the shared loop -------------------------------------------------------
-
-    def _progress_extras(self) -> dict[str, Any]:
-        return {"method": self.config.method}
-
-    def _metric_extras(self) -> dict[str, Any]:
-        return {"method": self.config.method}
-
-    def _phase_label(self, phase: BaselinePhase) -> str:
-        return f"{self.config.method}, {phase.name} phase"
-
-    def _progress_label(self, phase: BaselinePhase) -> str:
-        return f"{self.config.method} {phase.name} ({phase.image_size}px)"
-
-    def _make_optimizers(self, phase: BaselinePhase, phase_index: int) -> Optimizers:
-        return make_optimizers(self.model, phase, phase_index, self.config)
-
-    def _batch_size(self, phase: BaselinePhase) -> int:
-        return self.config.batch_size
-
-    def _begin_phase(self, phase: BaselinePhase) -> None:
-        for module in self.model.frozen_modules(phase):
-            module.requires_grad_(False)
-
-    def _train_mode(self, phase: BaselinePhase) -> None:
-        self.model.train_mode(phase)
-
-    def _step(self, phase: BaselinePhase, batch: dict[str, Any]) -> dict[str, float]:
-        return train_step(self.model, batch, phase, self.optimizers, self.config)
-
-    def _after_epoch(self, phase: BaselinePhase) -> None:
-        self.recalibrate(phase)
-        self.write_samples(phase)
+        model = BaselineModel(BaselineModelConfig.from_run_config(config, len(data.vocabulary))).to(device)
+        step = BaselineStep(config, phases, data, model, device, files.run_dir)
+        super().__init__(step, files, seed=config.seed, device=device, progress=progress, resume=resume)
 
     def recalibrate(self, phase: BaselinePhase) -> int:
-        """Re-estimate the BatchNorm statistics of the generators ``phase`` trains (as XRayGAN does).
+        """Re-estimate the BatchNorm statistics for ``phase`` at the current position (:meth:`BaselineStep.recalibrate`)."""
+        return self.family.recalibrate(phase, self.position)
 
-        See :func:`xrg.train.runtime.recalibrate_batchnorm`. The encoder runs in eval mode (as at
-        generation); batches and noise come from generators seeded by the run seed, the phase
-        and the epoch, so the global RNG (and so a resumed run) is untouched.
-        """
-        count = self.config.bn_recalibration_batches
-        if count == 0:
-            return 0
-        train_set = self.train_sets[phase.image_size]
-        seed = (self.config.seed * 1_000_003 + self.position.phase * 1_009 + self.position.epoch) % 2**63
-        order = epoch_batches(len(train_set), self.config.batch_size, torch.Generator().manual_seed(seed))[:count]
-        noise_source = torch.Generator().manual_seed(seed + 1)
-        trained = nn.ModuleList(m for m in self.model.trained_generator_modules(phase) if m is not self.model.encoder)
-
-        def forward_passes() -> Iterator[None]:
-            for indices in order:
-                self.model.generate_for(phase, collate_pairs([train_set[i] for i in indices]), noise_source)
-                yield None
-
-        self.model.eval()
-        try:
-            return recalibrate_batchnorm(trained, forward_passes)
-        finally:
-            self.model.train_mode(phase)
-
-    @torch.no_grad()
     def write_samples(self, phase: BaselinePhase) -> Path | None:
-        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
-        if self.config.num_samples == 0:
-            return None
-        batch = self._sample_batch(phase.image_size, self.config.num_samples)
-        self.model.eval()
-        try:
-            _, output = self.model.generate_for(phase, batch, torch.Generator().manual_seed(self.config.seed))
-        finally:
-            self.model.train_mode(phase)
-        fake = output.images[-1]
-        real = real_images(batch, tuple(fake), self.device)
-        return save_png(
-            self.run_dir / SAMPLES_DIR / f"stage{phase.stage}_{phase.image_size}px.png", sample_grid(real, fake)
-        )
+        """Write the sample grid of ``phase`` (:meth:`BaselineStep.write_samples`)."""
+        return self.family.write_samples(phase)

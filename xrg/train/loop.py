@@ -1,6 +1,6 @@
-"""The resumable training loop XRayGAN and the Table-1 baselines share.
+"""The resumable training loops: the phased GAN runs (XRayGAN, the Table-1 baselines) and the offline networks.
 
-A run trains *phases* (a stage, or pre-training) of epochs of seeded batches. Its checkpoint
+A GAN run trains *phases* (a stage, or pre-training) of epochs of seeded batches. Its checkpoint
 (``RUN/checkpoint.pt``, written at the start, after every epoch and when stopped) holds the
 encoder, generator and discriminator weights, the optimizer states of the current phase, the
 phase/epoch/batch position, the torch RNG state and the shuffle generator's state at the start
@@ -10,13 +10,29 @@ process leaves: partial ``.NAME.*.tmp`` files, and metric rows of epochs the che
 not include (they are redone). A non-finite loss stops the run with
 :class:`~xrg.errors.TrainingDiverged`, naming the step and the last good checkpoint.
 
-:class:`PhasedTrainer` holds that machinery; a subclass builds its phases, datasets and
-model, and says how one step goes (:meth:`PhasedTrainer._step`).
+The module has four parts, read top to bottom:
 
-:class:`EpochLoop` is the same for the offline networks (the VCNs, the evaluation
-classifier): one model, one optimizer, seeded epochs; its resumable state lives in
-``NAME.partial.pt`` beside the final ``NAME.pt`` and a stop signal ends it with
-:class:`~xrg.errors.TrainingStopped`, which says how to resume.
+* :class:`Step`: what a model family says about its run (its ``kind``, phases, data and
+  model; what trains in a phase and its optimizers; the batch size; one optimisation step;
+  what happens at an epoch end; what is logged, and its checkpoint extras). Each family has
+  one: :class:`~xrg.train.xraygan.XRayGANStep`, :class:`~xrg.train.baselines.BaselineStep`.
+  What both GAN families share besides — the train sets (:class:`TrainData`), the seeded
+  BatchNorm recalibration (:func:`recalibrate_generators`) and the sample grids
+  (:func:`write_sample_grid`) — is here too.
+* :class:`RunState` and :func:`trim_metrics`: the resumable state both loops keep and restore
+  (position, torch and cuda RNG, shuffle generator and its epoch-start state, epoch totals,
+  optimizer states) and the tidying of metric rows a resumed state does not include.
+* :class:`PhasedTrainer`: the loop of a GAN run over a :class:`Step`, written out in
+  :meth:`PhasedTrainer.train` (phases, then epochs, then batches). The family trainers
+  (:class:`~xrg.train.xraygan.XRayGANTrainer`, :class:`~xrg.train.baselines.BaselineTrainer`)
+  are this class with a constructor that builds their step.
+* :class:`EpochLoop`: the loop of the offline networks (the VCNs, the evaluation
+  classifier): one model, one optimizer, seeded epochs; its resumable state (the same
+  :class:`RunState`) lives in ``NAME.partial.pt`` beside the final ``NAME.pt``, and a stop
+  signal ends it with :class:`~xrg.errors.TrainingStopped`, which says how to resume. It keeps
+  its own short loop body rather than being a one-phase :class:`PhasedTrainer`: it saves on a
+  timer instead of every epoch, raises on a stop instead of returning, and its step function
+  draws from the shuffle generator, so sharing one body would need as many switches as it has lines.
 """
 
 from __future__ import annotations
@@ -30,17 +46,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from xrg.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xrg.data.datasets import XRayPairDataset, collate_pairs
+from xrg.data.images import save_png
 from xrg.data.manifest import read_manifest
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, TrainingDiverged, TrainingStopped
 from xrg.io import append_jsonl, atomic_write_jsonl, remove_temporaries
 from xrg.locks import directory_lock
-from xrg.train.runtime import StopRequests, epoch_batches, set_lr
+from xrg.models.xraygan import to_image_range, to_model_range
+from xrg.train.runtime import StopRequests, epoch_batches, recalibrate_batchnorm, set_lr
 
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_DIR = "samples"
@@ -84,6 +104,8 @@ class PhaseLike(Protocol):
     image_size: int
     num_epochs: int
 
+    def lr_at(self, epoch: int, config: Any) -> float: ...
+
 
 @dataclass
 class Optimizers:
@@ -99,28 +121,17 @@ class Optimizers:
             yield self.discriminator
 
 
-class PhasedTrainer:
-    """Checkpoints, exact resume, the epoch loop and metric rows of a phased GAN run.
+# --------------------------------------------------------------------------------------
+# What a model family says: its Step, and what the GAN families share
+# --------------------------------------------------------------------------------------
 
-    A subclass sets ``kind`` (the checkpoint and metrics kind), ``metric_keys`` and
-    ``loss_keys``, and in its ``__init__`` the attributes ``config``, ``run_dir``, ``device``,
-    ``progress``, ``phases``, ``train_sets`` (by image size), ``vocabulary`` and ``model`` (a
-    :class:`~xrg.models.base.CheckpointedModel` of ``kind`` with discriminators, which saves and
-    loads its own weights), calling :meth:`_check_run_dir` first and
-    :meth:`_start` last. It implements :meth:`_make_optimizers`, :meth:`_batch_size`,
-    :meth:`_step` and :meth:`_after_epoch`; the other hooks have defaults.
-    """
 
-    kind: str
-    metric_keys: tuple[str, ...]
-    loss_keys: tuple[str, ...]
+class TrainData:
+    """The train split at every image size a run's phases need, its vocabulary and the sample-grid cases."""
 
-    # ---- set-up ---------------------------------------------------------------------------
-
-    def _load_train_sets(self, data_dir: Path, image_sizes: Any, max_sentences: int, max_words: int) -> None:
-        """``train_sets`` (the train split at every size a phase needs) and ``vocabulary``."""
+    def __init__(self, data_dir: str | os.PathLike, image_sizes: Any, max_sentences: int, max_words: int) -> None:
         self.data_dir = Path(data_dir)
-        self._max_sentences, self._max_words = max_sentences, max_words
+        self.max_sentences, self.max_words = max_sentences, max_words
         self.train_sets = {
             size: XRayPairDataset(
                 self.data_dir, "train", image_size=size, max_sentences=max_sentences, max_words=max_words
@@ -128,128 +139,387 @@ class PhasedTrainer:
             for size in sorted(set(image_sizes))
         }
         self.vocabulary = next(iter(self.train_sets.values())).vocab
+        self._sample_batches: dict[int, dict[str, Any]] = {}
 
-    def _sample_batch(self, image_size: int, count: int) -> dict[str, Any]:
+    def sample_batch(self, image_size: int, count: int) -> dict[str, Any]:
         """The cases of the sample grids at ``image_size``: validation cases, or train cases if there is no val split."""
         if image_size not in self._sample_batches:
             has_val = any(case.split == "val" for case in read_manifest(self.data_dir))
             dataset = XRayPairDataset(
                 self.data_dir, "val" if has_val else "train", image_size=image_size, vocab=self.vocabulary,
-                max_sentences=self._max_sentences, max_words=self._max_words,
+                max_sentences=self.max_sentences, max_words=self.max_words,
             )  # fmt: skip
             self._sample_batches[image_size] = collate_pairs([dataset[i] for i in range(min(count, len(dataset)))])
         return self._sample_batches[image_size]
 
-    def _check_run_dir(self, run_dir: Path, resume: bool, tidy: tuple[str, ...] = (SAMPLES_DIR,)) -> None:
+
+class Step:
+    """What one model family does in :class:`PhasedTrainer`'s loop; a family subclasses it.
+
+    It holds the run's ``config`` (with its ``seed``), ``phases``, ``data`` (:class:`TrainData`),
+    ``model`` (a :class:`~xrg.models.base.CheckpointedModel` of ``kind`` with discriminators,
+    which saves and loads its own weights), ``device`` and ``run_dir``, and names its
+    checkpoint and metrics ``kind``, the ``metric_keys`` of a metrics row, the ``loss_keys``
+    averaged into it and the ``extras`` every row and the checkpoint's progress carry (the
+    baselines' ``method``). A family implements :meth:`optimizers`, :meth:`batch_size`,
+    :meth:`update`, :meth:`recalibrate` and :meth:`write_samples`; the rest have defaults.
+    """
+
+    kind: str
+    metric_keys: tuple[str, ...]
+    loss_keys: tuple[str, ...]
+
+    def __init__(
+        self, config: Any, phases: list[Any], data: TrainData, model: Any, device: torch.device, run_dir: Path
+    ) -> None:
+        self.config, self.phases, self.data, self.model = config, phases, data, model
+        self.device, self.run_dir = device, Path(run_dir)
+        self.extras: dict[str, Any] = {}
+
+    # ---- what trains --------------------------------------------------------------------
+
+    def optimizers(self, phase: Any, phase_index: int) -> Optimizers:
+        """Fresh optimizers over what ``phase`` trains."""
+        raise NotImplementedError
+
+    def train_mode(self, phase: Any) -> None:
+        """Train/eval modes and frozen parts for ``phase``; set at the start of each of its epochs."""
+        self.model.train()
+
+    def batch_size(self, phase: Any) -> int:
+        raise NotImplementedError
+
+    def update(self, phase: Any, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
+        """One optimisation step on ``batch``; its float losses. Raises :class:`NonFinite` before stepping on a bad loss."""
+        raise NotImplementedError
+
+    # ---- at an epoch end ----------------------------------------------------------------
+
+    def end_epoch(self, phase: Any, position: Position) -> None:
+        """Work at the end of an epoch, before its checkpoint: BatchNorm statistics, then the sample grid."""
+        self.recalibrate(phase, position)
+        self.write_samples(phase)
+
+    def recalibrate(self, phase: Any, position: Position) -> int:
+        """Re-estimate the BatchNorm statistics of the generators ``phase`` trains (:func:`recalibrate_generators`)."""
+        raise NotImplementedError
+
+    def write_samples(self, phase: Any) -> Path | None:
+        """Write the sample grid of ``phase`` (:func:`write_sample_grid`)."""
+        raise NotImplementedError
+
+    # ---- what is logged, and the checkpoint -----------------------------------------------
+
+    def phase_label(self, phase: Any) -> str:
+        """The phase as error messages name it."""
+        return f"{phase.name} phase, stage {phase.stage}"
+
+    def progress_label(self, phase: Any) -> str:
+        """The phase's progress bar title."""
+        return f"{phase.name} stage {phase.stage} ({phase.image_size}px)"
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """What the family adds to every checkpoint."""
+        return {}
+
+    def verify_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
+        """Refuse a checkpoint that does not belong to this run beyond its config and vocabulary."""
+
+
+def recalibrate_generators(
+    module: nn.Module,
+    step: Step,
+    phase: Any,
+    position: Position,
+    forward: Callable[[dict[str, Any], torch.Generator], Any],
+) -> int:
+    """Re-estimate ``module``'s BatchNorm statistics on ``config.bn_recalibration_batches`` train batches.
+
+    See :func:`xrg.train.runtime.recalibrate_batchnorm`. ``forward(batch, noise_source)`` runs
+    the generators on one batch at ``phase``'s image size. The batches come from their own
+    generator seeded by the run seed, the phase and the epoch of ``position``, and any noise
+    from another (``noise_source``), so the global RNG (and so a resumed run) is untouched.
+    """
+    count = step.config.bn_recalibration_batches
+    if count == 0:
+        return 0
+    train_set = step.data.train_sets[phase.image_size]
+    seed = (step.config.seed * 1_000_003 + position.phase * 1_009 + position.epoch) % 2**63
+    order = epoch_batches(len(train_set), step.batch_size(phase), torch.Generator().manual_seed(seed))[:count]
+    noise_source = torch.Generator().manual_seed(seed + 1)
+
+    def forward_passes() -> Iterator[None]:
+        for indices in order:
+            forward(collate_pairs([train_set[i] for i in indices]), noise_source)
+            yield None
+
+    return recalibrate_batchnorm(module, forward_passes)
+
+
+def real_images(batch: dict[str, Any], views: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
+    return {view: to_model_range(batch[view].to(device)) for view in views}
+
+
+def sample_grid(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], border: int = 2) -> np.ndarray:
+    """One row per case: real frontal, generated frontal, real lateral, generated lateral ([0, 1])."""
+    columns = [image for view in real for image in (real[view], fake[view])]
+    count, size = columns[0].shape[0], columns[0].shape[-1]
+    step = size + border
+    grid = np.ones((count * step + border, len(columns) * step + border), dtype=np.float32)
+    for col, images in enumerate(columns):
+        images = to_image_range(images).clamp(0, 1).detach().cpu().numpy()
+        for row in range(count):
+            top, left = border + row * step, border + col * step
+            grid[top : top + size, left : left + size] = images[row, 0]
+    return grid
+
+
+def write_sample_grid(step: Step, name: str, batch: dict[str, Any], fake: dict[str, torch.Tensor]) -> Path:
+    """``RUN/samples/NAME``: the grid of ``batch``'s real images beside the generated ``fake`` ones."""
+    real = real_images(batch, tuple(fake), step.device)
+    return save_png(step.run_dir / SAMPLES_DIR / name, sample_grid(real, fake))
+
+
+# --------------------------------------------------------------------------------------
+# The resumable state both loops keep
+# --------------------------------------------------------------------------------------
+
+
+class RunState:
+    """The position, the RNG states and the epoch totals of a training, as a checkpoint keeps them.
+
+    ``shuffle`` draws each epoch's batch order; ``epoch_shuffle`` is its state when the current
+    epoch began, so a resumed epoch redraws the same order (:meth:`epoch_batches`). Two layouts
+    exist, both kept as they were written: ``phased`` (the GAN runs' ``checkpoint.pt``: the
+    progress has a ``phase``, and ``rng.shuffle`` is the epoch-start state mid-epoch, the steps
+    never drawing from it) and the offline networks' (``NAME.partial.pt``: ``rng.shuffle`` is
+    the state now, since their steps draw from it too, and ``rng.epoch_shuffle`` the one at the
+    epoch start). The torch RNG (and the cuda one on a cuda ``device``) is saved and restored
+    with it; optimizer states go through :meth:`optimizer_state` and :meth:`restore_optimizers`.
+    """
+
+    def __init__(self, seed: int, device: torch.device, *, phased: bool) -> None:
+        self.device, self.phased = device, phased
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.epoch_shuffle = self.shuffle.get_state()
+        self.position = Position()
+        self.totals: dict[str, float] = {}
+        # False after restoring a phased state mid-epoch: the shuffle state after the epoch's
+        # draw is then not stored, and redrawing the epoch's order recreates it.
+        self._current_shuffle_known = True
+
+    # ---- capture and restore ------------------------------------------------------------
+
+    def rng(self) -> dict[str, torch.Tensor]:
+        if self.phased:
+            rng = {"torch": torch.get_rng_state()}
+            rng["shuffle"] = self.shuffle.get_state() if self.position.batch == 0 else self.epoch_shuffle
+        else:
+            rng = {
+                "torch": torch.get_rng_state(),
+                "shuffle": self.shuffle.get_state(),
+                "epoch_shuffle": self.epoch_shuffle,
+            }
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def progress(self, **extras: Any) -> dict[str, Any]:
+        """The ``progress`` entry of a checkpoint: the position (without ``phase`` unless phased) and ``extras``."""
+        position = dataclasses.asdict(self.position)
+        if not self.phased:
+            del position["phase"]
+        return {**position, **extras}
+
+    def restore(self, payload: Mapping[str, Any]) -> None:
+        """Position, RNG states and epoch totals from a checkpoint ``payload`` this state's layout wrote."""
+        progress = payload["progress"]
+        keys = ("phase", "epoch", "batch", "step") if self.phased else ("epoch", "batch", "step")
+        self.position = Position(**{key: int(progress[key]) for key in keys})
+        rng = payload["rng"]
+        # Generator states must be CPU byte tensors, whatever map_location moved them to.
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
+        self.shuffle.set_state(rng["shuffle"].cpu())
+        self.epoch_shuffle = (rng["shuffle"] if self.phased else rng["epoch_shuffle"]).cpu()
+        self._current_shuffle_known = not self.phased
+        self.totals = dict(payload["epoch_totals"])
+
+    @staticmethod
+    def optimizer_state(optimizers: Optimizers) -> dict[str, Any]:
+        discriminator = optimizers.discriminator
+        return {
+            "phase": optimizers.phase_index,
+            "generator": optimizers.generator.state_dict(),
+            "discriminator": None if discriminator is None else discriminator.state_dict(),
+        }
+
+    @staticmethod
+    def restore_optimizers(optimizers: Optimizers, stored: Mapping[str, Any]) -> None:
+        optimizers.generator.load_state_dict(stored["generator"])
+        if optimizers.discriminator is not None:
+            optimizers.discriminator.load_state_dict(stored["discriminator"])
+
+    # ---- during an epoch -------------------------------------------------------------------
+
+    def epoch_batches(self, num_items: int, batch_size: int) -> list[list[int]]:
+        """This epoch's batches; mid-epoch the order is redrawn from the epoch's start state."""
+        if self.position.batch == 0:
+            self.epoch_shuffle = self.shuffle.get_state()
+            self.totals = {}
+            self._current_shuffle_known = True
+            return epoch_batches(num_items, batch_size, self.shuffle)
+        now = self.shuffle.get_state()
+        self.shuffle.set_state(self.epoch_shuffle)
+        batches = epoch_batches(num_items, batch_size, self.shuffle)
+        if self._current_shuffle_known:
+            self.shuffle.set_state(now)
+        self._current_shuffle_known = True
+        return batches
+
+    def count_step(self, amounts: Mapping[str, float], started: float) -> None:
+        """One step done: the position moves on and ``amounts`` (and the step's seconds since ``started``) add up."""
+        self.position.batch += 1
+        self.position.step += 1
+        for name, value in amounts.items():
+            self.totals[name] = self.totals.get(name, 0) + value
+        self.totals["seconds"] = self.totals.get("seconds", 0.0) + time.perf_counter() - started
+
+    def next_epoch(self) -> None:
+        self.position.epoch += 1
+        self.position.batch = 0
+        self.totals = {}
+
+
+def trim_metrics(
+    path: Path, drop: Callable[[dict[str, Any]], bool], notes: list[str] | None = None, after: str = ""
+) -> int:
+    """Rewrite the JSON-lines file ``path`` (atomically) without the rows ``drop`` selects and torn lines.
+
+    A training killed after an epoch's row was appended but before its state was saved redoes
+    that epoch on resume; without this its row would appear twice. A row ``drop`` cannot read
+    (it raises ``KeyError``, ``TypeError``, ``ValueError`` or ``AttributeError``) is dropped
+    too. When any is dropped, a note saying so (lines ``written after`` ``after``) goes to ``notes``.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or drop(row):
+                dropped += 1
+                continue
+        except (ValueError, TypeError, KeyError, AttributeError):
+            dropped += 1
+            continue
+        kept.append(row)
+    if dropped:
+        atomic_write_jsonl(path, kept)
+        if notes is not None:
+            notes.append(f"dropped {dropped} line(s) of {path} written after {after}")
+    return dropped
+
+
+# --------------------------------------------------------------------------------------
+# The loop of the GAN runs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunFiles:
+    """A GAN run's directory, checked for a new run or a resume (:meth:`check`)."""
+
+    run_dir: Path
+    checkpoint_path: Path
+    metrics_path: Path
+    #: What was tidied up after an earlier run was killed (printed by the command line).
+    notes: list[str]
+
+    @classmethod
+    def check(
+        cls, run_dir: str | os.PathLike, kind: str, resume: bool, tidy: tuple[str, ...] = (SAMPLES_DIR,)
+    ) -> RunFiles:
         """Paths; a new run refuses an existing checkpoint, a resume needs one; partial files go."""
-        self.run_dir = Path(run_dir)
-        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
-        self.metrics_path = self.run_dir / METRICS_NAME
-        if resume and not self.checkpoint_path.is_file():
-            raise CheckpointError(f"nothing to resume: {self.checkpoint_path} does not exist")
+        run_dir = Path(run_dir)
+        files = cls(run_dir, run_dir / CHECKPOINT_NAME, run_dir / METRICS_NAME, [])
+        if resume and not files.checkpoint_path.is_file():
+            raise CheckpointError(f"nothing to resume: {files.checkpoint_path} does not exist")
         if resume:  # a damaged or foreign checkpoint is refused now, before any other work is done
-            load_checkpoint(self.checkpoint_path, self.kind)
-        if not resume and self.checkpoint_path.is_file():
+            load_checkpoint(files.checkpoint_path, kind)
+        if not resume and files.checkpoint_path.is_file():
             raise CheckpointError(
-                f"{self.run_dir} already holds a run ({self.checkpoint_path}); pass --resume (resume=True) "
+                f"{run_dir} already holds a run ({files.checkpoint_path}); pass --resume (resume=True) "
                 "to continue it, or choose another output directory"
             )
-        #: What was tidied up after an earlier run was killed (printed by the command line).
-        self.notes: list[str] = []
-        #: Whether the checkpoint file, if there is one, is this trainer's (resumed from or written by it).
-        self._checkpoint_is_ours = resume
-        if not self.run_dir.is_dir():
-            return
+        if not run_dir.is_dir():
+            return files
         # A process killed while writing leaves ``.NAME.*.tmp`` files (never a partial NAME); only
         # the directory's one writer may remove them.
-        with directory_lock(self.run_dir, "run directory"):
-            for directory in (self.run_dir, *(self.run_dir / name for name in tidy)):
+        with directory_lock(run_dir, "run directory"):
+            for directory in (run_dir, *(run_dir / name for name in tidy)):
                 removed = remove_temporaries(directory)
                 if removed:
-                    self.notes.append(f"removed {len(removed)} partial file(s) a killed run left in {directory}")
+                    files.notes.append(f"removed {len(removed)} partial file(s) a killed run left in {directory}")
+        return files
 
-    def _start(self, seed: int, resume: bool) -> None:
-        """The shuffle generator and the position; then the checkpoint's state when resuming."""
-        self.shuffle = torch.Generator().manual_seed(seed)
-        self.position = Position()
+
+class PhasedTrainer:
+    """A GAN run of the :class:`Step` ``family`` in the checked directory ``files``: checkpoints, exact resume, the loop.
+
+    ``resume=True`` loads the checkpoint (it must hold a run of the step's config and
+    vocabulary); :meth:`train` runs the loop. The family trainers build their step and call
+    this constructor; ``model``, ``config``, ``phases``, ``train_sets`` and ``vocabulary`` are
+    the step's.
+    """
+
+    def __init__(
+        self, family: Step, files: RunFiles, *, seed: int, device: torch.device, progress: bool, resume: bool
+    ) -> None:
+        self.family, self.files, self.device, self.progress = family, files, device, progress
+        self.state = RunState(seed, device, phased=True)
         self.optimizers: Optimizers | None = None
-        self._epoch_start_shuffle = self.shuffle.get_state()
-        self._epoch_totals: dict[str, float] = {}
         self._last_saved_step = 0
-        self._sample_batches: dict[int, dict[str, Any]] = {}
+        #: Whether the checkpoint file, if there is one, is this trainer's (resumed from or written by it).
+        self._checkpoint_is_ours = resume
         if resume:
-            self._load(self.checkpoint_path)
+            self._load(files.checkpoint_path)
+
+    kind = property(lambda self: self.family.kind)
+    config = property(lambda self: self.family.config)
+    model = property(lambda self: self.family.model)
+    phases = property(lambda self: self.family.phases)
+    data_dir = property(lambda self: self.family.data.data_dir)
+    train_sets = property(lambda self: self.family.data.train_sets)
+    vocabulary = property(lambda self: self.family.data.vocabulary)
+    run_dir = property(lambda self: self.files.run_dir)
+    checkpoint_path = property(lambda self: self.files.checkpoint_path)
+    metrics_path = property(lambda self: self.files.metrics_path)
+    notes = property(lambda self: self.files.notes)
+    position = property(lambda self: self.state.position)
+    shuffle = property(lambda self: self.state.shuffle)
 
     @property
     def finished(self) -> bool:
         return self.position.phase >= len(self.phases)
 
-    # ---- hooks --------------------------------------------------------------------------
-
-    def _make_optimizers(self, phase: Any, phase_index: int) -> Optimizers:
-        raise NotImplementedError
-
-    def _batch_size(self, phase: Any) -> int:
-        raise NotImplementedError
-
-    def _step(self, phase: Any, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimisation step on ``batch``; raises :class:`NonFinite` before stepping on a bad loss."""
-        raise NotImplementedError
-
-    def _after_epoch(self, phase: Any) -> None:
-        """Work at the end of an epoch, before its checkpoint (BatchNorm statistics, sample grids)."""
-
-    def _begin_phase(self, phase: Any) -> None:
-        """Set-up of a phase each time its loop (re)starts."""
-
-    def _train_mode(self, phase: Any) -> None:
-        self.model.train()
-
-    def _checkpoint_extras(self) -> dict[str, Any]:
-        return {}
-
-    def _progress_extras(self) -> dict[str, Any]:
-        return {}
-
-    def _verify_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
-        """Refuse a checkpoint that does not belong to this run beyond its config and vocabulary."""
-
-    def _metric_extras(self) -> dict[str, Any]:
-        return {}
-
-    def _phase_label(self, phase: Any) -> str:
-        return f"{phase.name} phase, stage {phase.stage}"
-
     # ---- checkpoints ------------------------------------------------------------------
 
     def save(self) -> Path:
         """Write ``RUN/checkpoint.pt`` for the current position."""
-        shuffle_state = self.shuffle.get_state() if self.position.batch == 0 else self._epoch_start_shuffle
         optimizers = None
         if self.optimizers is not None and self.optimizers.phase_index == self.position.phase:
-            discriminator = self.optimizers.discriminator
-            optimizers = {
-                "phase": self.optimizers.phase_index,
-                "generator": self.optimizers.generator.state_dict(),
-                "discriminator": None if discriminator is None else discriminator.state_dict(),
-            }
-        rng = {"torch": torch.get_rng_state(), "shuffle": shuffle_state}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+            optimizers = self.state.optimizer_state(self.optimizers)
         self.model.save(
             self.checkpoint_path,
             run_config=self.config,
             vocabulary=self.vocabulary,
             optimizers=optimizers,
-            progress={
-                **dataclasses.asdict(self.position),
-                "finished": self.finished,
-                "num_phases": len(self.phases),
-                **self._progress_extras(),
-            },  # fmt: skip
-            rng=rng,
-            epoch_totals=dict(self._epoch_totals),
-            **self._checkpoint_extras(),
+            progress=self.state.progress(finished=self.finished, num_phases=len(self.phases), **self.family.extras),
+            rng=self.state.rng(),
+            epoch_totals=dict(self.state.totals),
+            **self.family.checkpoint_extras(),
         )
         self._last_saved_step = self.position.step
         self._checkpoint_is_ours = True
@@ -259,65 +529,26 @@ class PhasedTrainer:
         payload = load_checkpoint(
             path, self.kind, config=self.config, vocabulary=self.vocabulary, map_location=self.device
         )
-        self._verify_checkpoint(payload, path)
-        state = payload["state"]
+        self.family.verify_checkpoint(payload, path)
         try:
-            self.model.load_checkpoint_state(state)
+            self.model.load_checkpoint_state(payload["state"])
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not match the model its config describes: {exc}") from exc
-        progress = payload["progress"]
-        self.position = Position(**{k: int(progress[k]) for k in ("phase", "epoch", "batch", "step")})
-        # Generator states must be CPU byte tensors, whatever map_location moved them to.
-        torch.set_rng_state(payload["rng"]["torch"].cpu())
-        if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"].cpu(), self.device)
-        self.shuffle.set_state(payload["rng"]["shuffle"].cpu())
-        self._epoch_start_shuffle = payload["rng"]["shuffle"].cpu()
-        self._epoch_totals = dict(payload["epoch_totals"])
+        self.state.restore(payload)
         self._last_saved_step = self.position.step
-        self._trim_metrics()
-        stored = payload["optimizers"]
-        if stored is not None and stored["phase"] == self.position.phase and not self.finished:
-            self.optimizers = self._make_optimizers(self.phases[self.position.phase], self.position.phase)
-            self.optimizers.generator.load_state_dict(stored["generator"])
-            if self.optimizers.discriminator is not None:
-                self.optimizers.discriminator.load_state_dict(stored["discriminator"])
-
-    def _trim_metrics(self) -> None:
-        """Drop metric rows of epochs the checkpoint does not include (and torn lines).
-
-        A run killed after an epoch's row was appended but before its checkpoint was written
-        redoes that epoch on resume; without this its row would appear twice.
-        """
-        if not self.metrics_path.is_file():
-            return
         index = {(phase.name, phase.stage): i for i, phase in enumerate(self.phases)}
         done = (self.position.phase, self.position.epoch)
-        kept, dropped = [], 0
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                key = (index[(row["phase"], row["stage"])], int(row["epoch"])) if row.get("kind") == self.kind else None
-            except (ValueError, KeyError, TypeError, AttributeError):  # a torn or foreign line
-                dropped += 1
-                continue
-            if key is not None and key >= done:
-                dropped += 1
-                continue
-            kept.append(row)
-        if dropped:
-            atomic_write_jsonl(self.metrics_path, kept)
-            self.notes.append(f"dropped {dropped} line(s) of {self.metrics_path} written after the checkpoint")
+
+        def later(row: dict[str, Any]) -> bool:  # a row of an epoch the checkpoint does not include
+            return row.get("kind") == self.kind and (index[(row["phase"], row["stage"])], int(row["epoch"])) >= done
+
+        trim_metrics(self.metrics_path, later, self.notes, after="the checkpoint")
+        stored = payload["optimizers"]
+        if stored is not None and stored["phase"] == self.position.phase and not self.finished:
+            self.optimizers = self.family.optimizers(self.phases[self.position.phase], self.position.phase)
+            self.state.restore_optimizers(self.optimizers, stored)
 
     # ---- the loop ---------------------------------------------------------------------
-
-    def _diverged(self, error: NonFinite, phase: Any) -> TrainingDiverged:
-        return TrainingDiverged(
-            f"training diverged at step {self.position.step + 1} ({self._phase_label(phase)}, "
-            f"{phase.image_size}px, epoch {self.position.epoch}, batch {self.position.batch}): {error}. "
-            f"The last good checkpoint, {self.checkpoint_path} (step {self._last_saved_step}), is kept; "
-            "lower the learning rates or the loss weights and start a new run"
-        )
 
     def train(self, max_steps: int | None = None) -> TrainResult:
         """Train to the end, or until the run has done ``max_steps`` steps in all, or a stop signal.
@@ -339,89 +570,78 @@ class PhasedTrainer:
                     if stopped:
                         self.save()
                         return TrainResult(self.run_dir, self.checkpoint_path, False, self.position.step, stopped)
-                    self.position = Position(phase=self.position.phase + 1, step=self.position.step)
+                    self.state.position = Position(phase=self.position.phase + 1, step=self.position.step)
                     self.optimizers = None
                     self.save()
         return TrainResult(self.run_dir, self.checkpoint_path, True, self.position.step)
 
-    def _batches_per_epoch(self, phase: Any) -> int:
-        train_set = self.train_sets[phase.image_size]
-        return len(epoch_batches(len(train_set), self._batch_size(phase), torch.Generator().manual_seed(0)))
-
     def _train_phase(self, phase: Any, max_steps: int | None, stop: StopRequests) -> str | None:
         """Train the remaining epochs of ``phase``; the reason it stopped early, or None."""
+        family, state, position = self.family, self.state, self.position
         if self.optimizers is None:
-            self.optimizers = self._make_optimizers(phase, self.position.phase)
-        self._begin_phase(phase)
+            self.optimizers = family.optimizers(phase, position.phase)
         train_set = self.train_sets[phase.image_size]
-        per_epoch = self._batches_per_epoch(phase)
+        batch_size = family.batch_size(phase)
+        per_epoch = len(epoch_batches(len(train_set), batch_size, torch.Generator().manual_seed(0)))
         bar = tqdm(
             total=phase.num_epochs * per_epoch,
-            initial=self.position.epoch * per_epoch + self.position.batch,
-            desc=self._progress_label(phase),
+            initial=position.epoch * per_epoch + position.batch,
+            desc=family.progress_label(phase),
             unit="step",
             disable=not self.progress,
         )
         try:
-            while self.position.epoch < phase.num_epochs:
-                if max_steps is not None and self.position.step >= max_steps:
+            while position.epoch < phase.num_epochs:
+                if max_steps is not None and position.step >= max_steps:
                     return "max_steps"
-                if self.position.batch == 0:
-                    self._epoch_start_shuffle = self.shuffle.get_state()
-                    self._epoch_totals = {}
-                else:
-                    self.shuffle.set_state(self._epoch_start_shuffle)
-                batches = epoch_batches(len(train_set), self._batch_size(phase), self.shuffle)
-                lr = phase.lr_at(self.position.epoch, self.config)
+                batches = state.epoch_batches(len(train_set), batch_size)
+                lr = phase.lr_at(position.epoch, self.config)
                 for optimizer in self.optimizers.all():
                     set_lr(optimizer, lr)
-                self._train_mode(phase)
-                for indices in batches[self.position.batch :]:
+                family.train_mode(phase)
+                for indices in batches[position.batch :]:
                     started = time.perf_counter()
                     batch = collate_pairs([train_set[i] for i in indices])
                     try:
-                        losses = self._step(phase, batch)
+                        losses = family.update(phase, batch, self.optimizers)
                     except NonFinite as error:
                         raise self._diverged(error, phase) from None
-                    self.position.batch += 1
-                    self.position.step += 1
-                    totals = self._epoch_totals
-                    for name, value in losses.items():
-                        totals[name] = totals.get(name, 0.0) + value
-                    totals["batches"] = totals.get("batches", 0) + 1
-                    totals["images"] = totals.get("images", 0) + 2 * len(indices)  # both views
-                    totals["seconds"] = totals.get("seconds", 0.0) + time.perf_counter() - started
+                    state.count_step({**losses, "batches": 1, "images": 2 * len(indices)}, started)  # both views
                     bar.update()
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("d_loss", "g_loss", "rec_loss")})
                     if stop.requested:
                         return stop.requested
-                    if max_steps is not None and self.position.step >= max_steps and self.position.batch < len(batches):
+                    if max_steps is not None and position.step >= max_steps and position.batch < len(batches):
                         return "max_steps"
                 self._end_epoch(phase, lr)
         finally:
             bar.close()
         return None
 
-    def _progress_label(self, phase: Any) -> str:
-        return f"{phase.name} stage {phase.stage} ({phase.image_size}px)"
-
     def _end_epoch(self, phase: Any, lr: float) -> None:
-        totals = self._epoch_totals
+        """The epoch's metrics row, the step's epoch-end work, then the checkpoint."""
+        totals, position = self.state.totals, self.position
         batches = max(totals.get("batches", 0), 1)
         seconds = totals.get("seconds", 0.0)
-        row: dict[str, Any] = {key: None for key in self.metric_keys}
+        row: dict[str, Any] = {key: None for key in self.family.metric_keys}
         row.update(
             kind=self.kind, phase=phase.name, stage=phase.stage, image_size=phase.image_size,
-            epoch=self.position.epoch, step=self.position.step, lr=lr, seconds=seconds,
-            images_per_s=totals.get("images", 0) / seconds if seconds > 0 else None, **self._metric_extras(),
+            epoch=position.epoch, step=position.step, lr=lr, seconds=seconds,
+            images_per_s=totals.get("images", 0) / seconds if seconds > 0 else None, **self.family.extras,
         )  # fmt: skip
-        row.update({name: totals[name] / batches for name in self.loss_keys if name in totals})
+        row.update({name: totals[name] / batches for name in self.family.loss_keys if name in totals})
         append_jsonl(self.metrics_path, row)
-        self._after_epoch(phase)
-        self.position.epoch += 1
-        self.position.batch = 0
-        self._epoch_totals = {}
+        self.family.end_epoch(phase, position)
+        self.state.next_epoch()
         self.save()
+
+    def _diverged(self, error: NonFinite, phase: Any) -> TrainingDiverged:
+        return TrainingDiverged(
+            f"training diverged at step {self.position.step + 1} ({self.family.phase_label(phase)}, "
+            f"{phase.image_size}px, epoch {self.position.epoch}, batch {self.position.batch}): {error}. "
+            f"The last good checkpoint, {self.checkpoint_path} (step {self._last_saved_step}), is kept; "
+            "lower the learning rates or the loss weights and start a new run"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -441,26 +661,6 @@ def partial_path(final: str | os.PathLike) -> Path:
     return final.with_name(stem + PARTIAL_SUFFIX)
 
 
-def trim_metrics(path: Path, drop: Callable[[dict[str, Any]], bool]) -> int:
-    """Rewrite the JSON-lines file ``path`` (atomically) without the rows ``drop`` selects and torn lines."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or drop(row):
-                dropped += 1
-                continue
-        except (ValueError, TypeError, KeyError):
-            dropped += 1
-            continue
-        kept.append(row)
-    if dropped:
-        atomic_write_jsonl(path, kept)
-    return dropped
-
-
 class EpochLoop:
     """Seeded epochs over one model and optimizer that stop on SIGINT/SIGTERM and resume exactly.
 
@@ -469,13 +669,13 @@ class EpochLoop:
     model — atomically: after the step that was running when SIGINT or SIGTERM came (then
     :class:`~xrg.errors.TrainingStopped` is raised, naming the file and ``resume``, the call
     that continues), and at epoch ends every :data:`PARTIAL_SAVE_SECONDS`. It holds the model
-    and optimizer states, the epoch/batch/step position, the torch RNG state, the shuffle
-    generator's state at the start of the epoch (to redraw its batch order) and now (the step
-    function may draw from it too), and the epoch's running totals. :meth:`run` continues from
-    it when it exists (refusing one of other settings, vocabulary or data), so the weights end
-    bit-identical to an uninterrupted run on CPU; metric rows of this training written after
-    it (by a killed process) are dropped first. The caller writes the final checkpoint, then
-    calls :meth:`finish`, which removes the partial file.
+    and optimizer states and a :class:`RunState` (the epoch/batch/step position, the torch RNG
+    state, the shuffle generator's state at the start of the epoch, to redraw its batch order,
+    and now, since the step function may draw from it too, and the epoch's running totals).
+    :meth:`run` continues from it when it exists (refusing one of other settings, vocabulary or
+    data), so the weights end bit-identical to an uninterrupted run on CPU; metric rows of this
+    training written after it (by a killed process) are dropped first (:func:`trim_metrics`).
+    The caller writes the final checkpoint, then calls :meth:`finish`, which removes the partial file.
 
     ``metric_match`` selects this training's rows in ``metrics_path`` (besides ``kind`` for the
     epoch rows and ``kind + "_test"`` for the test row).
@@ -493,28 +693,23 @@ class EpochLoop:
         self.num_items, self.batch_size, self.num_epochs = num_items, batch_size, num_epochs
         self.metrics_path, self.metric_match, self.data_key = Path(metrics_path), dict(metric_match), data_key
         self.resume_hint, self.progress = resume, progress
-        self.shuffle = torch.Generator().manual_seed(seed)
-        self._epoch_shuffle = self.shuffle.get_state()
-        self.epoch = self.batch = self.step = 0
-        self.totals: dict[str, float] = {}
+        self.state = RunState(seed, device, phased=False)
         self.notes: list[str] = []
         self.per_epoch = len(epoch_batches(num_items, batch_size, torch.Generator().manual_seed(0)))
         self._last_save = time.perf_counter()
 
+    shuffle = property(lambda self: self.state.shuffle)
+    epoch = property(lambda self: self.state.position.epoch)
+    batch = property(lambda self: self.state.position.batch)
+    step = property(lambda self: self.state.position.step)
+
     # ---- the resumable state -------------------------------------------------------------
 
     def save(self) -> Path:
-        rng = {
-            "torch": torch.get_rng_state(),
-            "shuffle": self.shuffle.get_state(),
-            "epoch_shuffle": self._epoch_shuffle,
-        }
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
         self.model.save(
             self.path, run_config=self.config, vocabulary=self.vocabulary,
-            optimizer=self.optimizer.state_dict(), rng=rng, epoch_totals=dict(self.totals), data=self.data_key,
-            progress={"epoch": self.epoch, "batch": self.batch, "step": self.step, "finished": False},
+            optimizer=self.optimizer.state_dict(), rng=self.state.rng(), epoch_totals=dict(self.state.totals),
+            data=self.data_key, progress=self.state.progress(finished=False),
         )  # fmt: skip
         self._last_save = time.perf_counter()
         return self.path
@@ -532,14 +727,7 @@ class EpochLoop:
             self.optimizer.load_state_dict(payload["optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{self.path} does not match the model its config describes: {exc}; {keep}") from exc
-        progress = payload["progress"]
-        self.epoch, self.batch, self.step = (int(progress[k]) for k in ("epoch", "batch", "step"))
-        torch.set_rng_state(payload["rng"]["torch"])
-        if "cuda" in payload["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(payload["rng"]["cuda"], self.device)
-        self.shuffle.set_state(payload["rng"]["shuffle"])
-        self._epoch_shuffle = payload["rng"]["epoch_shuffle"]
-        self.totals = dict(payload["epoch_totals"])
+        self.state.restore(payload)
         self.notes.append(f"resumed the {self.label} training from {self.path} (step {self.step})")
 
     def _tidy(self) -> None:
@@ -555,27 +743,13 @@ class EpochLoop:
                 row.get("kind") == self.kind and int(row["epoch"]) >= self.epoch
             )
 
-        dropped = trim_metrics(self.metrics_path, later)
-        if dropped:
-            self.notes.append(f"dropped {dropped} line(s) of {self.metrics_path} written after the saved state")
+        trim_metrics(self.metrics_path, later, self.notes, after="the saved state")
 
     def finish(self) -> None:
         """Remove the resumable state (call once the final checkpoint is written)."""
         self.path.unlink(missing_ok=True)
 
     # ---- the loop ----------------------------------------------------------------------
-
-    def _batches(self) -> list[list[int]]:
-        """This epoch's batches; mid-epoch the order is redrawn from the epoch's start state."""
-        if self.batch == 0:
-            self._epoch_shuffle = self.shuffle.get_state()
-            self.totals = {}
-            return epoch_batches(self.num_items, self.batch_size, self.shuffle)
-        now = self.shuffle.get_state()
-        self.shuffle.set_state(self._epoch_shuffle)
-        batches = epoch_batches(self.num_items, self.batch_size, self.shuffle)
-        self.shuffle.set_state(now)
-        return batches
 
     def run(
         self,
@@ -589,43 +763,33 @@ class EpochLoop:
         epoch's metrics row (``totals`` has ``seconds`` too).
         """
         with directory_lock(self.path.parent, "run directory"):
-            return self._run(step, epoch_row)
-
-    def _run(
-        self,
-        step: Callable[[list[int], torch.Generator], tuple[float, dict[str, float]]],
-        epoch_row: Callable[[int, int, dict[str, float]], dict[str, Any]],
-    ) -> int:
-        if self.path.is_file():
-            self._load()
-        self._tidy()
-        bar = tqdm(
-            total=self.num_epochs * self.per_epoch, initial=min(self.step, self.num_epochs * self.per_epoch),
-            desc=self.label, unit="step", disable=not self.progress,
-        )  # fmt: skip
-        try:
-            with StopRequests() as stop:
-                while self.epoch < self.num_epochs:
-                    batches = self._batches()
-                    for indices in batches[self.batch :]:
-                        started = time.perf_counter()
-                        loss, amounts = step(indices, self.shuffle)
-                        self.batch += 1
-                        self.step += 1
-                        for name, value in amounts.items():
-                            self.totals[name] = self.totals.get(name, 0) + value
-                        self.totals["seconds"] = self.totals.get("seconds", 0.0) + time.perf_counter() - started
-                        bar.update()
-                        bar.set_postfix(loss=f"{loss:.3f}")
-                        if stop.requested:
-                            raise self._stopped(stop.requested)
-                    append_jsonl(self.metrics_path, epoch_row(self.epoch, self.step, dict(self.totals)))
-                    self.epoch, self.batch, self.totals = self.epoch + 1, 0, {}
-                    if time.perf_counter() - self._last_save >= PARTIAL_SAVE_SECONDS:
-                        self.save()
-        finally:
-            bar.close()
-        return self.step
+            if self.path.is_file():
+                self._load()
+            self._tidy()
+            state, position = self.state, self.state.position
+            bar = tqdm(
+                total=self.num_epochs * self.per_epoch, initial=min(position.step, self.num_epochs * self.per_epoch),
+                desc=self.label, unit="step", disable=not self.progress,
+            )  # fmt: skip
+            try:
+                with StopRequests() as stop:
+                    while position.epoch < self.num_epochs:
+                        batches = state.epoch_batches(self.num_items, self.batch_size)
+                        for indices in batches[position.batch :]:
+                            started = time.perf_counter()
+                            loss, amounts = step(indices, state.shuffle)
+                            state.count_step(amounts, started)
+                            bar.update()
+                            bar.set_postfix(loss=f"{loss:.3f}")
+                            if stop.requested:
+                                raise self._stopped(stop.requested)
+                        append_jsonl(self.metrics_path, epoch_row(position.epoch, position.step, dict(state.totals)))
+                        state.next_epoch()
+                        if time.perf_counter() - self._last_save >= PARTIAL_SAVE_SECONDS:
+                            self.save()
+            finally:
+                bar.close()
+            return position.step
 
     def _stopped(self, signal_name: str) -> TrainingStopped:
         path = self.save()

@@ -33,6 +33,15 @@ done. Per-epoch metrics are appended to ``RUN/metrics.jsonl``; sample grids (rea
 generated, both views) are written to ``RUN/samples/``. A NaN or infinite loss stops the run
 with :class:`~xrg.errors.TrainingDiverged` before any optimizer step is taken on it.
 
+The code has three parts: the config and its phases (:class:`XRayGANTrainConfig`,
+:func:`training_phases`); the steps (:func:`pretrain_step`, :func:`gan_step`), plain
+functions of the model, a batch and the optimizers; and the run. :class:`XRayGANStep` is
+what XRayGAN tells the shared loop of :mod:`xrg.train.loop` (its optimizers, batch size,
+step, epoch-end BatchNorm recalibration and sample grid, and the VCN hashes every checkpoint
+carries); :class:`XRayGANTrainer` builds the data, the VCNs, the model and that step, and is
+otherwise :class:`~xrg.train.loop.PhasedTrainer`, whose loop, checkpoints and resume are the
+baselines' too.
+
 The model of a run, :class:`~xrg.models.xraygan.XRayGAN`, is built from the model part of
 the run config (:meth:`~xrg.models.xraygan.XRayGANModelConfig.from_run_config`) and writes
 the checkpoints itself (:meth:`~xrg.models.base.CheckpointedModel.save`).
@@ -42,33 +51,36 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xrg.config import config_from_mapping
-from xrg.data.datasets import collate_pairs
-from xrg.data.images import save_png
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import CheckpointError, ConfigError
 from xrg.models.encoder import EncoderConfig
 from xrg.models.vcn import ViewConsistencyNet
-from xrg.models.xraygan import (
-    XRayGAN,
-    XRayGANConfig,
-    XRayGANModelConfig,
-    gradient_penalty,
-    to_image_range,
-    to_model_range,
-)
+from xrg.models.xraygan import XRayGAN, XRayGANConfig, XRayGANModelConfig, gradient_penalty
 from xrg.profiles import Profile
-from xrg.train.loop import CHECKPOINT_NAME, METRICS_NAME, SAMPLES_DIR, Optimizers, PhasedTrainer, require_finite  # noqa: F401 (re-exported)
-from xrg.train.runtime import epoch_batches, recalibrate_batchnorm
+from xrg.train.loop import (  # noqa: F401 (CHECKPOINT_NAME, METRICS_NAME, SAMPLES_DIR, sample_grid: re-exported)
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    SAMPLES_DIR,
+    Optimizers,
+    PhasedTrainer,
+    Position,
+    RunFiles,
+    Step,
+    TrainData,
+    real_images,
+    recalibrate_generators,
+    require_finite,
+    sample_grid,
+    write_sample_grid,
+)
 from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
@@ -223,10 +235,6 @@ def make_optimizers(model: XRayGAN, phase: Phase, phase_index: int, config: XRay
     return Optimizers(phase_index, generator, discriminator)
 
 
-def real_images(batch: dict[str, Any], views: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
-    return {view: to_model_range(batch[view].to(device)) for view in views}
-
-
 def pretrain_step(
     model: XRayGAN, batch: dict[str, Any], phase: Phase, optimizers: Optimizers, config: XRayGANTrainConfig
 ) -> dict[str, float]:
@@ -298,27 +306,91 @@ def gan_step(
 
 
 # --------------------------------------------------------------------------------------
-# Sample grids
-# --------------------------------------------------------------------------------------
-
-
-def sample_grid(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], border: int = 2) -> np.ndarray:
-    """One row per case: real frontal, generated frontal, real lateral, generated lateral ([0, 1])."""
-    columns = [image for view in real for image in (real[view], fake[view])]
-    count, size = columns[0].shape[0], columns[0].shape[-1]
-    step = size + border
-    grid = np.ones((count * step + border, len(columns) * step + border), dtype=np.float32)
-    for col, images in enumerate(columns):
-        images = to_image_range(images).clamp(0, 1).detach().cpu().numpy()
-        for row in range(count):
-            top, left = border + row * step, border + col * step
-            grid[top : top + size, left : left + size] = images[row, 0]
-    return grid
-
-
-# --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
+
+
+class XRayGANStep(Step):
+    """XRayGAN in the shared loop: pre-training or WGAN-GP phases against the frozen VCNs (module docstring).
+
+    ``vcns`` are the frozen VCNs by image size (none when ``vc_weight`` is 0); every checkpoint
+    names their files' hashes, and a resume refuses one trained against other VCNs.
+    """
+
+    kind = "xraygan"
+    metric_keys = METRIC_KEYS
+    loss_keys = LOSS_KEYS
+
+    def __init__(
+        self,
+        config: XRayGANTrainConfig,
+        phases: list[Phase],
+        data: TrainData,
+        model: XRayGAN,
+        vcns: dict[int, VCNResult],
+        device: torch.device,
+        run_dir: Path,
+    ) -> None:
+        super().__init__(config, phases, data, model, device, run_dir)
+        self.vcns = vcns
+        # Checkpoints name the VCN files they were trained against, so a resume cannot swap them.
+        self.vcn_hashes = {str(size): file_sha256(result.path) for size, result in sorted(vcns.items())}
+
+    def optimizers(self, phase: Phase, phase_index: int) -> Optimizers:
+        return make_optimizers(self.model, phase, phase_index, self.config)
+
+    def batch_size(self, phase: Phase) -> int:
+        return phase.batch_size
+
+    def update(self, phase: Phase, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
+        if phase.name == "pretrain":
+            return pretrain_step(self.model, batch, phase, optimizers, self.config)
+        vcn = self.vcns[phase.image_size].model if self.config.vc_weight > 0 else None
+        return gan_step(self.model, vcn, batch, phase, optimizers, self.config)
+
+    def recalibrate(self, phase: Phase, position: Position) -> int:
+        """Re-estimate the generators' BatchNorm statistics on train batches at ``phase``'s stage."""
+
+        def forward(batch: dict[str, Any], noise_source: torch.Generator) -> None:
+            noise = None
+            if self.config.noise_dim:
+                noise = torch.randn(len(batch["case_id"]), self.config.noise_dim, generator=noise_source)
+                noise = noise.to(self.device)
+            self.model.generate(self.model.encode(batch).c, phase.stage, noise)
+
+        return recalibrate_generators(self.model.generator, self, phase, position, forward)
+
+    @torch.no_grad()
+    def write_samples(self, phase: Phase) -> Path | None:
+        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
+        if self.config.num_samples == 0:
+            return None
+        batch = self.data.sample_batch(phase.image_size, self.config.num_samples)
+        count = len(batch["case_id"])
+        self.model.eval()
+        c = self.model.encode(batch).c
+        noise = None
+        if self.config.noise_dim:
+            noise = torch.randn(count, self.config.noise_dim, generator=torch.Generator().manual_seed(self.config.seed))
+            noise = noise.to(self.device)
+        fake = self.model.generate(c, phase.stage, noise)
+        self.model.train()
+        name = (
+            f"stage{phase.stage}_{phase.image_size}px.png"
+            if phase.name == "gan"
+            else f"pretrain_{phase.image_size}px.png"
+        )
+        return write_sample_grid(self, name, batch, fake)
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        return {"vcns": self.vcn_hashes}
+
+    def verify_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
+        if payload["vcns"] != self.vcn_hashes:
+            raise CheckpointError(
+                f"checkpoint {path} was trained against other VCNs than those now in {self.run_dir / 'vcn'} "
+                f"(sizes {sorted(payload['vcns'])}); restore them or start a new run"
+            )
 
 
 class XRayGANTrainer(PhasedTrainer):
@@ -328,12 +400,9 @@ class XRayGANTrainer(PhasedTrainer):
     continues one, after checking that it was written with the same config, the same
     vocabulary and the same VCNs. The VCNs (for ``vc_weight > 0``) are loaded from
     ``RUN/vcn`` or trained there first, with ``vcn_config`` at every trained stage size.
-    Checkpoints, resume and the loop are :class:`~xrg.train.loop.PhasedTrainer`'s.
+    This class only builds the run: its :class:`XRayGANStep` (``trainer.family``) goes
+    through the loop, checkpoints and resume of :class:`~xrg.train.loop.PhasedTrainer`.
     """
-
-    kind = "xraygan"
-    metric_keys = METRIC_KEYS
-    loss_keys = LOSS_KEYS
 
     def __init__(
         self,
@@ -345,100 +414,29 @@ class XRayGANTrainer(PhasedTrainer):
         resume: bool = False,
         progress: bool = True,
     ) -> None:
-        self.config = config
-        self.device = torch.device(device)
-        self.progress = progress
-        self.phases = training_phases(config)
-        self._load_train_sets(
-            data_dir, (phase.image_size for phase in self.phases), config.max_sentences, config.max_words
-        )
-        self._check_run_dir(Path(run_dir), resume, tidy=(SAMPLES_DIR, "vcn"))
-
-        self.vcns: dict[int, VCNResult] = {}
+        device = torch.device(device)
+        phases = training_phases(config)
+        data = TrainData(data_dir, (phase.image_size for phase in phases), config.max_sentences, config.max_words)
+        files = RunFiles.check(run_dir, XRayGANStep.kind, resume, tidy=(SAMPLES_DIR, "vcn"))
+        vcns: dict[int, VCNResult] = {}
         if config.vc_weight > 0:
             base = vcn_config or VCNTrainConfig(seed=config.seed)
             vcn_configs = [dataclasses.replace(base, image_size=size) for size in config.vcn_sizes]
-            self.vcns = ensure_vcns(self.run_dir, self.data_dir, vcn_configs, self.vocabulary, self.device, progress)
-        # Checkpoints name the VCN files they were trained against, so a resume cannot swap them.
-        self._vcn_hashes = {str(size): file_sha256(result.path) for size, result in sorted(self.vcns.items())}
-
+            vcns = ensure_vcns(files.run_dir, data.data_dir, vcn_configs, data.vocabulary, device, progress)
         torch.manual_seed(config.seed)
-        self.model = XRayGAN(XRayGANModelConfig.from_run_config(config, len(self.vocabulary))).to(self.device)
-        self._start(config.seed, resume)
+        model = XRayGAN(XRayGANModelConfig.from_run_config(config, len(data.vocabulary))).to(device)
+        step = XRayGANStep(config, phases, data, model, vcns, device, files.run_dir)
+        super().__init__(step, files, seed=config.seed, device=device, progress=progress, resume=resume)
 
-    # ---- hooks of the shared loop -------------------------------------------------------
-
-    def _checkpoint_extras(self) -> dict[str, Any]:
-        return {"vcns": self._vcn_hashes}
-
-    def _verify_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
-        if payload["vcns"] != self._vcn_hashes:
-            raise CheckpointError(
-                f"checkpoint {path} was trained against other VCNs than those now in {self.run_dir / 'vcn'} "
-                f"(sizes {sorted(payload['vcns'])}); restore them or start a new run"
-            )
-
-    def _make_optimizers(self, phase: Phase, phase_index: int) -> Optimizers:
-        return make_optimizers(self.model, phase, phase_index, self.config)
-
-    def _batch_size(self, phase: Phase) -> int:
-        return phase.batch_size
-
-    def _step(self, phase: Phase, batch: dict[str, Any]) -> dict[str, float]:
-        if phase.name == "pretrain":
-            return pretrain_step(self.model, batch, phase, self.optimizers, self.config)
-        vcn = self.vcns[phase.image_size].model if self.config.vc_weight > 0 else None
-        return gan_step(self.model, vcn, batch, phase, self.optimizers, self.config)
-
-    def _after_epoch(self, phase: Phase) -> None:
-        self.recalibrate(phase)
-        self.write_samples(phase)
+    @property
+    def vcns(self) -> dict[int, VCNResult]:
+        """The frozen VCNs by image size (none when ``vc_weight`` is 0)."""
+        return self.family.vcns
 
     def recalibrate(self, phase: Phase) -> int:
-        """Re-estimate the generators' BatchNorm statistics on train batches at ``phase``'s stage.
+        """Re-estimate the generators' BatchNorm statistics for ``phase`` at the current position (:meth:`XRayGANStep.recalibrate`)."""
+        return self.family.recalibrate(phase, self.position)
 
-        See :func:`xrg.train.runtime.recalibrate_batchnorm`. The batches come from their own
-        generator seeded by the run seed, the phase and the epoch, and any noise input from
-        another, so the global RNG (and so a resumed run) is untouched.
-        """
-        count = self.config.bn_recalibration_batches
-        if count == 0:
-            return 0
-        train_set = self.train_sets[phase.image_size]
-        seed = (self.config.seed * 1_000_003 + self.position.phase * 1_009 + self.position.epoch) % 2**63
-        order = epoch_batches(len(train_set), phase.batch_size, torch.Generator().manual_seed(seed))[:count]
-        noise_source = torch.Generator().manual_seed(seed + 1)
-
-        def forward_passes() -> Iterator[None]:
-            for indices in order:
-                batch = collate_pairs([train_set[i] for i in indices])
-                noise = None
-                if self.config.noise_dim:
-                    noise = torch.randn(len(indices), self.config.noise_dim, generator=noise_source).to(self.device)
-                self.model.generate(self.model.encode(batch).c, phase.stage, noise)
-                yield None
-
-        return recalibrate_batchnorm(self.model.generator, forward_passes)
-
-    @torch.no_grad()
     def write_samples(self, phase: Phase) -> Path | None:
-        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
-        if self.config.num_samples == 0:
-            return None
-        batch = self._sample_batch(phase.image_size, self.config.num_samples)
-        count = len(batch["case_id"])
-        self.model.eval()
-        c = self.model.encode(batch).c
-        noise = None
-        if self.config.noise_dim:
-            noise = torch.randn(count, self.config.noise_dim, generator=torch.Generator().manual_seed(self.config.seed))
-            noise = noise.to(self.device)
-        fake = self.model.generate(c, phase.stage, noise)
-        self.model.train()
-        real = real_images(batch, tuple(fake), self.device)
-        name = (
-            f"stage{phase.stage}_{phase.image_size}px.png"
-            if phase.name == "gan"
-            else f"pretrain_{phase.image_size}px.png"
-        )
-        return save_png(self.run_dir / SAMPLES_DIR / name, sample_grid(real, fake))
+        """Write the sample grid of ``phase`` (:meth:`XRayGANStep.write_samples`)."""
+        return self.family.write_samples(phase)
