@@ -7,12 +7,14 @@ and a one-thread context for torch. The fixtures built on them are in ``conftest
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,23 +23,37 @@ from xrg.checkpoint import INTEGRITY_ALGORITHM, INTEGRITY_KEY, payload_digest
 from xrg.data.images import save_png
 from xrg.data.manifest import Case, write_manifest
 from xrg.data.reports import Vocabulary
+from xrg.models.baselines import BaselineModelConfig
+from xrg.models.xraygan import XRayGANModelConfig
 from xrg.train.baselines import BaselineTrainConfig
 from xrg.train.vcn import VCNTrainConfig
 from xrg.train.xraygan import XRayGANTrainConfig
 
 #: 16² → 32², narrow layers; with the VCNs of :data:`VCN_TINY` (the ``vcn_run`` fixture).
 XRAYGAN_TINY = XRayGANTrainConfig(
-    embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
-    max_channels=32, disc_max_downsamplings=2, lr=(2e-3, 2e-3), batch_size=(6, 6), num_epochs=(2, 2),
-    pretrain_epochs=1, num_samples=2,
+    model=XRayGANModelConfig(
+        embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
+        max_channels=32, disc_max_downsamplings=2,
+    ),
+    lr=(2e-3, 2e-3), batch_size=(6, 6), num_epochs=(2, 2), pretrain_epochs=1, num_samples=2,
 )  # fmt: skip
 VCN_TINY = VCNTrainConfig(num_epochs=1, batch_size=8)
-#: 32², narrow layers; ``dataclasses.replace(BASELINE_TINY, method=...)`` for the other methods.
+#: 32², narrow layers; ``replaced(BASELINE_TINY, model={"method": ...})`` for the other methods.
 BASELINE_TINY = BaselineTrainConfig(
-    embed_dim=8, hidden=8, image_size=32, base_size=16, noise_dim=8, ca_dim=8, gen_channels=8, disc_channels=8,
-    max_channels=32, lr=1e-3, batch_size=6, num_epochs=2, num_samples=2, bn_recalibration_batches=2,
+    model=BaselineModelConfig(
+        embed_dim=8, hidden=8, image_size=32, base_size=16, noise_dim=8, ca_dim=8, gen_channels=8, disc_channels=8,
+        max_channels=32,
+    ),
+    lr=1e-3, batch_size=6, num_epochs=2, num_samples=2, bn_recalibration_batches=2,
 )  # fmt: skip
 UNTIMED = ("seconds", "images_per_s")
+
+
+def replaced(config: Any, model: dict[str, Any] | None = None, **changes: Any) -> Any:
+    """``dataclasses.replace`` of a run config; ``model`` holds changes of its nested model config."""
+    if model:
+        changes["model"] = dataclasses.replace(config.model, **model)
+    return dataclasses.replace(config, **changes)
 
 
 def write_synthetic_data(out: Path, num_patients: int = 20, image_size: int = 32, seed: int = 0) -> Path:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import BASELINE_TINY as TINY, metric_rows, resealed, torch_threads
+from helpers import BASELINE_TINY as TINY, metric_rows, replaced, resealed, torch_threads
 from xrg.checkpoint import load_checkpoint
+from xrg.config import parse_overrides
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.eval.generators import load_generator
@@ -44,8 +45,8 @@ def _one_thread():
         yield
 
 
-def tiny(method: str, **changes) -> BaselineTrainConfig:
-    return dataclasses.replace(TINY, method=method, **changes)
+def tiny(method: str, model: dict | None = None, **changes) -> BaselineTrainConfig:
+    return replaced(TINY, model={"method": method, **(model or {})}, **changes)
 
 
 def trainer(config: BaselineTrainConfig, data_dir: Path, run: Path, **kwargs) -> BaselineTrainer:
@@ -192,8 +193,8 @@ def test_run_directories_checkpoints_and_divergence(tmp_path, data_dir):
     trainer(TINY, data_dir, run).train(max_steps=1)
     with pytest.raises(CheckpointError, match="already holds a run"):
         trainer(TINY, data_dir, run)
-    with pytest.raises(CheckpointError, match=r"hidden: 8 → 16; method: 'gan_int_cls' → 'attngan'"):
-        trainer(dataclasses.replace(TINY, method="attngan", hidden=16), data_dir, run, resume=True)
+    with pytest.raises(CheckpointError, match=r"model.hidden: 8 → 16; model.method: 'gan_int_cls' → 'attngan'"):
+        trainer(tiny("attngan", model={"hidden": 16}), data_dir, run, resume=True)
 
     # A checkpoint whose weights do not fit its stored config is refused, not half-loaded.
     payload = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -221,35 +222,57 @@ def test_run_directories_checkpoints_and_divergence(tmp_path, data_dir):
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"method": "dcgan"}, "method must be one of"),
-        ({"method": "stackgan", "base_size": 32}, "base_size below image_size"),
-        ({"method": "stackgan", "num_epochs": 1}, "stackgan needs num_epochs >= 2"),
-        ({"image_size": 48}, "power of two"),
+        ({"model": {"method": "dcgan"}}, "method must be one of"),
+        ({"model": {"method": "stackgan", "base_size": 32}}, "base_size below image_size"),
+        ({"model": {"method": "stackgan"}, "num_epochs": 1}, "stackgan needs num_epochs >= 2"),
+        ({"model": {"image_size": 48}}, "power of two"),
         ({"batch_size": 1}, "batch_size must be at least 2"),
         ({"stage1_fraction": 1.0}, "stage1_fraction"),
         ({"kl_weight": -1.0}, "kl_weight must be non-negative"),
         ({"lr": 0.0}, "lr must be positive"),
         ({"betas": (0.5, 1.0)}, "betas"),
-        ({"gen_channels": 0}, "gen_channels must be positive"),
+        ({"model": {"gen_channels": 0}}, "gen_channels must be positive"),
+        ({"model": {"encoder_dropout": -0.1}}, "encoder_dropout must be non-negative"),
+        ({"model": {"vocab_size": 40}}, "leaves vocab_size unset"),
     ],
 )
 def test_bad_config_values_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):
-        dataclasses.replace(TINY, **changes)
+        replaced(TINY, **changes)
 
 
 def test_profiles_give_per_method_settings():
     profile = Profile(
         name="test", seed=7, data={},
-        sections={"baselines": {"image_size": 64, "base_size": 32, "num_epochs": 4, "attngan": {"kl_weight": 1.0}}},
+        sections={"baselines": {
+            "model": {"image_size": 64, "base_size": 32}, "num_epochs": 4,
+            "attngan": {"kl_weight": 1.0, "model": {"hidden": 16}},
+        }},
     )  # fmt: skip
     attngan = BaselineTrainConfig.from_profile(profile, "attngan", {"stackgan": {"num_epochs": 6}})
     stackgan = BaselineTrainConfig.from_profile(profile, "stackgan", {"stackgan": {"num_epochs": 6}})
-    assert (attngan.seed, attngan.image_size, attngan.kl_weight, attngan.num_epochs) == (7, 64, 1.0, 4)
-    assert (stackgan.kl_weight, stackgan.num_epochs) == (2.0, 6)
+    assert (attngan.seed, attngan.model.image_size, attngan.kl_weight, attngan.num_epochs) == (7, 64, 1.0, 4)
+    assert (attngan.model.hidden, attngan.model.base_size, attngan.method) == (16, 32, "attngan")
+    assert (stackgan.kl_weight, stackgan.num_epochs, stackgan.model.hidden) == (2.0, 6, 128)
     assert [p.num_epochs for p in training_phases(stackgan)] == [3, 3]
-    with pytest.raises(ConfigError, match=r"unknown settings \['learning_rate'\]"):
+    # Nested and dotted overrides (as --set gives them) reach the model, per method too.
+    dotted = BaselineTrainConfig.from_profile(
+        profile, "attngan", parse_overrides(["model.ca_dim=16", "attngan.model.hidden=8", "model.base_size=16"])
+    )
+    assert (dotted.model.ca_dim, dotted.model.hidden, dotted.model.base_size, dotted.model.image_size) == (
+        16,
+        8,
+        16,
+        64,
+    )
+    with pytest.raises(ConfigError, match=r"unknown settings \['baselines.learning_rate'\]"):
         BaselineTrainConfig.from_profile(profile, "gan_int_cls", {"learning_rate": 1.0})
+    with pytest.raises(ConfigError, match=r"unknown settings \['baselines.model.width'\]"):
+        BaselineTrainConfig.from_profile(profile, "gan_int_cls", parse_overrides(["model.width=3"]))
+    with pytest.raises(ConfigError, match=r"\['baselines.hidden'\] \(baselines.hidden is now baselines.model.hidden\)"):
+        BaselineTrainConfig.from_profile(profile, "gan_int_cls", {"hidden": 8})
+    with pytest.raises(ConfigError, match="baselines.model.method is set by the method trained"):
+        BaselineTrainConfig.from_profile(profile, "gan_int_cls", parse_overrides(["model.method=attngan"]))
     with pytest.raises(ConfigError, match="method must be one of"):
         BaselineTrainConfig.from_profile(profile, "pix2pix")
     for name in PROFILE_NAMES:

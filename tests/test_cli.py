@@ -54,3 +54,23 @@ def test_train_baseline_stops_and_resumes_from_the_command_line(tiny_data, tmp_p
     assert main(common + ["--resume"]) == 0
     assert "finished after" in capsys.readouterr().out
     assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()
+
+
+def test_train_set_takes_dotted_model_keys_and_refuses_unknown_ones(data_dir, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "run"
+    common = ["train", "xraygan", "--profile", "tiny", "--data", str(data_dir), "--out", str(out), "--quiet",
+              "--set", "vc_weight=0", "--set", "num_samples=0"]  # fmt: skip
+    assert main(common + ["--set", "model.width=3"]) == 2
+    assert "unknown settings ['xraygan.model.width']" in capsys.readouterr().err
+    assert main(common + ["--set", "hidden=12"]) == 2
+    assert "xraygan.hidden is now xraygan.model.hidden" in capsys.readouterr().err
+    assert not (out / "checkpoint.pt").exists()
+    assert main(common + ["--set", "model.hidden=12", "--set", "model.share_embedding=false", "--max-steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "--set model.hidden=12 --set model.share_embedding=false" in printed  # the resume command keeps them
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["model_config"]["hidden"] == 12 and payload["model_config"]["share_embedding"] is False
+    assert payload["config"]["model"]["hidden"] == 12 and payload["config"]["model"]["base_size"] == 16  # the profile's
+    assert payload["state"]["encoder"]["findings.word_lstm.weight_hh_l0"].shape[1] == 12

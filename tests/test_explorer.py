@@ -26,13 +26,16 @@ from xrg.explorer import (
     png_bytes,
     toggles,
 )
+from xrg.models.xraygan import XRayGANModelConfig
 from xrg.pipelines import SectionAttention, XRayGANPipeline
 from xrg.train.xraygan import XRayGANTrainConfig
 
 TINY = XRayGANTrainConfig(
-    embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
-    max_channels=32, disc_max_downsamplings=2, lr=(2e-3, 2e-3), batch_size=(6, 6), num_epochs=(2, 2),
-    pretrain_epochs=1, num_samples=2,
+    model=XRayGANModelConfig(
+        embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
+        max_channels=32, disc_max_downsamplings=2,
+    ),
+    lr=(2e-3, 2e-3), batch_size=(6, 6), num_epochs=(2, 2), pretrain_epochs=1, num_samples=2,
 )  # fmt: skip
 
 REPORT = (

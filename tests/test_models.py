@@ -530,3 +530,34 @@ def test_the_vcn_score_is_one_method():
         by_hand = torch.sigmoid(vcn.head((e_f - e_l).abs())).squeeze(-1)
         torch.testing.assert_close(vcn.pair_probability(e_f, e_l), by_hand, atol=0, rtol=0)
         torch.testing.assert_close(vcn.prob(frontal, lateral), by_hand, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("share, pooling", [(True, "mean"), (False, "last")])
+def test_the_encoder_settings_of_a_model_config_reach_its_encoder(share, pooling):
+    hierarchical = XRayGAN(XRayGANModelConfig(vocab_size=len(WORDS), **XRAYGAN_MODEL, share_embedding=share))
+    assert hierarchical.encoder.config.share_embedding is share
+    assert (hierarchical.encoder.findings.embedding is hierarchical.encoder.impression.embedding) is share
+    flat = XRayGAN(
+        XRayGANModelConfig(vocab_size=len(WORDS), **XRAYGAN_MODEL, encoder_kind="flat", flat_pooling=pooling)
+    )
+    assert isinstance(flat.encoder, FlatEncoder) and flat.encoder.config.flat_pooling == pooling
+    baseline = BaselineModel(BaselineModelConfig(vocab_size=len(WORDS), **BASELINE_MODEL, share_embedding=share))
+    assert (baseline.encoder.findings.embedding is baseline.encoder.impression.embedding) is share
+    # The defaults are the encoder's own (today's behaviour): one shared embedding, mean pooling.
+    assert XRayGANModelConfig().share_embedding is EncoderConfig(vocab_size=3).share_embedding is True
+    assert XRayGANModelConfig().flat_pooling == EncoderConfig(vocab_size=3).flat_pooling == "mean"
+    assert BaselineModelConfig().share_embedding is True
+
+
+def test_a_model_config_without_a_vocabulary_size_builds_no_encoder():
+    unset = XRayGANModelConfig(**XRAYGAN_MODEL)
+    assert unset.vocab_size == 0
+    with pytest.raises(ConfigError, match="vocab_size is unset"):
+        unset.encoder_config()
+    assert unset.with_vocabulary(len(WORDS)).encoder_config().vocab_size == len(WORDS)
+    with pytest.raises(ConfigError, match="vocab_size is unset"):
+        BaselineModelConfig(**BASELINE_MODEL).encoder_config()
+    with pytest.raises(ConfigError, match="flat_pooling"):
+        XRayGANModelConfig(**XRAYGAN_MODEL, flat_pooling="max")
+    with pytest.raises(ConfigError, match="vocab_size must be 0"):
+        XRayGANModelConfig(vocab_size=2)

@@ -34,6 +34,7 @@ from helpers import (
     XRAYGAN_TINY,
     metric_rows,
     new_run,
+    replaced,
     stop_at,
     torch_threads,
     without_timing,
@@ -140,9 +141,9 @@ class Stoppable:
 
 
 # Dropout and noise use the torch RNG, shuffling its own generator: both must be restored.
-XRAYGAN = dataclasses.replace(XRAYGAN_TINY, encoder_dropout=0.2, noise_dim=3, lr_decay_every=1, num_epochs=(1, 2))
+XRAYGAN = replaced(XRAYGAN_TINY, model={"encoder_dropout": 0.2, "noise_dim": 3}, lr_decay_every=1, num_epochs=(1, 2))
 # Dropout, noise, CA samples and wrong reports use the torch RNG, shuffling its own generator.
-BASELINE = dataclasses.replace(BASELINE_TINY, encoder_dropout=0.2, lr_decay_every=1, num_epochs=4)
+BASELINE = replaced(BASELINE_TINY, model={"encoder_dropout": 0.2}, lr_decay_every=1, num_epochs=4)
 VCN = dataclasses.replace(VCN_TINY, image_size=16, num_epochs=2, batch_size=6)
 CLASSIFIER = ClassifierTrainConfig(image_size=32, num_epochs=2, batch_size=6, seed=3)
 
@@ -159,7 +160,7 @@ CASES = {
         f"baseline-{method}": Phased(
             "baseline",
             lambda data, run, resume, method=method: BaselineTrainer(
-                dataclasses.replace(BASELINE, method=method), data, run, progress=False, resume=resume
+                replaced(BASELINE, model={"method": method}), data, run, progress=False, resume=resume
             ),
             total_steps=12, stops=(2, 4, 6, 8),
         )

@@ -15,7 +15,15 @@ import pytest
 import torch
 
 import xrg
-from helpers import VCN_TINY as TINY_VCN, XRAYGAN_TINY as TINY, metric_rows, new_run, resealed, write_synthetic_data
+from helpers import (
+    VCN_TINY as TINY_VCN,
+    XRAYGAN_TINY as TINY,
+    metric_rows,
+    new_run,
+    replaced,
+    resealed,
+    write_synthetic_data,
+)
 from xrg.checkpoint import load_checkpoint, save_checkpoint
 from xrg.config import config_from_mapping, config_to_dict, parse_overrides
 from xrg.data.images import load_grayscale
@@ -24,7 +32,7 @@ from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
 from xrg.pipelines import XRayGANPipeline
-from xrg.profiles import PROFILE_NAMES, load_profile
+from xrg.profiles import PROFILE_NAMES, PROFILES_DIR, load_profile
 from xrg.train.benchmarks import bench_train
 from xrg.train.vcn import VCNTrainConfig, load_vcn, negative_partners, train_vcn, vcn_path
 from xrg.train.xraygan import METRIC_KEYS, XRayGANTrainConfig, XRayGANTrainer, training_phases
@@ -144,7 +152,7 @@ def test_sigint_stops_after_the_step_with_a_checkpoint(tmp_path, data_dir, vcn_r
 
 
 def test_ablations_train_their_own_parts(tmp_path, data_dir, vcn_run):
-    single_shot = dataclasses.replace(TINY, generator_kind="single_shot", encoder_kind="flat", vc_weight=0.0)
+    single_shot = replaced(TINY, model={"generator_kind": "single_shot", "encoder_kind": "flat"}, vc_weight=0.0)
     assert [(p.name, p.image_size) for p in training_phases(single_shot)] == [("pretrain", 32), ("gan", 32)]
     assert single_shot.vcn_sizes == ()
     run_trainer = trainer(single_shot, data_dir, tmp_path / "ablation")
@@ -193,6 +201,9 @@ def test_a_checkpoint_stores_the_model_config_apart_from_the_run_config(checkpoi
     model_config = XRayGANModelConfig.from_run_config(config, len(vocabulary))
     assert payload["config"] == config_to_dict(config) and payload["model_config"] == config_to_dict(model_config)
     assert payload["model_config"]["vocab_size"] == len(vocabulary) and "vocab_size" not in payload["config"]
+    # The run config nests its model, vocabulary size left unset; the model config has the real size.
+    assert payload["config"]["model"] == config_to_dict(config.model) and payload["config"]["model"]["vocab_size"] == 0
+    assert payload["model_config"] == {**payload["config"]["model"], "vocab_size": len(vocabulary)}
     assert {"lr", "vc_weight", "seed"} <= set(payload["config"]) and not {"lr", "vc_weight", "seed"} & set(
         payload["model_config"]
     )
@@ -222,6 +233,34 @@ def test_a_checkpoint_of_xrg_0_is_refused_with_how_to_retrain_it(tmp_path, check
         XRayGANPipeline.from_checkpoint(tmp_path / "old-xraygan.pt")
 
 
+def test_a_checkpoint_of_xrg_1_is_refused_with_how_to_retrain_it(tmp_path, checkpoint_file, vcn_run):
+    """xrg 1.x stored run configs with the model fields flat beside the training ones."""
+    for kind, source, command in (("xraygan", checkpoint_file, "xrg train xraygan --profile"),
+                                  ("vcn", vcn_path(vcn_run, 16), "xrg train vcn --profile")):  # fmt: skip
+        payload = torch.load(source, weights_only=True)
+        payload["xrg_version"] = "1.0.0"
+        stored = dict(payload["config"])
+        model = stored.pop("model")
+        payload["config"] = {**stored, **{k: v for k, v in model.items() if k != "vocab_size"}}  # the 1.x form
+        old = tmp_path / f"v1-{kind}.pt"
+        torch.save(resealed(payload), old)
+        model_class = {"xraygan": XRayGAN, "vcn": ViewConsistencyNet}[kind]
+        for load in (
+            functools.partial(load_checkpoint, old, kind),
+            functools.partial(load_checkpoint, old, kind, config=replaced(TINY, vc_weight=0.0)),
+            functools.partial(model_class.from_checkpoint, old),
+        ):
+            with pytest.raises(
+                CheckpointError, match=r"written by an older xrg \(1\.0\.0\), a different major version"
+            ) as caught:
+                load()
+            message = str(caught.value)
+            assert f"retrain it with this xrg: {command}" in message and "not nested under model" in message
+            assert "differing fields" not in message
+    with pytest.raises(CheckpointError, match=r"older xrg \(1\.0\.0\)"):
+        XRayGANPipeline.from_checkpoint(tmp_path / "v1-xraygan.pt")
+
+
 def test_checkpoint_errors_say_what_is_wrong(tmp_path, checkpoint_file, data_dir, vcn_run):
     config = dataclasses.replace(TINY, vc_weight=0.0)
     data = checkpoint_file.read_bytes()
@@ -243,8 +282,8 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path, checkpoint_file, data_dir
         load_checkpoint(checkpoint_file, "vcn")
     with pytest.raises(CheckpointError, match="is a 'vcn' checkpoint, expected 'xraygan'"):
         load_checkpoint(vcn_path(vcn_run, 16), "xraygan")
-    other = dataclasses.replace(config, hidden=16, rec_weight=50.0)
-    with pytest.raises(CheckpointError, match="hidden: 8 → 16; rec_weight: 100.0 → 50.0"):
+    other = replaced(config, model={"hidden": 16}, rec_weight=50.0)
+    with pytest.raises(CheckpointError, match="model.hidden: 8 → 16; rec_weight: 100.0 → 50.0"):
         load_checkpoint(checkpoint_file, "xraygan", config=other)
     with pytest.raises(CheckpointError, match="another vocabulary"):
         load_checkpoint(checkpoint_file, "xraygan", vocabulary=Vocabulary.build(["other words entirely"]))
@@ -275,19 +314,86 @@ def test_configs_refuse_unknown_or_inconsistent_settings():
     with pytest.raises(ConfigError, match=r"unknown settings \['learning_rate'\]"):
         config_from_mapping(XRayGANTrainConfig, {"learning_rate": 1.0})
     with pytest.raises(ConfigError, match="one value per stage"):
-        XRayGANTrainConfig(num_stages=2)
+        XRayGANTrainConfig(model=XRayGANModelConfig(num_stages=2))
     with pytest.raises(ConfigError, match="generator_kind"):
-        XRayGANTrainConfig(generator_kind="stacked")
+        XRayGANTrainConfig(model=XRayGANModelConfig(generator_kind="stacked"))
+    with pytest.raises(ConfigError, match="leaves vocab_size unset"):
+        XRayGANTrainConfig(model=XRayGANModelConfig(vocab_size=40))
     with pytest.raises(ConfigError, match="batch_size must be int, got 4.5"):
         config_from_mapping(XRayGANTrainConfig, {"batch_size": [4.5, 4, 4, 4]})
     overrides = parse_overrides(
-        ["vc_weight=0", "num_stages=2", "lr=[1e-4, 2]", "batch_size=[4, 4]", "num_epochs=[1, 1]"]
+        ["vc_weight=0", "model.num_stages=2", "lr=[1e-4, 2]", "batch_size=[4, 4]", "num_epochs=[1, 1]"]
     )
     assert overrides["lr"] == ["1e-4", 2]  # YAML 1.1 reads 1e-4 as a string; the config converts it
+    assert overrides["model"] == {"num_stages": 2}
     config = config_from_mapping(XRayGANTrainConfig, overrides)
     assert config.lr == (1e-4, 2.0) and config.vc_weight == 0.0 and config.vcn_sizes == ()
+    assert config.model.num_stages == 2 and [p.stage for p in training_phases(config)] == [0, 0, 1]
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_overrides(["vc_weight"])
+    for bad in ("model.=3", ".hidden=3", "model..hidden=3"):
+        with pytest.raises(ConfigError, match="is not a setting name"):
+            parse_overrides([bad])
+
+
+def test_nested_model_settings_from_a_profile_and_from_set_reach_the_model(tmp_path):
+    text = (PROFILES_DIR / "tiny.yaml").read_text(encoding="utf-8")
+    assert "\n  model:" in text and "\n    hidden: 16" in text  # the tiny profile nests its architecture
+    profile = load_profile("tiny")
+    config = XRayGANTrainConfig.from_profile(profile)
+    assert (config.model.hidden, config.model.base_size, config.model.num_stages) == (16, 16, 2)
+    assert config.model_for(40).encoder_config().hidden == 16
+    changed = XRayGANTrainConfig.from_profile(profile, parse_overrides(["model.hidden=12", "model.noise_dim=3"]))
+    assert (changed.model.hidden, changed.model.noise_dim, changed.model.base_size) == (12, 3, 16)
+    assert changed.lr == config.lr  # the rest of the section is kept
+    model = XRayGAN(changed.model_for(40))
+    assert model.encoder.findings.hidden == 12 and model.generator.config.cond_dim == 48
+    assert model.generator.config.noise_dim == 3
+    # The profile's own nested mapping merges with a nested override key by key.
+    written = tmp_path / "nested.yaml"
+    written.write_text(text.replace("    hidden: 16", "    hidden: 10\n    share_embedding: false"), encoding="utf-8")
+    nested = XRayGANTrainConfig.from_profile(load_profile(written), {"model": {"flat_pooling": "last"}})
+    assert (nested.model.hidden, nested.model.share_embedding, nested.model.flat_pooling) == (10, False, "last")
+    assert nested.model.embed_dim == 16
+    encoder = XRayGAN(nested.model_for(40)).encoder
+    assert encoder.config.share_embedding is False and encoder.config.flat_pooling == "last"
+    assert encoder.findings.embedding is not encoder.impression.embedding
+
+
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_the_ablations_are_model_values_and_are_named_back_from_a_stored_run_config(name):
+    from xrg.eval.generators import xraygan_method
+    from xrg.experiments import ABLATIONS, xraygan_config
+
+    profile = load_profile(name)
+    configs = {method: xraygan_config(profile, method) for method in ABLATIONS}
+    assert configs["xraygan_no_hae"].model.encoder_kind == "flat"
+    assert configs["xraygan_no_mscgan"].model.generator_kind == "single_shot"
+    assert configs["xraygan_no_vcn"].vc_weight == 0.0
+    for method, config in configs.items():
+        assert xraygan_method(config_to_dict(config)) == method
+        # Every row keeps the profile's (and its experiment section's) other architecture settings.
+        others = {k: v for k, v in config_to_dict(config.model).items() if k not in ("encoder_kind", "generator_kind")}
+        assert others == {k: v for k, v in config_to_dict(configs["xraygan"].model).items() if k in others}
+
+
+def test_unknown_or_misplaced_nested_settings_are_refused_with_their_dotted_keys():
+    profile = load_profile("tiny")
+    with pytest.raises(ConfigError, match=r"unknown settings \['xraygan.model.width'\]"):
+        XRayGANTrainConfig.from_profile(profile, parse_overrides(["model.width=3"]))
+    with pytest.raises(ConfigError, match=r"unknown settings \['xraygan.width'\]"):
+        XRayGANTrainConfig.from_profile(profile, parse_overrides(["width.hidden=3"]))
+    with pytest.raises(ConfigError, match=r"\['xraygan.hidden'\] \(xraygan.hidden is now xraygan.model.hidden\)"):
+        XRayGANTrainConfig.from_profile(profile, parse_overrides(["hidden=32"]))
+    with pytest.raises(ConfigError, match="xraygan.model.hidden must be int, got 'wide'"):
+        XRayGANTrainConfig.from_profile(profile, parse_overrides(["model.hidden=wide"]))
+    with pytest.raises(ConfigError, match="xraygan.model must be a mapping of settings, got 3"):
+        XRayGANTrainConfig.from_profile(profile, parse_overrides(["model=3"]))
+    with pytest.raises(ConfigError, match="xraygan.model: encoder_kind must be one of"):
+        XRayGANTrainConfig.from_profile(profile, parse_overrides(["model.encoder_kind=tree"]))
+    with pytest.raises(ConfigError, match=r"unknown settings \['vcn.model.depth'\]"):
+        VCNTrainConfig.from_profile(profile, 16, parse_overrides(["model.depth=3"]))
+    assert VCNTrainConfig.from_profile(profile, 16, parse_overrides(["model.embed_dim=7"])).model.embed_dim == 7
 
 
 def test_bench_train_times_every_phase(capsys):

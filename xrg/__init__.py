@@ -4,4 +4,4 @@ The library behind the xrg book: data (real Open-i reports rendered through a re
 models (XRayGAN and friends), training, evaluation and generation pipelines.
 """
 
-__version__ = "1.0.0"
+__version__ = "2.0.0"

@@ -14,7 +14,7 @@ the training code.
 a missing, truncated or corrupt file, a pickle that needs a global (a class or function)
 weights_only loading does not allow (naming it; the pickle is never run), a file that is not
 an xrg checkpoint, one of another kind (a VCN where an XRayGAN run was expected), another
-major code version (one written by xrg 0.x says how to retrain it), another run config (naming the differing fields) or another vocabulary
+major code version (one written by an older xrg, 0.x or 1.x, says how to retrain it), another run config (naming the differing fields) or another vocabulary
 (by fingerprint). :func:`require_finished` refuses the resumable checkpoint of a training
 that was stopped part-way where a trained model is expected.
 """
@@ -54,6 +54,12 @@ RETRAIN_COMMANDS: dict[str, str] = {
     "baseline": "xrg train baseline --method METHOD --profile PROFILE --data DATA --out RUN",
     "vcn": "xrg train vcn --profile PROFILE --data DATA --out RUN",
     "classifier": "delete the evaluators directory and run xrg eval RUN --data DATA --profile PROFILE",
+}
+
+#: Why the checkpoints of an older major version cannot be read any more.
+OLD_LAYOUTS: dict[str, str] = {
+    "0": "no separate model config",
+    "1": "run configs with the model fields beside the training fields, not nested under model",
 }
 
 ConfigT = TypeVar("ConfigT")
@@ -183,7 +189,8 @@ def load_checkpoint(
         if _major(stored_version).isdigit() and int(_major(stored_version)) < int(_major(xrg.__version__)):
             raise CheckpointError(
                 f"checkpoint {path} was written by an older xrg ({stored_version}), a different major version "
-                f"from this xrg {xrg.__version__}: its layout (no separate model config) cannot be read any more; "
+                f"from this xrg {xrg.__version__}: its layout "
+                f"({OLD_LAYOUTS.get(_major(stored_version), 'an older one')}) cannot be read any more; "
                 f"retrain it with this xrg: {RETRAIN_COMMANDS.get(kind, 'the command that trained it')}"
             )
         raise CheckpointError(

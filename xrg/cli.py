@@ -181,7 +181,7 @@ def _cmd_train_xraygan(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     config = XRayGANTrainConfig.from_profile(profile, parse_overrides(args.set))
     vcn_config = VCNTrainConfig.from_profile(
-        profile, image_size=config.base_size, overrides=parse_overrides(args.vcn_set)
+        profile, image_size=config.model.base_size, overrides=parse_overrides(args.vcn_set)
     )
     with _run_directory(args):
         print(f"XRayGAN run {args.out} on {args.data}: {config}")
@@ -441,9 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override an xraygan setting, e.g. --set vc_weight=0 (repeatable)",
+        help="override an xraygan setting, e.g. --set vc_weight=0 or --set model.hidden=64 (repeatable)",
     )
-    xraygan.add_argument("--vcn-set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
+    xraygan.add_argument(
+        "--vcn-set", action="append", metavar="KEY=VALUE", help="override a vcn setting, e.g. model.embed_dim=64"
+    )
     xraygan.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     xraygan.add_argument(
         "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
@@ -456,14 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="override a baselines setting, e.g. --set rec_weight=100 (repeatable)",
+        help="override a baselines setting, e.g. --set rec_weight=100, --set model.ca_dim=64 (repeatable)",
     )
     baseline.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     baseline.add_argument(
         "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
     )
     baseline.set_defaults(func=_cmd_train_baseline)
-    vcn.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a vcn setting (repeatable)")
+    vcn.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a vcn setting, e.g. lr=0.01 (repeatable)"
+    )
     vcn.add_argument(
         "--sizes",
         type=bounded(8, 1024),

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from xrg.checkpoint import load_checkpoint
+from xrg.config import merge_settings
 from xrg.errors import ConfigError
 from xrg.eval.run import EvalConfig, evaluate_run
 from xrg.io import atomic_write_json, atomic_write_text
@@ -39,8 +40,8 @@ BASELINES: tuple[str, ...] = ("gan_int_cls", "stackgan", "attngan")
 ABLATIONS: dict[str, dict[str, Any]] = {
     "xraygan": {},
     "xraygan_no_vcn": {"vc_weight": 0.0},
-    "xraygan_no_mscgan": {"generator_kind": "single_shot"},
-    "xraygan_no_hae": {"encoder_kind": "flat"},
+    "xraygan_no_mscgan": {"model": {"generator_kind": "single_shot"}},
+    "xraygan_no_hae": {"model": {"encoder_kind": "flat"}},
 }
 TABLES: dict[str, tuple[str, ...]] = {
     "table1": ("gan_int_cls", "stackgan", "attngan", "xraygan"),
@@ -73,7 +74,12 @@ def xraygan_config(profile: Profile, method: str) -> XRayGANTrainConfig:
     """The XRayGAN (or ablation) config of a table row."""
     if method not in ABLATIONS:
         raise ConfigError(f"unknown XRayGAN table row {method!r}; expected one of {tuple(ABLATIONS)}")
-    overrides = {**profile.section("experiment").get("xraygan", {}), **ABLATIONS[method]}
+    experiment = profile.section("experiment").get("xraygan") or {}
+    if not isinstance(experiment, dict):
+        raise ConfigError(
+            f"profile {profile.name!r}: experiment.xraygan must be a mapping of settings, got {experiment!r}"
+        )
+    overrides = merge_settings(experiment, ABLATIONS[method])
     return XRayGANTrainConfig.from_profile(profile, overrides)
 
 
@@ -150,7 +156,7 @@ class Experiment:
         config = xraygan_config(self.profile, method)
         if _run_finished(run_dir, "xraygan", config):
             return run_dir
-        vcn_config = VCNTrainConfig.from_profile(self.profile, image_size=config.base_size)
+        vcn_config = VCNTrainConfig.from_profile(self.profile, image_size=config.model.base_size)
         if config.vc_weight > 0:
             self._share_vcns(config, vcn_config, run_dir)
         resume = (run_dir / CHECKPOINT_NAME).is_file()

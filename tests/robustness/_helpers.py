@@ -18,9 +18,12 @@ from xrg.train.xraygan import XRayGANTrainConfig
 #: 16² → 32², narrow layers, no VCN (vc_weight 0): a full run is 4 epochs of 3 steps.
 #: Dropout and noise make the resume check cover both random number generators.
 TINY = XRayGANTrainConfig(
-    embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
-    max_channels=32, disc_max_downsamplings=2, lr=(2e-3, 2e-3), batch_size=(4, 4), num_epochs=(2, 1),
-    pretrain_epochs=1, num_samples=2, vc_weight=0.0, encoder_dropout=0.2, noise_dim=2, bn_recalibration_batches=2,
+    model=XRayGANModelConfig(
+        embed_dim=8, hidden=8, base_size=16, num_stages=2, gen_channels=8, disc_channels=8, cond_channels=4,
+        max_channels=32, disc_max_downsamplings=2, encoder_dropout=0.2, noise_dim=2,
+    ),
+    lr=(2e-3, 2e-3), batch_size=(4, 4), num_epochs=(2, 1), pretrain_epochs=1, num_samples=2, vc_weight=0.0,
+    bn_recalibration_batches=2,
 )  # fmt: skip
 #: Train cases of :func:`write_synthetic_data` with 20 patients (splits cycle train x3, val, test).
 TRAIN_CASES = 12

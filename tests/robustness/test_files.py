@@ -557,7 +557,7 @@ def test_checkpoints_of_other_kinds_models_vocabularies_and_versions(tmp_path, c
     refuses(variant("future", xrg_version="99.0.0"), "xrg 99.0.0", "different major version")
     refuses(variant("unversioned", xrg_version=None), "different major version")
     refuses(variant("no-config", config=None), "has no config")
-    wider = dataclasses.replace(TINY, hidden=16)
+    wider = dataclasses.replace(TINY, model=dataclasses.replace(TINY.model, hidden=16))
     refuses(variant("other-model", model_config={**payload["model_config"], "hidden": 16}), "does not match the model")
     other_words = Vocabulary.build(["entirely different words here, many more of them than before"])
     refuses(variant("other-vocabulary", vocabulary=other_words.to_dict()), "does not match the model")
@@ -567,7 +567,7 @@ def test_checkpoints_of_other_kinds_models_vocabularies_and_versions(tmp_path, c
     refuses(variant("no-model-config", model_config=None), "has no model config")
     with pytest.raises(CheckpointError, match="another vocabulary"):
         load_checkpoint(checkpoint, "xraygan", vocabulary=other_words)
-    with pytest.raises(CheckpointError, match="hidden: 8 → 16"):
+    with pytest.raises(CheckpointError, match="model.hidden: 8 → 16"):
         load_checkpoint(checkpoint, "xraygan", config=wider)
     for name in ("future", "other-vocabulary", "vcn"):
         assert main(["generate", "--checkpoint", str(tmp_path / f"{name}.pt"), "--report", "Heart normal.",

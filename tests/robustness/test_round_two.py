@@ -527,7 +527,9 @@ def bad_inputs(tmp_path_factory):
     }
     files["a file"].write_text("not a directory")
     files["latin-1 profile"].write_bytes("data: {image_size: 64}\n# caf\xe9\n".encode("latin-1"))
-    files["wrong-type profile"].write_text("data: {image_size: big, workers: [1]}\nseed: 0\nxraygan: {hidden: wide}\n")
+    files["wrong-type profile"].write_text(
+        "data: {image_size: big, workers: [1]}\nseed: 0\nxraygan: {model: {hidden: wide}}\n"
+    )
     files["list profile"].write_text("- data\n- 1\n")
     files["corrupt checkpoint"].write_bytes(b"PK\x03\x04" + os.urandom(200))
     files["empty file"].write_bytes(b"")
@@ -788,7 +790,7 @@ def test_an_experiment_directory_made_by_the_library_is_recognised(tmp_path):
 
 
 PROFILE_TEXT = st.sampled_from([
-    "data: {image_size: 64}\n", "data: {image_size: 64}\nseed: 3\n# café\n", "data: {image_size: 64}\nxraygan: {hidden: wide}\n",
+    "data: {image_size: 64}\n", "data: {image_size: 64}\nseed: 3\n# café\n", "data: {image_size: 64}\nxraygan: {model: {hidden: wide}}\n",
     "data: [1, 2]\n", "- a\n- b\n", "data: {image_size: 64}\nnotebooks: {01_data: {examples_seed: 7}}\n", "",
     "data: {image_size: 64}\nseed: -1\n", "data: {image_size: 64}\nseed: 99999999999\n", "{{{{", "data: !!python/name:os.system\n",
 ])  # fmt: skip

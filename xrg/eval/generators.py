@@ -136,11 +136,13 @@ class BaselinePairGenerator(_LoadedPairGenerator):
 def xraygan_method(run_config: Mapping[str, Any]) -> str:
     """The row name of an XRayGAN run config (plain values): ``xraygan`` or the ablation it is."""
     removed = []
+    model = run_config.get("model")
+    model = model if isinstance(model, Mapping) else {}
     if run_config.get("vc_weight") == 0:
         removed.append("vcn")
-    if run_config.get("generator_kind") == "single_shot":
+    if model.get("generator_kind") == "single_shot":
         removed.append("mscgan")
-    if run_config.get("encoder_kind") == "flat":
+    if model.get("encoder_kind") == "flat":
         removed.append("hae")
     return "xraygan" + "".join(f"_no_{part}" for part in removed)
 

@@ -44,6 +44,7 @@ loaded with :meth:`~xrg.models.base.CheckpointedModel.save` and
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -569,19 +570,26 @@ def build_discriminators(config: BaselineConfig) -> nn.ModuleDict:
 
 @dataclass
 class BaselineModelConfig:
-    """What decides a :class:`BaselineModel`'s architecture and input: the model part of a baseline run config."""
+    """What decides a :class:`BaselineModel`'s architecture and input: the ``model`` part of a baseline run config.
 
-    vocab_size: int
+    ``vocab_size`` comes from the data: a run config's model leaves it unset (0) and the
+    trainer fills it in (:meth:`with_vocabulary`); a checkpoint's stored model config has the real size.
+    """
+
+    vocab_size: int = 0  # 0: unset (a run config's model); the data's vocabulary decides it
     method: str = "gan_int_cls"  # one of BASELINE_METHODS
+    # report encoder: XRayGAN's HAE (§2.1), trained jointly from scratch
     embed_dim: int = 128
     hidden: int = 128  # LSTM units per direction; c has 4 * hidden dims
     encoder_dropout: float = 0.0
+    share_embedding: bool = True  # findings and impression share one word embedding
     max_sentences: int = MAX_SENTENCES
     max_words: int = MAX_WORDS
-    image_size: int = 256
-    base_size: int = 64
+    # networks
+    image_size: int = 256  # final resolution
+    base_size: int = 64  # StackGAN Stage I, AttnGAN's first stage (64 for 256 in both papers)
     noise_dim: int = 100
-    ca_dim: int = 128
+    ca_dim: int = 128  # ĉ of the CA (StackGAN 128, AttnGAN 100), GAN-INT-CLS's compressed text (128)
     gen_channels: int = 64
     disc_channels: int = 64
     max_channels: int = 512
@@ -591,19 +599,31 @@ class BaselineModelConfig:
             raise ConfigError(
                 f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
             )
+        if self.vocab_size != 0 and self.vocab_size < 3:
+            raise ConfigError(f"vocab_size must be 0 (unset) or at least 3, got {self.vocab_size}")
+        if self.encoder_dropout < 0:
+            raise ConfigError(f"encoder_dropout must be non-negative, got {self.encoder_dropout}")
         self.network_config()  # validates the method, sizes and widths
-        self.encoder_config()  # validates the encoder settings
+        self._encoder_config(self.vocab_size or 3)  # validates the encoder settings
 
     @classmethod
     def from_run_config(cls, config: Any, vocab_size: int) -> BaselineModelConfig:
-        """The model fields of a baseline run config (``BaselineTrainConfig``) for ``vocab_size`` words."""
-        fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "vocab_size"}
-        return cls(vocab_size=vocab_size, **fields)
+        """The model of a baseline run config (``BaselineTrainConfig.model``) for ``vocab_size`` words."""
+        return config.model.with_vocabulary(vocab_size)
+
+    def with_vocabulary(self, vocab_size: int) -> BaselineModelConfig:
+        """This architecture for a vocabulary of ``vocab_size`` words."""
+        return dataclasses.replace(self, vocab_size=vocab_size)
 
     def encoder_config(self) -> EncoderConfig:
+        if not self.vocab_size:
+            raise ConfigError("the model's vocab_size is unset (0): take with_vocabulary(len(vocabulary)) first")
+        return self._encoder_config(self.vocab_size)
+
+    def _encoder_config(self, vocab_size: int) -> EncoderConfig:
         return EncoderConfig(
-            vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
-            kind="hierarchical",
+            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
+            kind="hierarchical", share_embedding=self.share_embedding,
         )  # fmt: skip
 
     def network_config(self) -> BaselineConfig:

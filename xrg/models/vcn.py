@@ -55,7 +55,7 @@ def negative_partners(patient_ids: Sequence[str], generator: torch.Generator) ->
 
 @dataclass
 class VCNConfig:
-    """What decides a VCN's architecture (the model part of a ``VCNTrainConfig``)."""
+    """What decides a VCN's architecture (the ``model`` of a ``VCNTrainConfig``)."""
 
     embed_dim: int = 128  # embedding size (official code: 128)
     scale: float = 10.0  # the L2-normalised embedding is multiplied by this (official code: 10)
@@ -66,8 +66,8 @@ class VCNConfig:
 
     @classmethod
     def from_run_config(cls, config: Any) -> VCNConfig:
-        """The model fields of a VCN run config (``VCNTrainConfig``)."""
-        return cls(embed_dim=config.embed_dim, scale=config.scale)
+        """The model of a VCN run config (``VCNTrainConfig.model``)."""
+        return config.model
 
 
 class ViewConsistencyNet(CheckpointedModel):

@@ -30,6 +30,7 @@ views and (for training) the per-stage critics, built from one :class:`XRayGANMo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -398,25 +399,31 @@ def gradient_penalty(
 
 @dataclass
 class XRayGANModelConfig:
-    """What decides an :class:`XRayGAN`'s architecture and input: the model part of a run config.
+    """What decides an :class:`XRayGAN`'s architecture and input: the ``model`` part of a run config.
 
     ``encoder_kind: flat`` is the w/o HAE ablation, ``generator_kind: single_shot`` the w/o
     MSCGAN one (the w/o VCN ablation changes only the training). ``max_sentences`` and
-    ``max_words`` are how much of a report the encoder reads.
+    ``max_words`` are how much of a report the encoder reads. ``vocab_size`` comes from the
+    data: a run config's model leaves it unset (0) and the trainer fills it in from the
+    vocabulary (:meth:`with_vocabulary`); a checkpoint's stored model config has the real size.
     """
 
-    vocab_size: int
-    encoder_kind: str = "hierarchical"
-    embed_dim: int = 128
+    vocab_size: int = 0  # 0: unset (a run config's model); the data's vocabulary decides it
+    # report encoder (§2.1)
+    encoder_kind: str = "hierarchical"  # "flat": the w/o HAE ablation
+    embed_dim: int = 128  # word embedding size
     hidden: int = 128  # LSTM units per direction; the condition c has 4 * hidden dims
     encoder_dropout: float = 0.0
-    max_sentences: int = MAX_SENTENCES
-    max_words: int = MAX_WORDS
-    generator_kind: str = "multi_scale"
-    base_size: int = 32
-    num_stages: int = 4
-    alpha: float = 0.5
-    noise_dim: int = 0
+    share_embedding: bool = True  # findings and impression share one word embedding
+    flat_pooling: str = "mean"  # flat encoder only: mean of the states, or the last forward/backward states
+    max_sentences: int = MAX_SENTENCES  # longer sections are truncated
+    max_words: int = MAX_WORDS  # longer sentences are truncated
+    # generators and discriminators (§2.2)
+    generator_kind: str = "multi_scale"  # "single_shot": the w/o MSCGAN ablation
+    base_size: int = 32  # resolution of the basic generator
+    num_stages: int = 4  # 32 → 64 → 128 → 256
+    alpha: float = 0.5  # blend of Eq. (1)
+    noise_dim: int = 0  # noise next to c (official code: none)
     gen_channels: int = 64
     disc_channels: int = 64
     cond_channels: int = 64
@@ -432,19 +439,29 @@ class XRayGANModelConfig:
             raise ConfigError(
                 f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
             )
+        if self.vocab_size != 0 and self.vocab_size < 3:
+            raise ConfigError(f"vocab_size must be 0 (unset) or at least 3, got {self.vocab_size}")
         self.network_config()  # validates the sizes and widths
-        self.encoder_config()  # validates the encoder settings
+        self._encoder_config(self.vocab_size or 3)  # validates the encoder settings
 
     @classmethod
     def from_run_config(cls, config: Any, vocab_size: int) -> XRayGANModelConfig:
-        """The model fields of an XRayGAN run config (``XRayGANTrainConfig``) for a vocabulary of ``vocab_size`` words."""
-        fields = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "vocab_size"}
-        return cls(vocab_size=vocab_size, **fields)
+        """The model of an XRayGAN run config (``XRayGANTrainConfig.model``) for ``vocab_size`` words."""
+        return config.model.with_vocabulary(vocab_size)
+
+    def with_vocabulary(self, vocab_size: int) -> XRayGANModelConfig:
+        """This architecture for a vocabulary of ``vocab_size`` words."""
+        return dataclasses.replace(self, vocab_size=vocab_size)
 
     def encoder_config(self) -> EncoderConfig:
+        if not self.vocab_size:
+            raise ConfigError("the model's vocab_size is unset (0): take with_vocabulary(len(vocabulary)) first")
+        return self._encoder_config(self.vocab_size)
+
+    def _encoder_config(self, vocab_size: int) -> EncoderConfig:
         return EncoderConfig(
-            vocab_size=self.vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
-            kind=self.encoder_kind,
+            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
+            kind=self.encoder_kind, share_embedding=self.share_embedding, flat_pooling=self.flat_pooling,
         )  # fmt: skip
 
     def network_config(self) -> XRayGANConfig:

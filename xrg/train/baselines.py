@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xrg.config import config_from_mapping
+from xrg.config import config_from_mapping, merge_settings, merge_settings_into
 from xrg.data.datasets import resize_image
-from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
 from xrg.models.baselines import (
     BASELINE_METHODS,
@@ -111,25 +110,14 @@ INTERPOLATION_BETA = 0.5  # GAN-INT's β (Reed et al. §4.3)
 class BaselineTrainConfig:
     """Everything one baseline run is built and trained from; defaults follow the originals at 256².
 
-    ``num_epochs`` counts passes over the train split in all; StackGAN gives
+    ``model`` is the architecture, the method included
+    (:class:`~xrg.models.baselines.BaselineModelConfig`, its ``vocab_size`` left unset: the
+    trainer takes it from the data); the other fields are the training's. ``num_epochs``
+    counts passes over the train split in all; StackGAN gives
     ``round(stage1_fraction · num_epochs)`` (at least 1) to Stage I and the rest to Stage II.
     """
 
-    method: str = "gan_int_cls"  # one of BASELINE_METHODS
-    # report encoder: XRayGAN's HAE (§2.1), trained jointly from scratch
-    embed_dim: int = 128
-    hidden: int = 128  # LSTM units per direction; c has 4 * hidden dims
-    encoder_dropout: float = 0.0
-    max_sentences: int = MAX_SENTENCES
-    max_words: int = MAX_WORDS
-    # networks
-    image_size: int = 256  # final resolution
-    base_size: int = 64  # StackGAN Stage I, AttnGAN's first stage (64 for 256 in both papers)
-    noise_dim: int = 100
-    ca_dim: int = 128  # ĉ of the CA (StackGAN 128, AttnGAN 100), GAN-INT-CLS's compressed text (128)
-    gen_channels: int = 64
-    disc_channels: int = 64
-    max_channels: int = 512
+    model: BaselineModelConfig = field(default_factory=BaselineModelConfig)
     # objective
     kl_weight: float = 2.0  # StackGAN's λ (AttnGAN's code: 1)
     mismatch_weight: float = 1.0  # the (real image, wrong report) term of the discriminator
@@ -148,9 +136,13 @@ class BaselineTrainConfig:
     bn_recalibration_batches: int = 20  # train batches re-estimating BatchNorm statistics each epoch (0: off)
 
     def __post_init__(self) -> None:
-        if self.method not in BASELINE_METHODS:
-            raise ConfigError(f"method must be one of {BASELINE_METHODS}, got {self.method!r}")
-        self.model()  # validates the architecture: sizes, widths, encoder settings, report lengths
+        if not isinstance(self.model, BaselineModelConfig):
+            raise ConfigError(f"model must be a BaselineModelConfig, got {self.model!r}")
+        if self.model.vocab_size:
+            raise ConfigError(
+                f"a run config's model leaves vocab_size unset (0), got {self.model.vocab_size}: "
+                "the trainer takes it from the data's vocabulary"
+            )
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -167,7 +159,7 @@ class BaselineTrainConfig:
             raise ConfigError(f"stage1_fraction must be in (0, 1), got {self.stage1_fraction}")
         if self.method == "stackgan" and self.num_epochs < 2:
             raise ConfigError(f"stackgan needs num_epochs >= 2 (Stage I, then Stage II), got {self.num_epochs}")
-        for name in ("kl_weight", "mismatch_weight", "rec_weight", "encoder_dropout"):
+        for name in ("kl_weight", "mismatch_weight", "rec_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
         if self.num_samples < 0 or self.bn_recalibration_batches < 0:
@@ -176,35 +168,46 @@ class BaselineTrainConfig:
                 f"{self.bn_recalibration_batches}"
             )
 
+    @property
+    def method(self) -> str:
+        """The baseline this run trains (``model.method``)."""
+        return self.model.method
+
     @classmethod
     def from_profile(
         cls, profile: Profile, method: str, overrides: dict[str, Any] | None = None
     ) -> BaselineTrainConfig:
-        """The profile's ``baselines:`` section for ``method``, then ``overrides``.
+        """The profile's ``baselines:`` section for ``method``, then ``overrides`` (nested or dotted keys).
 
-        Both may hold per-method sub-sections (``attngan: {kl_weight: 1.0}``) that override
-        their common settings for that method only; the seed defaults to the profile's.
+        Both may hold per-method sub-sections (``attngan: {kl_weight: 1.0}``, ``attngan.model.hidden``)
+        that override their common settings for that method only; the seed defaults to the profile's.
         """
         where = f"baselines settings of profile {profile.name!r}"
+        if method not in BASELINE_METHODS:
+            raise ConfigError(f"method must be one of {BASELINE_METHODS}, got {method!r}")
         values: dict[str, Any] = {"seed": profile.seed}
-        for source in (profile.section("baselines"), dict(overrides or {})):
-            values.update({k: v for k, v in source.items() if k not in BASELINE_METHODS})
+        for source in (merge_settings(profile.section("baselines")), merge_settings(overrides or {})):
+            merge_settings_into(values, {k: v for k, v in source.items() if k not in BASELINE_METHODS})
             specific = source.get(method, {})
             if not isinstance(specific, dict):
-                raise ConfigError(f"{where}: {method} must be a mapping of settings, got {specific!r}")
-            values.update(specific)
-        values["method"] = method
-        return config_from_mapping(cls, values, where=where)
+                raise ConfigError(f"{where}: baselines.{method} must be a mapping of settings, got {specific!r}")
+            merge_settings_into(values, specific)
+        model = values.get("model", {})
+        if isinstance(model, dict) and "method" in model:
+            raise ConfigError(f"{where}: baselines.model.method is set by the method trained ({method}), not here")
+        if isinstance(model, dict):
+            values["model"] = {**model, "method": method}
+        return config_from_mapping(cls, values, where=where, prefix="baselines")
 
-    def model(self, vocab_size: int = 3) -> BaselineModelConfig:
-        """The architecture this run trains (its model fields), for a vocabulary of ``vocab_size`` words."""
-        return BaselineModelConfig.from_run_config(self, vocab_size)
+    def model_for(self, vocab_size: int) -> BaselineModelConfig:
+        """The architecture this run trains, for a vocabulary of ``vocab_size`` words."""
+        return self.model.with_vocabulary(vocab_size)
 
     def encoder_config(self, vocab_size: int) -> EncoderConfig:
-        return self.model(vocab_size).encoder_config()
+        return self.model_for(vocab_size).encoder_config()
 
     def model_config(self) -> BaselineConfig:
-        return self.model().network_config()
+        return self.model.network_config()
 
 
 @dataclass(frozen=True)
@@ -465,7 +468,9 @@ class BaselineTrainer(PhasedTrainer):
     ) -> None:
         device = torch.device(device)
         phases = training_phases(config)
-        data = TrainData(data_dir, (phase.image_size for phase in phases), config.max_sentences, config.max_words)
+        data = TrainData(
+            data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words
+        )
         files = RunFiles.check(run_dir, BaselineStep.kind, resume)
         torch.manual_seed(config.seed)
         model = BaselineModel(BaselineModelConfig.from_run_config(config, len(data.vocabulary))).to(device)

@@ -36,7 +36,7 @@ def ensure_xraygan_run(
     run_dir = Path(run_dir)
     loaded = load_profile(profile)
     config = XRayGANTrainConfig.from_profile(loaded)
-    vcn_config = VCNTrainConfig.from_profile(loaded, image_size=config.base_size)
+    vcn_config = VCNTrainConfig.from_profile(loaded, image_size=config.model.base_size)
     return ensure_run(config, data_dir, run_dir, vcn_config, device, progress)
 
 

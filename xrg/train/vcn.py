@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from xrg.checkpoint import load_checkpoint
-from xrg.config import config_from_mapping
+from xrg.config import config_from_mapping, merge_settings
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError
@@ -60,11 +60,10 @@ VCN_OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
 @dataclass
 class VCNTrainConfig:
-    """Settings of one VCN training run (one stage resolution)."""
+    """Settings of one VCN training run (one stage resolution); ``model`` is the network's architecture."""
 
     image_size: int = 32  # resolution the VCN scores (one VCN per MSCGAN stage)
-    embed_dim: int = 128  # embedding size (official code: 128)
-    scale: float = 10.0  # the L2-normalised embedding is multiplied by this (official code: 10)
+    model: VCNConfig = field(default_factory=VCNConfig)
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
     lr: float = 0.01  # §3.2
     momentum: float = 0.9  # SGD momentum; Adam uses betas (0.9, 0.999)
@@ -82,17 +81,22 @@ class VCNTrainConfig:
             raise ConfigError(
                 f"vcn needs lr > 0, weight_decay >= 0 and momentum in [0, 1), got {self.lr}, {self.weight_decay}, {self.momentum}"
             )
-        if self.num_epochs < 1 or self.batch_size < 2 or self.embed_dim < 1:
+        if not isinstance(self.model, VCNConfig):
+            raise ConfigError(f"vcn model must be a VCNConfig, got {self.model!r}")
+        if self.num_epochs < 1 or self.batch_size < 2:
             raise ConfigError(
-                f"vcn needs num_epochs >= 1, batch_size >= 2 and embed_dim >= 1, got "
-                f"{self.num_epochs}, {self.batch_size}, {self.embed_dim}"
+                f"vcn needs num_epochs >= 1 and batch_size >= 2, got {self.num_epochs}, {self.batch_size}"
             )
 
     @classmethod
     def from_profile(cls, profile: Profile, image_size: int, overrides: dict[str, Any] | None = None) -> VCNTrainConfig:
-        """The profile's ``vcn:`` section at ``image_size``; the seed defaults to the profile's."""
-        values = {"seed": profile.seed, **profile.section("vcn"), **(overrides or {}), "image_size": image_size}
-        return config_from_mapping(cls, values, where=f"vcn settings of profile {profile.name!r}")
+        """The profile's ``vcn:`` section at ``image_size`` (nested or dotted overrides: ``model.embed_dim``).
+
+        The seed defaults to the profile's.
+        """
+        values = merge_settings({"seed": profile.seed}, profile.section("vcn"), overrides or {})
+        values["image_size"] = image_size
+        return config_from_mapping(cls, values, where=f"vcn settings of profile {profile.name!r}", prefix="vcn")
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -21,8 +21,8 @@ phase per stage, 32² → 64² → 128² → 256² in the paper. In the phase of
   (:mod:`xrg.train.vcn`): gradients flow through it into the generated images, never into
   its weights. ``vc_weight = 0`` is the "w/o VCN" ablation and needs no VCN.
 
-The ablations of Table 2 are config values: ``encoder_kind: flat`` (w/o HAE),
-``generator_kind: single_shot`` (w/o MSCGAN: one phase at the final size with the last
+The ablations of Table 2 are config values: ``model.encoder_kind: flat`` (w/o HAE),
+``model.generator_kind: single_shot`` (w/o MSCGAN: one phase at the final size with the last
 stage's learning rate, batch size and epochs) and ``vc_weight: 0`` (w/o VCN).
 
 Runs are resumable to the bit on CPU: a checkpoint (``RUN/checkpoint.pt``, written at the
@@ -42,8 +42,8 @@ carries); :class:`XRayGANTrainer` builds the data, the VCNs, the model and that 
 otherwise :class:`~xrg.train.loop.PhasedTrainer`, whose loop, checkpoints and resume are the
 baselines' too.
 
-The model of a run, :class:`~xrg.models.xraygan.XRayGAN`, is built from the model part of
-the run config (:meth:`~xrg.models.xraygan.XRayGANModelConfig.from_run_config`) and writes
+The model of a run, :class:`~xrg.models.xraygan.XRayGAN`, is built from the run config's
+``model`` with the data's vocabulary size (:meth:`~xrg.models.xraygan.XRayGANModelConfig.from_run_config`) and writes
 the checkpoints itself (:meth:`~xrg.models.base.CheckpointedModel.save`).
 """
 
@@ -51,15 +51,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from xrg.config import config_from_mapping
-from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
+from xrg.config import config_from_mapping, merge_settings
 from xrg.errors import CheckpointError, ConfigError
 from xrg.models.encoder import EncoderConfig
 from xrg.models.vcn import ViewConsistencyNet
@@ -95,28 +94,13 @@ LOSS_KEYS: tuple[str, ...] = ("d_loss", "g_loss", "adv_loss", "rec_loss", "vc_lo
 class XRayGANTrainConfig:
     """Everything one XRayGAN run is built and trained from; defaults are the paper's (§3.2).
 
-    Per-stage settings (``lr``, ``batch_size``, ``num_epochs``) have one entry per stage; a
-    ``single_shot`` generator uses the last entry only.
+    ``model`` is the architecture (:class:`~xrg.models.xraygan.XRayGANModelConfig`, its
+    ``vocab_size`` left unset: the trainer takes it from the data); the other fields are the
+    training's. Per-stage settings (``lr``, ``batch_size``, ``num_epochs``) have one entry per
+    stage; a ``single_shot`` generator uses the last entry only.
     """
 
-    # report encoder (§2.1)
-    encoder_kind: str = "hierarchical"  # "flat": the w/o HAE ablation
-    embed_dim: int = 128  # word embedding size
-    hidden: int = 128  # LSTM units per direction; the condition c has 4 * hidden dims
-    encoder_dropout: float = 0.0
-    max_sentences: int = MAX_SENTENCES  # longer sections are truncated
-    max_words: int = MAX_WORDS  # longer sentences are truncated
-    # generators and discriminators (§2.2)
-    generator_kind: str = "multi_scale"  # "single_shot": the w/o MSCGAN ablation
-    base_size: int = 32  # resolution of the basic generator
-    num_stages: int = 4  # 32 → 64 → 128 → 256
-    alpha: float = 0.5  # blend of Eq. (1)
-    noise_dim: int = 0  # noise next to c (official code: none)
-    gen_channels: int = 64
-    disc_channels: int = 64
-    cond_channels: int = 64
-    max_channels: int = 512
-    disc_max_downsamplings: int = 4
+    model: XRayGANModelConfig = field(default_factory=XRayGANModelConfig)
     # objective (§2.4, weights of §3.2)
     adv_weight: float = 1.0
     rec_weight: float = 100.0
@@ -137,11 +121,18 @@ class XRayGANTrainConfig:
     bn_recalibration_batches: int = 20  # train batches that re-estimate BatchNorm statistics each epoch (0: off)
 
     def __post_init__(self) -> None:
-        self.model()  # validates the architecture: encoder and generator kinds, sizes and widths
+        if not isinstance(self.model, XRayGANModelConfig):
+            raise ConfigError(f"model must be an XRayGANModelConfig, got {self.model!r}")
+        if self.model.vocab_size:
+            raise ConfigError(
+                f"a run config's model leaves vocab_size unset (0), got {self.model.vocab_size}: "
+                "the trainer takes it from the data's vocabulary"
+            )
+        num_stages = self.model.num_stages
         for name in ("lr", "batch_size", "num_epochs"):
             values = getattr(self, name)
-            if len(values) != self.num_stages:
-                raise ConfigError(f"{name} needs one value per stage ({self.num_stages}), got {list(values)}")
+            if len(values) != num_stages:
+                raise ConfigError(f"{name} needs one value per stage ({num_stages}), got {list(values)}")
             if not all(v > 0 for v in values):
                 raise ConfigError(f"{name} values must be positive, got {list(values)}")
         if min(self.batch_size) < 2:
@@ -161,31 +152,34 @@ class XRayGANTrainConfig:
 
     @classmethod
     def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> XRayGANTrainConfig:
-        """The profile's ``xraygan:`` section plus ``overrides``; the seed defaults to the profile's."""
-        values = {"seed": profile.seed, **profile.section("xraygan"), **(overrides or {})}
-        return config_from_mapping(cls, values, where=f"xraygan settings of profile {profile.name!r}")
+        """The profile's ``xraygan:`` section plus ``overrides`` (nested or dotted: ``model.hidden``).
 
-    def model(self, vocab_size: int = 3) -> XRayGANModelConfig:
-        """The architecture this run trains (its model fields), for a vocabulary of ``vocab_size`` words."""
-        return XRayGANModelConfig.from_run_config(self, vocab_size)
+        The seed defaults to the profile's.
+        """
+        values = merge_settings({"seed": profile.seed}, profile.section("xraygan"), overrides or {})
+        return config_from_mapping(cls, values, where=f"xraygan settings of profile {profile.name!r}", prefix="xraygan")
+
+    def model_for(self, vocab_size: int) -> XRayGANModelConfig:
+        """The architecture this run trains, for a vocabulary of ``vocab_size`` words."""
+        return self.model.with_vocabulary(vocab_size)
 
     def encoder_config(self, vocab_size: int) -> EncoderConfig:
-        return self.model(vocab_size).encoder_config()
+        return self.model_for(vocab_size).encoder_config()
 
     def model_config(self) -> XRayGANConfig:
-        return self.model().network_config()
+        return self.model.network_config()
 
     @property
     def final_size(self) -> int:
-        return self.model().final_size
+        return self.model.final_size
 
     @property
     def trained_stages(self) -> tuple[int, ...]:
         """Stages with an adversarial phase: all of them, or only the last for ``single_shot``."""
-        return self.model().trained_stages
+        return self.model.trained_stages
 
     def stage_size(self, stage: int) -> int:
-        return self.model().stage_size(stage)
+        return self.model.stage_size(stage)
 
     @property
     def vcn_sizes(self) -> tuple[int, ...]:
@@ -353,8 +347,8 @@ class XRayGANStep(Step):
 
         def forward(batch: dict[str, Any], noise_source: torch.Generator) -> None:
             noise = None
-            if self.config.noise_dim:
-                noise = torch.randn(len(batch["case_id"]), self.config.noise_dim, generator=noise_source)
+            if self.config.model.noise_dim:
+                noise = torch.randn(len(batch["case_id"]), self.config.model.noise_dim, generator=noise_source)
                 noise = noise.to(self.device)
             self.model.generate(self.model.encode(batch).c, phase.stage, noise)
 
@@ -370,8 +364,10 @@ class XRayGANStep(Step):
         self.model.eval()
         c = self.model.encode(batch).c
         noise = None
-        if self.config.noise_dim:
-            noise = torch.randn(count, self.config.noise_dim, generator=torch.Generator().manual_seed(self.config.seed))
+        if self.config.model.noise_dim:
+            noise = torch.randn(
+                count, self.config.model.noise_dim, generator=torch.Generator().manual_seed(self.config.seed)
+            )
             noise = noise.to(self.device)
         fake = self.model.generate(c, phase.stage, noise)
         self.model.train()
@@ -416,7 +412,9 @@ class XRayGANTrainer(PhasedTrainer):
     ) -> None:
         device = torch.device(device)
         phases = training_phases(config)
-        data = TrainData(data_dir, (phase.image_size for phase in phases), config.max_sentences, config.max_words)
+        data = TrainData(
+            data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words
+        )
         files = RunFiles.check(run_dir, XRayGANStep.kind, resume, tidy=(SAMPLES_DIR, "vcn"))
         vcns: dict[int, VCNResult] = {}
         if config.vc_weight > 0:
