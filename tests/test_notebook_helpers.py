@@ -241,3 +241,16 @@ def test_report_text_plain_and_with_headers():
         # what a pipeline reads back is the same as from the old always-both-headers form
         old = f"FINDINGS: {findings}\nIMPRESSION: {impression}"
         assert split_report_text(report_text(findings, impression, headers=True)) == split_report_text(old)
+
+
+def test_read_build_record_reads_build_json_and_refuses_a_missing_one(tmp_path):
+    from xrg.data.build import read_build_record
+    from xrg.errors import DataDirError
+
+    with pytest.raises(DataDirError, match="build.json does not exist"):
+        read_build_record(tmp_path)
+    (tmp_path / "build.json").write_text('{"n_cases": 3, "config": {}}', encoding="utf-8")
+    assert read_build_record(tmp_path) == {"n_cases": 3, "config": {}}
+    (tmp_path / "build.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(DataDirError, match="damaged"):
+        read_build_record(tmp_path)

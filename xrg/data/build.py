@@ -245,6 +245,14 @@ def render_pairs(
     return not_drawn
 
 
+def read_build_record(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """What ``xrg data build`` recorded in ``DATA_DIR/build.json``: its config, case counts, skips."""
+    path = Path(data_dir) / BUILD_NAME
+    if not path.is_file():
+        raise DataDirError(f"{path} does not exist: {data_dir} was not written by `xrg data build`")
+    return read_json_mapping(path, "data build record", "rebuild the data directory with `xrg data build`")
+
+
 def _check_resumable(out: Path, config: DataBuildConfig) -> None:
     path = out / BUILD_NAME
     if not path.is_file():

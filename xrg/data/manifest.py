@@ -52,7 +52,7 @@ class Case:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "manifest") -> Case:
-        required = {"id", "patient_id", "split", "findings", "impression", "structured_findings", "frontal", "lateral"}
+        required = {"id", "patient_id", "split", "findings", "impression", "structured_findings", *VIEWS}
         missing = required - set(data)
         if missing:
             raise DataDirError(f"{where}: case is missing fields {sorted(missing)}")
