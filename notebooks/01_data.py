@@ -48,10 +48,10 @@ from myst_nb import glue
 
 from xrg.data.build import case_findings, patient_seed
 from xrg.data.findings import FINDING_KINDS, Finding, mesh_to_findings, openi_agreement
-from xrg.data.manifest import read_manifest
+from xrg.data.manifest import SPLITS, VIEWS, read_manifest
 from xrg.data.phantom import PhantomRenderer
-from xrg.data.reports import load_openi_reports, split_sentences, tokenize
-from xrg.notebook import check_params, setup
+from xrg.data.reports import load_openi_reports, report_text, split_sentences, tokenize
+from xrg.notebook import check_params, image_grid, is_abnormal, setup
 
 run = setup(
     seed=seed,
@@ -82,7 +82,7 @@ print(f"{len(reports)} usable reports; skipped: {dict(collection.skipped)}")
 glue("n_reports", len(reports), display=False)
 
 # %% tags=["hide-input"]
-sentences = [split_sentences(f"{r.findings} {r.impression}") for r in reports]
+sentences = [split_sentences(report_text(r.findings, r.impression)) for r in reports]
 sentence_counts = np.array([len(s) for s in sentences])
 word_counts = np.array([len(tokenize(s)) for doc in sentences for s in doc])
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -156,11 +156,13 @@ display(
         f"**Drawn:** {'; '.join(f.describe() for f in pair.drawn) or 'nothing (normal)'}"
     )
 )
-fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
-for ax, image, title in zip(axes, (pair.frontal, pair.lateral), ("frontal (PA)", "lateral")):
-    ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title)
-    ax.axis("off")
+image_grid(
+    [[pair.frontal, pair.lateral]],
+    column_titles=("frontal (PA)", "lateral"),
+    figsize=(7, 3.6),
+    title_size=None,
+    tight=False,
+)
 plt.show()
 
 # %% [markdown]
@@ -189,18 +191,14 @@ examples = {
     "scoliosis": Finding("scoliosis", side="right", severity="severe"),
 }
 normal = renderer.render([], seed=examples_seed, size=gallery_size)
-fig, axes = plt.subplots(len(examples), 4, figsize=(8, 2.1 * len(examples)))
-for row, finding in enumerate(examples.values()):
-    with_finding = renderer.render([finding], seed=examples_seed, size=gallery_size)
-    images = (normal.frontal, with_finding.frontal, normal.lateral, with_finding.lateral)
-    for col, image in enumerate(images):
-        axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[row, col].set_xticks([])
-        axes[row, col].set_yticks([])
-    axes[row, 0].set_ylabel(finding.describe(), fontsize=8)
-for col, title in enumerate(("frontal, normal", "frontal, finding", "lateral, normal", "lateral, finding")):
-    axes[0, col].set_title(title, fontsize=9)
-fig.tight_layout()
+with_finding = [renderer.render([finding], seed=examples_seed, size=gallery_size) for finding in examples.values()]
+image_grid(
+    [(normal.frontal, pair.frontal, normal.lateral, pair.lateral) for pair in with_finding],
+    column_titles=("frontal, normal", "frontal, finding", "lateral, normal", "lateral, finding"),
+    row_labels=[finding.describe() for finding in examples.values()],
+    figsize=(8, 2.1 * len(examples)),
+    label_size=8,
+)
 plt.show()
 
 # %% [markdown]
@@ -215,12 +213,12 @@ cases = read_manifest(data_dir)
 split_table = pd.crosstab(
     pd.Series([c.split for c in cases], name="split"),
     pd.Series(
-        ["abnormal" if any(not f.negated for f in c.structured_findings) else "normal" for c in cases],
+        ["abnormal" if is_abnormal(c) else "normal" for c in cases],
         name="drawn findings",
     ),
     margins=True,
 )
-patients = {s: {c.patient_id for c in cases if c.split == s} for s in ("train", "val", "test")}
+patients = {s: {c.patient_id for c in cases if c.split == s} for s in SPLITS}
 assert not (
     patients["train"] & patients["test"] or patients["train"] & patients["val"] or patients["val"] & patients["test"]
 ), "a patient is in two splits"
@@ -229,13 +227,11 @@ split_table
 
 # %% tags=["hide-input"]
 sample = [c for c in cases if c.split == "train"][:4]
-fig, axes = plt.subplots(2, len(sample), figsize=(2.6 * len(sample), 5.4))
-for col, case in enumerate(sample):
-    for row, view in enumerate(("frontal", "lateral")):
-        axes[row, col].imshow(plt.imread(data_dir / getattr(case, view)), cmap="gray", vmin=0, vmax=1)
-        axes[row, col].axis("off")
-    axes[0, col].set_title(case.id, fontsize=9)
-fig.tight_layout()
+image_grid(
+    [[plt.imread(data_dir / getattr(case, view)) for case in sample] for view in VIEWS],
+    column_titles=[case.id for case in sample],
+    figsize=(2.6 * len(sample), 5.4),
+)
 plt.show()
 
 # %% tags=["remove-input"]

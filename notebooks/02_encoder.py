@@ -34,18 +34,14 @@ report_id: str = "1000"  # Open-i report to show (1000 opens the paper's Figure 
 num_reports: int = 200  # test reports over which word attention is averaged
 
 # %% tags=["hide-input"]
-from collections import defaultdict
-
 import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
 import torch
 from IPython.display import Markdown, display
 from myst_nb import glue
 
 from xrg.data.datasets import XRayPairDataset, collate_pairs
-from xrg.data.reports import load_openi_reports
-from xrg.notebook import check_params, setup
+from xrg.data.reports import load_openi_reports, report_text
+from xrg.notebook import check_params, mean_word_attention, setup
 from xrg.pipelines import XRayGANPipeline
 from xrg.train.runs import ensure_xraygan_run
 
@@ -66,7 +62,7 @@ pipe
 report = next((r for r in load_openi_reports().reports if r.report_id == report_id), None)
 if report is None:
     raise ValueError(f"notebook parameter report_id={report_id!r} is not a usable Open-i report id (e.g. '1000')")
-output = pipe(f"FINDINGS: {report.findings}\nIMPRESSION: {report.impression}")
+output = pipe(report_text(report.findings, report.impression, headers=True))
 display(Markdown(f"**FINDINGS:** {report.findings}\n\n**IMPRESSION:** {report.impression}"))
 
 
@@ -120,17 +116,8 @@ plt.show()
 
 # %%
 test_set = XRayPairDataset(data_dir, split="test", vocab=pipe.vocabulary)
-weights_by_word = defaultdict(list)
-for case in test_set.cases[:num_reports]:
-    result = pipe(f"FINDINGS: {case.findings}\nIMPRESSION: {case.impression}")
-    for attention in result.attention.values():
-        for words, weights in zip(attention.sentences, attention.word_weights):
-            for word, weight in zip(words, weights):
-                weights_by_word[word].append(weight * len(words))  # 1.0 = uniform attention
-table = pd.DataFrame(
-    [(w, np.mean(v), len(v)) for w, v in weights_by_word.items() if len(v) >= 5],
-    columns=["word", "attention relative to uniform", "occurrences"],
-).sort_values("attention relative to uniform", ascending=False)
+outputs = (pipe(report_text(case.findings, case.impression, headers=True)) for case in test_set.cases[:num_reports])
+table = mean_word_attention(outputs, min_count=5)
 table.head(15).reset_index(drop=True)
 
 # %% [markdown]

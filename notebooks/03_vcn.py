@@ -31,7 +31,6 @@ run_dir: str = "../runs/tiny/xraygan"  # XRayGAN run directory (trained here whe
 seed: int = 0  # global seed (also draws the mismatched test pairs)
 
 # %% tags=["hide-input"]
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -41,7 +40,7 @@ from torchmetrics.functional.classification import binary_roc
 
 from xrg.data.datasets import XRayPairDataset
 from xrg.eval.consistency import pair_scores
-from xrg.notebook import check_params, setup
+from xrg.notebook import check_params, read_metrics, setup
 from xrg.profiles import load_profile
 from xrg.train.runs import ensure_xraygan_run
 from xrg.train.vcn import VCNTrainConfig, load_vcn, vcn_path
@@ -51,13 +50,12 @@ run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, run_dir=r
 check_params(data_dir=(data_dir, "existing_dir"))
 checkpoint = ensure_xraygan_run(profile, data_dir, run_dir, device="cpu")
 sizes = XRayGANTrainConfig.from_profile(load_profile(profile)).vcn_sizes
-metrics = [json.loads(line) for line in (Path(run_dir) / "vcn" / "metrics.jsonl").read_text().splitlines() if line]
+curves = pd.DataFrame(read_metrics(Path(run_dir) / "vcn", kind="vcn"))
 
 # %% [markdown]
 # ## Training curves
 
 # %% tags=["hide-input"]
-curves = pd.DataFrame([m for m in metrics if m["kind"] == "vcn"])
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
 for size, rows in curves.groupby("image_size"):
     axes[0].plot(rows["epoch"] + 1, rows["loss"], marker="o", label=f"{size}px")

@@ -34,17 +34,16 @@ num_examples: int = 4  # held-out reports shown next to their ground truth
 num_vc_pairs: int = 200  # test reports scored for view consistency
 
 # %% tags=["hide-input"]
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
 from xrg.data.datasets import XRayPairDataset
+from xrg.data.manifest import VIEWS
+from xrg.data.reports import load_openi_reports, report_text
 from xrg.eval.consistency import generated_vc
-from xrg.notebook import check_params, setup
+from xrg.notebook import check_params, findings_label, image_grid, pick_examples, read_metrics, setup
 from xrg.pipelines import XRayGANPipeline
 from xrg.profiles import load_profile
 from xrg.train.runs import ensure_xraygan_run
@@ -68,8 +67,7 @@ pipe
 # ## Training, stage by stage
 
 # %% tags=["hide-input"]
-lines = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
-log = pd.DataFrame([row for row in lines if row.get("kind") == "xraygan"])
+log = pd.DataFrame(read_metrics(run_dir, kind="xraygan"))
 log["x"] = range(1, len(log) + 1)
 panels = [
     ("rec_loss", "reconstruction (L2)"),
@@ -96,22 +94,15 @@ log[["phase", "image_size", "epoch", "rec_loss", "d_loss", "vc_prob", "seconds",
 
 # %% tags=["hide-input"]
 test_set = XRayPairDataset(data_dir, split="test", image_size=pipe.image_size, vocab=pipe.vocabulary)
-abnormal = [i for i, c in enumerate(test_set.cases) if any(not f.negated for f in c.structured_findings)]
-chosen = (abnormal + [i for i in range(len(test_set)) if i not in abnormal])[:num_examples]
-fig, axes = plt.subplots(len(chosen), 4, figsize=(9, 2.4 * len(chosen)), squeeze=False)
-for row, index in enumerate(chosen):
-    case = test_set.cases[index]
-    output = pipe(f"FINDINGS: {case.findings}\nIMPRESSION: {case.impression}")
-    images = (test_set[index]["frontal"], test_set[index]["lateral"], output.frontal, output.lateral)
-    for col, image in enumerate(images):
-        axes[row, col].imshow(image[0], cmap="gray", vmin=0, vmax=1)
-        axes[row, col].set_xticks([])
-        axes[row, col].set_yticks([])
-    label = "; ".join(f.describe() for f in case.structured_findings if not f.negated) or "normal"
-    axes[row, 0].set_ylabel(f"{case.id}\n{label[:40]}", fontsize=7)
-for col, title in enumerate(("real frontal", "real lateral", "XRayGAN frontal", "XRayGAN lateral")):
-    axes[0, col].set_title(title, fontsize=9)
-fig.tight_layout()
+chosen = pick_examples(test_set, num_examples)
+cases = [test_set.cases[i] for i in chosen]
+outputs = [pipe(report_text(case.findings, case.impression, headers=True)) for case in cases]
+image_grid(
+    [(test_set[i]["frontal"], test_set[i]["lateral"], out.frontal, out.lateral) for i, out in zip(chosen, outputs)],
+    column_titles=("real frontal", "real lateral", "XRayGAN frontal", "XRayGAN lateral"),
+    row_labels=[f"{case.id}\n{findings_label(case, width=40)}" for case in cases],
+    figsize=(9, 2.4 * len(chosen)),
+)
 plt.show()
 
 # %% [markdown]
@@ -121,16 +112,10 @@ plt.show()
 # over the left fifth rib.
 
 # %%
-from xrg.data.reports import load_openi_reports
-
 report = next(r for r in load_openi_reports().reports if r.report_id == "1000")
-output = pipe(f"FINDINGS: {report.findings}\nIMPRESSION: {report.impression}")
+output = pipe(report_text(report.findings, report.impression, headers=True))
 display(Markdown(f"**FINDINGS:** {report.findings}"))
-fig, axes = plt.subplots(1, 2, figsize=(6, 3))
-for ax, image, title in zip(axes, (output.frontal, output.lateral), ("frontal", "lateral")):
-    ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title)
-    ax.axis("off")
+image_grid([[output.frontal, output.lateral]], column_titles=VIEWS, figsize=(6, 3), title_size=None, tight=False)
 plt.show()
 
 # %% [markdown]

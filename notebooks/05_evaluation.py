@@ -46,12 +46,15 @@ import pandas as pd
 from myst_nb import glue
 
 from xrg.data.datasets import XRayPairDataset
+from xrg.data.edits import apply_edit
 from xrg.data.findings import FINDING_KINDS
+from xrg.data.manifest import VIEWS
+from xrg.data.reports import report_text
 from xrg.eval.classifier import classifier_auroc
 from xrg.eval.evaluators import EvaluatorConfig
 from xrg.eval.generators import load_generator
-from xrg.eval.run import EvalConfig, evaluate_run, generate_for_texts
-from xrg.notebook import check_params, setup
+from xrg.eval.run import EvalConfig, evaluate_run, generate_for_cases, generate_for_texts
+from xrg.notebook import check_params, format_interval, headline_entry, image_grid, setup
 from xrg.profiles import load_profile
 from xrg.train.evaluators import ensure_evaluators
 from xrg.train.runs import ensure_xraygan_run
@@ -88,7 +91,7 @@ print(f"scored {result['num_reports']} test reports in {result['seconds']:.0f} s
 # %% tags=["hide-input"]
 test_real = XRayPairDataset(data_dir, "test", image_size=evaluators.image_size)
 auroc = classifier_auroc(evaluators.classifier, test_real)
-table = pd.DataFrame({view: pd.Series(auroc[view]) for view in ("frontal", "lateral")}).reindex(FINDING_KINDS)
+table = pd.DataFrame({view: pd.Series(auroc[view]) for view in VIEWS}).reindex(FINDING_KINDS)
 glue("eval_classifier_macro_auroc", float(np.nanmean(table.astype(float).values)), display=False)
 table.astype(float).round(3)
 
@@ -97,13 +100,6 @@ table.astype(float).round(3)
 
 
 # %% tags=["hide-input"]
-def cell(entry):
-    if entry is None or entry.get("value") is None:
-        return "–"
-    low, high = entry["ci"]
-    return f"{entry['value']:.3f} [{low:.3f}, {high:.3f}]"
-
-
 headline = {
     "IS (generated)": result["is"],
     "IS (real renders)": result["is_real"],
@@ -116,13 +112,16 @@ headline = {
     "VC generated": result["vc"],
     "VC real": result["vc_real"],
 }
-headline = {name: next(iter(v.values())) if "value" not in v else v for name, v in headline.items()}
+headline = {name: headline_entry(v) for name, v in headline.items()}
 glue("eval_fid", headline["FID both views"]["value"], display=False)
 glue("eval_ssim_frontal", headline["SSIM frontal"]["value"], display=False)
 glue("eval_vc_generated", headline["VC generated"]["value"], display=False)
 glue("eval_vc_real", headline["VC real"]["value"], display=False)
 pd.DataFrame(
-    {"value [95% CI]": {k: cell(v) for k, v in headline.items()}, "n": {k: v.get("n") for k, v in headline.items()}}
+    {
+        "value [95% CI]": {k: format_interval(v) for k, v in headline.items()},
+        "n": {k: v.get("n") for k, v in headline.items()},
+    }
 )
 
 # %% [markdown]
@@ -142,7 +141,7 @@ fidelity = pd.DataFrame(
     {
         f"{source} {view}": per_finding(result["fidelity"][source][view])
         for source in ("generated", "real")
-        for view in ("frontal", "lateral")
+        for view in VIEWS
     }
 ).astype(float)
 fig, ax = plt.subplots(figsize=(10, 3.5))
@@ -168,8 +167,8 @@ glue(
 agreement = pd.DataFrame(
     {source: per_finding(result["cross_view_agreement"][source]) for source in ("generated", "real")}
 ).astype(float)
-diversity = {view: next(iter(v.values())) if "value" not in v else v for view, v in result.get("diversity", {}).items()}
-display_div = pd.DataFrame({"MS-SSIM across seeds": {view: cell(v) for view, v in diversity.items()}})
+diversity = {view: headline_entry(v) for view, v in result.get("diversity", {}).items()}
+display_div = pd.DataFrame({"MS-SSIM across seeds": {view: format_interval(v) for view, v in diversity.items()}})
 agreement.round(3).T
 
 # %% tags=["hide-input"]
@@ -188,31 +187,25 @@ control = result.get("controllability", {})
 summary = {key: value for key, value in control.items() if not isinstance(value, dict) or "value" in value}
 rate = control.get("success_rate", {})
 glue("eval_controllability", rate.get("value") if rate else float("nan"), display=False)
-pd.Series({k: cell(v) if isinstance(v, dict) else v for k, v in summary.items()}).to_frame("value")
+pd.Series({k: format_interval(v) if isinstance(v, dict) else v for k, v in summary.items()}).to_frame("value")
 
 # %% tags=["hide-input"]
 edits = result.get("controllability_edits", [])[:num_edit_examples]
 if edits:
     model = load_generator(run_dir)
     test_cases = {c.id: c for c in XRayPairDataset(data_dir, "test").cases}
-    from xrg.data import edits as report_edits
-    from xrg.eval.generators import report_text
-
-    fig, axes = plt.subplots(len(edits), 2, figsize=(5, 2.6 * len(edits)), squeeze=False)
-    for row, edit in enumerate(edits):
+    rows = []
+    for edit in edits:
         case = test_cases[edit["case_id"]]
-        before = report_text(case.findings, case.impression)
-        after = (
-            report_edits.negate(before, edit["kind"])
-            if edit["operation"] == "negate"
-            else report_edits.set_severity(before, edit["kind"], edit["argument"])
-        ).text
-        images = generate_for_texts(model, [before, after], seed, 2)
-        for col, title in enumerate(("as reported", f"{edit['operation']} {edit['kind']} {edit['argument'] or ''}")):
-            axes[row, col].imshow(images["frontal"][col, 0], cmap="gray", vmin=0, vmax=1)
-            axes[row, col].set_title(title, fontsize=8)
-            axes[row, col].axis("off")
-    fig.tight_layout()
+        before = report_text(case.findings, case.impression, headers=True)
+        after = apply_edit(before, edit["operation"], edit["kind"], edit["argument"]).text
+        rows.append(generate_for_texts(model, [before, after], seed, 2)["frontal"])
+    image_grid(
+        rows,
+        titles=[("as reported", f"{e['operation']} {e['kind']} {e['argument'] or ''}") for e in edits],
+        figsize=(5, 2.6 * len(edits)),
+        title_size=8,
+    )
     plt.show()
 
 # %% [markdown]
@@ -228,25 +221,23 @@ ratio = memo["ratio"]
 glue("eval_memorisation_ratio", ratio["value"], display=False)
 print(
     f"median NN distance: generated {memo['median_generated']:.3f}, real test {memo['median_test']:.3f}; "
-    f"ratio {cell(ratio)}"
+    f"ratio {format_interval(ratio)}"
 )
 closest = memo["closest"][:4]
 if closest:
     model = load_generator(run_dir)
     test_set = XRayPairDataset(data_dir, "test", image_size=model.image_size, vocab=model.vocabulary)
     train_set = XRayPairDataset(data_dir, "train", image_size=model.image_size, vocab=model.vocabulary)
-    from xrg.eval.run import generate_for_cases
-
-    fig, axes = plt.subplots(2, len(closest), figsize=(2.4 * len(closest), 5), squeeze=False)
-    for col, pair in enumerate(closest):
-        generated = generate_for_cases(model, test_set, [pair["generated"]], result["config"]["seed"], 1)["frontal"][0]
-        axes[0, col].imshow(generated[0], cmap="gray", vmin=0, vmax=1)
-        axes[0, col].set_title(f"generated, d={pair['distance']:.2f}", fontsize=8)
-        axes[1, col].imshow(train_set[pair["train"]]["frontal"][0], cmap="gray", vmin=0, vmax=1)
-        axes[1, col].set_title("nearest train image", fontsize=8)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.tight_layout()
+    generated = [
+        generate_for_cases(model, test_set, [pair["generated"]], result["config"]["seed"], 1)["frontal"][0]
+        for pair in closest
+    ]
+    image_grid(
+        [generated, [train_set[pair["train"]]["frontal"] for pair in closest]],
+        titles=[[f"generated, d={pair['distance']:.2f}" for pair in closest], ["nearest train image"] * len(closest)],
+        figsize=(2.4 * len(closest), 5),
+        title_size=8,
+    )
     plt.show()
 
 # %% tags=["remove-input"]

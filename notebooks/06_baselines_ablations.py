@@ -44,10 +44,11 @@ from IPython.display import Markdown, display
 from myst_nb import glue
 
 from xrg.data.datasets import XRayPairDataset
+from xrg.data.manifest import VIEWS
 from xrg.eval.generators import load_generator
-from xrg.eval.run import generate_for_cases
+from xrg.eval.run import generate_for_cases, model_dataset
 from xrg.experiments import LABELS, TABLES, Experiment
-from xrg.notebook import check_params, setup
+from xrg.notebook import check_params, image_grid, pick_examples, setup
 
 run = setup(
     seed=seed, profile=profile, params=dict(data_dir=data_dir, experiment_dir=experiment_dir, num_examples=num_examples)
@@ -91,34 +92,18 @@ methods = list(dict.fromkeys(m for name in TABLES for m in TABLES[name]))
 models = {m: load_generator(experiment.run_dir(m)) for m in methods}
 size = max(model.image_size for model in models.values())
 reference = XRayPairDataset(data_dir, "test", image_size=size)
-abnormal = [i for i, c in enumerate(reference.cases) if any(not f.negated for f in c.structured_findings)]
-chosen = (abnormal + [i for i in range(len(reference)) if i not in abnormal])[:num_examples]
+test_sets = {method: model_dataset(model, data_dir, "test") for method, model in models.items()}
+chosen = pick_examples(reference, num_examples)
+rows, labels = [], []
+for index in chosen:
+    generated = [generate_for_cases(model, test_sets[m], [index], seed, 1) for m, model in models.items()]
+    for view in VIEWS:
+        rows.append([reference[index][view], *(images[view][0] for images in generated)])
+        labels.append(f"{reference.cases[index].id}\n{view}")
 columns = ["ground truth"] + [LABELS[m] for m in methods]
-fig, axes = plt.subplots(2 * len(chosen), len(columns), figsize=(1.6 * len(columns), 3.3 * len(chosen)), squeeze=False)
-for row, index in enumerate(chosen):
-    images = {"ground truth": {v: reference[index][v][0] for v in ("frontal", "lateral")}}
-    for method, model in models.items():
-        test_set = XRayPairDataset(
-            data_dir,
-            "test",
-            image_size=model.image_size,
-            vocab=model.vocabulary,
-            max_sentences=model.max_sentences,
-            max_words=model.max_words,
-        )
-        generated = generate_for_cases(model, test_set, [index], seed, 1)
-        images[LABELS[method]] = {v: generated[v][0, 0] for v in ("frontal", "lateral")}
-    for col, title in enumerate(columns):
-        for offset, view in enumerate(("frontal", "lateral")):
-            ax = axes[2 * row + offset, col]
-            ax.imshow(images[title][view], cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0 and offset == 0:
-                ax.set_title(title, fontsize=8)
-            if col == 0:
-                ax.set_ylabel(f"{reference.cases[index].id}\n{view}", fontsize=7)
-fig.tight_layout()
+image_grid(
+    rows, column_titles=columns, row_labels=labels, figsize=(1.6 * len(columns), 3.3 * len(chosen)), title_size=8
+)
 plt.show()
 
 # %% tags=["remove-input"]

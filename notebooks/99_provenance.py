@@ -30,20 +30,18 @@ executed_dir: str = "../book/executed"  # folder of the executed notebooks
 seed: int = 0  # global seed
 
 # %% tags=["hide-input"]
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
 from myst_nb import glue
 
+from xrg.data.build import read_build_record
 from xrg.notebook import check_params, executed_provenance, setup
 
 run = setup(seed=seed, profile=profile, params=dict(data_dir=data_dir, executed_dir=executed_dir), show=False)
 check_params(data_dir=(data_dir, "existing_dir"), executed_dir=(executed_dir, "existing_dir"))
 rows = executed_provenance(executed_dir, exclude=("99_provenance",))
-build = json.loads((Path(data_dir) / "build.json").read_text())
+build = read_build_record(data_dir)
 
 # %% [markdown]
 # ## The run

@@ -7,23 +7,41 @@ its wall time and records the whole provenance in the output's metadata
 (:data:`PROVENANCE_KEY`), where the book's provenance notebook reads it back.
 ``check_params`` validates papermill parameters at the top of a notebook, so a bad value
 fails at once with a message naming it instead of twenty cells later.
+
+The rest is what several notebooks need besides display, kept here so that their cells hold
+only parameters, calls, display and prose: :func:`read_metrics` reads a run's
+``metrics.jsonl``, :func:`pick_examples` chooses the held-out cases a chapter shows,
+:func:`findings_label` names a case's present findings, :func:`image_grid` lays images out
+in rows and columns (real next to generated, both views), and :func:`format_interval` and
+:func:`headline_entry` format the evaluation's values with their intervals, and
+:func:`mean_word_attention` averages the encoder's word attention over reports.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import random
 import subprocess
 import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 import xrg
 from xrg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from xrg.data.manifest import Case
 
 #: Output-metadata key under which ``RunInfo.finish`` records a notebook's provenance.
 PROVENANCE_KEY = "xrg_provenance"
@@ -223,3 +241,198 @@ def executed_provenance(executed_dir: str | Path, exclude: tuple[str, ...] = ())
             }
         )
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# Metrics logs, examples, image grids
+# --------------------------------------------------------------------------------------
+
+#: The metrics log a training run writes into its run directory (one JSON object a line).
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(source: str | os.PathLike, kind: str | None = None, **match: Any) -> list[dict[str, Any]]:
+    """The rows of a run's metrics log, in file order; ``kind`` and ``match`` keep those equal to them.
+
+    ``source`` is a ``metrics.jsonl`` file or a run directory holding one. ``read_metrics(run,
+    "xraygan")`` keeps the rows whose ``kind`` is ``"xraygan"``; ``read_metrics(run / "vcn",
+    "vcn", image_size=64)`` also those of one resolution (a row without the key never matches).
+    A missing file is refused (:class:`~xrg.errors.ConfigError` naming it). A line that is not
+    JSON is a torn write of a killed process, which the training loop drops when it resumes
+    (:func:`xrg.train.loop.trim_metrics`): it is skipped with a warning counting such lines
+    and naming them. A line that is JSON but not an object means the file is not a metrics log
+    and is refused, naming the file and the line.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise ConfigError(f"metrics log {path} does not exist: train the run first (or check the run directory)")
+    rows, torn = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            torn.append(number)
+            continue
+        if not isinstance(row, dict):
+            raise ConfigError(
+                f"{path}, line {number}: a metrics row must be a JSON object, got {type(row).__name__}: {line[:60]!r}"
+            )
+        if kind is not None and row.get("kind") != kind:
+            continue
+        if any(key not in row or row[key] != value for key, value in match.items()):
+            continue
+        rows.append(row)
+    if torn:
+        shown = ", ".join(map(str, torn[:10])) + (", ..." if len(torn) > 10 else "")
+        warnings.warn(
+            f"{path}: skipped {len(torn)} torn line(s) (not JSON; a killed write), line(s) {shown}", stacklevel=2
+        )
+    return rows
+
+
+def _cases_of(cases: Any) -> Sequence[Case]:
+    return cases.cases if hasattr(cases, "cases") else cases
+
+
+def is_abnormal(case: Case) -> bool:
+    """Whether the case has a present (not negated) structured finding."""
+    return any(not f.negated for f in case.structured_findings)
+
+
+def pick_examples(cases: Any, count: int, seed: int | None = None) -> list[int]:
+    """Indices of the ``count`` cases a chapter shows: those with a present finding first.
+
+    ``cases`` is a sequence of :class:`~xrg.data.manifest.Case` or a dataset with a ``cases``
+    list (:class:`~xrg.data.datasets.XRayPairDataset`); the indices are into it. Without
+    ``seed`` the cases keep their manifest order within the abnormal and the normal group;
+    with one, each group is shuffled by a generator of that seed. Either way the same input
+    gives the same indices. Fewer than ``count`` cases give all of them.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"count must be a positive integer, got {count!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed must be a non-negative integer or None, got {seed!r}")
+    items = _cases_of(cases)
+    abnormal = [i for i, case in enumerate(items) if is_abnormal(case)]
+    normal = [i for i, case in enumerate(items) if not is_abnormal(case)]
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        abnormal = [abnormal[i] for i in rng.permutation(len(abnormal))]
+        normal = [normal[i] for i in rng.permutation(len(normal))]
+    return (abnormal + normal)[:count]
+
+
+def findings_label(case: Case, width: int | None = None) -> str:
+    """The case's present findings, ``"; "``-joined (``"normal"`` without any), cut to ``width``."""
+    label = "; ".join(f.describe() for f in case.structured_findings if not f.negated) or "normal"
+    return label if width is None else label[:width]
+
+
+def _as_image(image: Any, where: str) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    while array.ndim > 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ConfigError(f"image_grid: {where} must be one grayscale image (H, W or 1, H, W), got shape {array.shape}")
+    return array
+
+
+def _check_shape(name: str, value: Sequence[Any] | None, length: int, what: str) -> None:
+    if value is not None and len(value) != length:
+        raise ConfigError(f"image_grid: {name} has {len(value)} entries for {length} {what}")
+
+
+def image_grid(
+    images: Sequence[Sequence[Any]],
+    *,
+    titles: Sequence[Sequence[str | None]] | None = None,
+    column_titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    figsize: tuple[float, float] | None = None,
+    title_size: float | None = 9,
+    label_size: float | None = 7,
+    tight: bool = True,
+) -> Figure:
+    """A figure of grayscale images in rows and columns, shown in [0, 1]: real next to generated, both views.
+
+    ``images`` is a list of rows, all of one length; an image is a (H, W) or (1, H, W) array or
+    tensor, or ``None`` for an empty cell. ``titles`` (rows of strings, like ``images``) title
+    each cell, ``column_titles`` the top row's cells, ``row_labels`` the first column's
+    (y-axis labels; the axes then keep their frame without ticks, else they are hidden).
+    ``figsize`` defaults to 2.25 x 2.4 inches a cell. Returns the figure (``fig.axes`` holds
+    one axes per cell, row by row); ``plt.show()`` displays it.
+    """
+    import matplotlib.pyplot as plt
+
+    rows = [list(row) for row in images]
+    if not rows or not rows[0]:
+        raise ConfigError("image_grid needs at least one row of at least one image")
+    num_rows, num_cols = len(rows), len(rows[0])
+    for number, row in enumerate(rows):
+        if len(row) != num_cols:
+            raise ConfigError(f"image_grid: row {number} has {len(row)} images, row 0 has {num_cols}")
+    _check_shape("titles", titles, num_rows, "rows")
+    for number, row in enumerate(titles or []):
+        _check_shape(f"titles row {number}", row, num_cols, "columns")
+    _check_shape("column_titles", column_titles, num_cols, "columns")
+    _check_shape("row_labels", row_labels, num_rows, "rows")
+    fig, axes = plt.subplots(num_rows, num_cols, figsize=figsize or (2.25 * num_cols, 2.4 * num_rows), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            ax = axes[r, c]
+            if image is not None:
+                ax.imshow(_as_image(image, f"image [{r}][{c}]"), cmap="gray", vmin=0, vmax=1)
+            if row_labels is not None and image is not None:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            else:
+                ax.axis("off")
+            title = titles[r][c] if titles is not None else (column_titles[c] if column_titles and r == 0 else None)
+            if title:
+                ax.set_title(title, **({} if title_size is None else {"fontsize": title_size}))
+        if row_labels is not None:
+            axes[r, 0].set_ylabel(row_labels[r], **({} if label_size is None else {"fontsize": label_size}))
+    if tight:
+        fig.tight_layout()
+    return fig
+
+
+def headline_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """The ``{"value", "ci", "n"}`` of an evaluation value, or of the first of a nested group of them."""
+    return entry if "value" in entry else next(iter(entry.values()))
+
+
+def format_interval(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    """``"value [low, high]"`` of an evaluation value with its 95% interval, ``"–"`` for none."""
+    if entry is None or entry.get("value") is None:
+        return "–"
+    low, high = entry["ci"]
+    return f"{entry['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def mean_word_attention(outputs: Iterable[Any], min_count: int = 5) -> Any:
+    """Each word's mean attention weight within its sentence over pipeline outputs, highest first.
+
+    ``outputs`` are :class:`~xrg.pipelines.XRayGANOutput` (anything with an ``attention``
+    mapping of section attentions). A weight is scaled by its sentence's length, so 1.0 means
+    uniform attention; words seen fewer than ``min_count`` times are left out. Returns a
+    DataFrame with columns ``word``, ``attention relative to uniform`` and ``occurrences``.
+    """
+    import pandas as pd
+
+    weights_by_word: dict[str, list[float]] = defaultdict(list)
+    for output in outputs:
+        for attention in output.attention.values():
+            for words, weights in zip(attention.sentences, attention.word_weights):
+                for word, weight in zip(words, weights):
+                    weights_by_word[word].append(weight * len(words))  # 1.0 = uniform attention
+    return pd.DataFrame(
+        [(w, np.mean(v), len(v)) for w, v in weights_by_word.items() if len(v) >= min_count],
+        columns=["word", "attention relative to uniform", "occurrences"],
+    ).sort_values("attention relative to uniform", ascending=False)

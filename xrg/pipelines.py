@@ -31,6 +31,7 @@ from PIL import Image
 
 from xrg.checkpoint import CHECKPOINT_NAME
 from xrg.data.images import save_png, to_uint8
+from xrg.data.manifest import VIEWS
 from xrg.data.reports import (
     EncodedSection,
     Vocabulary,
@@ -105,7 +106,7 @@ class XRayGANOutput:
 
     def images(self) -> dict[str, Image.Image]:
         """Both views as 8-bit greyscale PIL images, ``{"frontal": ..., "lateral": ...}``."""
-        return {view: Image.fromarray(to_uint8(getattr(self, view)[0].numpy())) for view in ("frontal", "lateral")}
+        return {view: Image.fromarray(to_uint8(getattr(self, view)[0].numpy())) for view in VIEWS}
 
 
 def _section_tokens(text: str, max_sentences: int, max_words: int) -> list[list[str]]:
@@ -130,7 +131,7 @@ class XRayGANPipeline:
     ``config`` is the model's :class:`~xrg.models.xraygan.XRayGANModelConfig`.
     """
 
-    views: tuple[str, ...] = ("frontal", "lateral")
+    views: tuple[str, ...] = VIEWS
 
     def __init__(self, model: XRayGAN, vocabulary: Vocabulary, notes: list[str] | None = None) -> None:
         self.model = model.eval()
@@ -283,6 +284,4 @@ class XRayGANPipeline:
 def save_pair(output: XRayGANOutput, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``frontal.png`` and ``lateral.png`` of ``output`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    return {
-        view: save_png(out_dir / f"{view}.png", getattr(output, view)[0].numpy()) for view in ("frontal", "lateral")
-    }
+    return {view: save_png(out_dir / f"{view}.png", getattr(output, view)[0].numpy()) for view in VIEWS}

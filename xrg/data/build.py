@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from xrg.data.findings import Finding, label_text, mesh_to_findings
 from xrg.data.images import png_bytes
-from xrg.data.manifest import VOCAB_NAME, Case, patient_split, stable_hash, write_manifest
-from xrg.data.reports import Report, Vocabulary, load_openi_reports
+from xrg.data.manifest import VIEWS, VOCAB_NAME, Case, patient_split, stable_hash, write_manifest
+from xrg.data.reports import Report, Vocabulary, load_openi_reports, report_text
 from xrg.errors import ConfigError, DataDirError
 from xrg.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json_mapping
 from xrg.locks import own_output_dir
@@ -119,7 +119,7 @@ def case_findings(report: Report, source: str) -> tuple[list[Finding], Counter]:
     mesh, unmapped = mesh_to_findings(report.mesh)
     if source == "mesh":
         return mesh, unmapped
-    text = label_text(f"{report.findings} {report.impression}")
+    text = label_text(report_text(report.findings, report.impression))
     if source == "text":
         return text, Counter()
     kinds = {f.kind for f in mesh if not f.negated}
@@ -159,7 +159,7 @@ def _render_job(job: tuple[str, list[dict], int, int, str]) -> tuple[str, dict, 
     findings = [Finding.from_dict(d) for d in findings_json]
     pair = _WORKER_RENDERER.render(findings, seed=seed, size=size)
     digests = {}
-    for view in ("frontal", "lateral"):
+    for view in VIEWS:
         data = png_bytes(getattr(pair, view))
         atomic_write_bytes(Path(out) / "images" / f"{case_id}_{view}.png", data)
         digests[view] = hashlib.sha256(data).hexdigest()
@@ -201,7 +201,7 @@ def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[st
     return {
         case.id for case in cases
         if case.id in recorded
-        and all(_file_sha256(out / getattr(case, view)) == recorded[case.id].get(view) for view in ("frontal", "lateral"))
+        and all(_file_sha256(out / getattr(case, view)) == recorded[case.id].get(view) for view in VIEWS)
     }  # fmt: skip
 
 
@@ -243,6 +243,14 @@ def render_pairs(
                 record(result, job[4])
     bar.close()
     return not_drawn
+
+
+def read_build_record(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """What ``xrg data build`` recorded in ``DATA_DIR/build.json``: its config, case counts, skips."""
+    path = Path(data_dir) / BUILD_NAME
+    if not path.is_file():
+        raise DataDirError(f"{path} does not exist: {data_dir} was not written by `xrg data build`")
+    return read_json_mapping(path, "data build record", "rebuild the data directory with `xrg data build`")
 
 
 def _check_resumable(out: Path, config: DataBuildConfig) -> None:
@@ -319,7 +327,7 @@ def _build_dataset(
         key=config.rendering_key(),
     )  # fmt: skip
 
-    train_texts = [f"{c.findings} {c.impression}" for c in cases if c.split == "train"]
+    train_texts = [report_text(c.findings, c.impression) for c in cases if c.split == "train"]
     vocab = Vocabulary.build(train_texts, min_freq=config.min_word_freq)
     vocab.save(out / VOCAB_NAME)
     write_manifest(out, cases)

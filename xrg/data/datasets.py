@@ -21,12 +21,16 @@ from torch.utils.data import Dataset
 
 from xrg.data.findings import FINDING_KINDS, multi_hot
 from xrg.data.images import load_grayscale
-from xrg.data.manifest import SPLITS, VOCAB_NAME, Case, read_manifest
+from xrg.data.manifest import (
+    SPLITS,
+    VIEWS as VIEWS,  # re-exported: defined once, in the manifest module
+    VOCAB_NAME,
+    Case,
+    read_manifest,
+)
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, EncodedSection, Vocabulary, encode_section, pad_sections
 from xrg.errors import ConfigError, DataDirError
 from xrg.paths import path_inside
-
-VIEWS: tuple[str, str] = ("frontal", "lateral")
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:

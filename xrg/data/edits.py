@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from xrg.data.findings import FINDING_KINDS, KIND_ATTRIBUTES, SEVERITIES, Finding, describe_findings, label_text
-from xrg.data.reports import _HEADER, normalize_text, split_report_text, split_sentences
+from xrg.data.reports import _HEADER, normalize_text, report_text, split_report_text, split_sentences
 from xrg.errors import EmptyReportError, FindingError, ReportError
 
 __all__ = [
@@ -199,7 +199,7 @@ def _report_findings(text: str) -> list[Finding]:
 @functools.lru_cache(maxsize=256)
 def _cached_report_findings(text: str) -> tuple[Finding, ...]:
     findings, impression = split_report_text(text)
-    return tuple(label_text(f"{findings} {impression}".strip()))
+    return tuple(label_text(report_text(findings, impression)))
 
 
 def _present(findings: Iterable[Finding], kind: str) -> list[Finding]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from xrg.data.images import load_grayscale, resize, save_png
 from xrg.data.manifest import VOCAB_NAME, Case, patient_split, write_manifest
-from xrg.data.reports import MAX_REPORT_BYTES, Vocabulary, load_openi_reports, split_report_text
+from xrg.data.reports import MAX_REPORT_BYTES, Vocabulary, load_openi_reports, report_text, split_report_text
 from xrg.errors import ArchiveError, ConfigError, DataDirError, DiskFullError, EmptyReportError, ImageError, ReportError
 from xrg.io import DISK_FULL_ERRNOS, disk_full_error
 from xrg.locks import own_output_dir
@@ -704,7 +704,7 @@ def _import_mimic(root: Path, out: Path, size: int, seed: int, subset: str | Non
                 split="train",  # assigned by patient in _finish
                 findings=findings,
                 impression=impression,
-                structured_findings=list(label_text(f"{findings} {impression}".strip())),
+                structured_findings=list(label_text(report_text(findings, impression))),
                 frontal=frontal_path,
                 lateral=lateral_path,
                 source="mimic",

@@ -25,6 +25,8 @@ from xrg.paths import check_relative, path_inside, safe_id
 MANIFEST_NAME = "manifest.jsonl"
 VOCAB_NAME = "vocab.json"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: The two views of every case, in the order every model, loader and table uses them.
+VIEWS: tuple[str, str] = ("frontal", "lateral")
 
 
 @dataclass
@@ -50,19 +52,19 @@ class Case:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], where: str = "manifest") -> Case:
-        required = {"id", "patient_id", "split", "findings", "impression", "structured_findings", "frontal", "lateral"}
+        required = {"id", "patient_id", "split", "findings", "impression", "structured_findings", *VIEWS}
         missing = required - set(data)
         if missing:
             raise DataDirError(f"{where}: case is missing fields {sorted(missing)}")
         safe_id(data["id"], f"{where}: case id")
         if data["split"] not in SPLITS:
             raise DataDirError(f"{where}: case {data['id']!r} has unknown split {data['split']!r}")
-        for name in ("patient_id", "findings", "impression", "frontal", "lateral"):
+        for name in ("patient_id", "findings", "impression", *VIEWS):
             if not isinstance(data[name], str):
                 raise DataDirError(
                     f"{where}: case {data['id']!r}: {name} must be a string, got {type(data[name]).__name__}"
                 )
-        for view in ("frontal", "lateral"):
+        for view in VIEWS:
             check_relative(data[view], f"{where}: case {data['id']!r}: {view} image path", "the data directory")
         if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
             raise DataDirError(f"{where}: case {data['id']!r}: seed must be an integer or null, got {data['seed']!r}")

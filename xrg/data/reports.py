@@ -330,6 +330,21 @@ _HEADER = re.compile(
 )
 
 
+def report_text(findings: str, impression: str, headers: bool = False) -> str:
+    """A case's or report's text from its two sections: the one way every module joins them.
+
+    Plain (the default): ``"{findings} {impression}"`` without surrounding whitespace, what the
+    labeller reads and the vocabulary is built from. With ``headers``: ``FINDINGS:`` and
+    ``IMPRESSION:`` lines, each section stripped and an empty one left out, the text a pipeline
+    or the report editor is given and :func:`split_report_text` splits back into the two
+    sections (``""`` when both are empty).
+    """
+    if not headers:
+        return f"{findings} {impression}".strip()
+    parts = [(name, body.strip()) for name, body in (("FINDINGS", findings), ("IMPRESSION", impression))]
+    return "\n".join(f"{name}: {body}" for name, body in parts if body)
+
+
 def split_report_text(text: str) -> tuple[str, str]:
     """Split free report text into ``(findings, impression)``.
 

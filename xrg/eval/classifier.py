@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import densenet121
 
-from xrg.data.datasets import VIEWS, XRayPairDataset, resize_image
+from xrg.data.datasets import XRayPairDataset, resize_image
 from xrg.data.findings import FINDING_KINDS
+from xrg.data.manifest import VIEWS
 from xrg.errors import ConfigError
 from xrg.models.base import CheckpointedModel
 

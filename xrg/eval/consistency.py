@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from xrg.data.datasets import XRayPairDataset, resize_image
+from xrg.data.reports import report_text
 from xrg.models.vcn import ViewConsistencyNet, negative_partners
 from xrg.models.xraygan import to_model_range
 
@@ -56,7 +57,7 @@ def generated_vc(
     fake_f, fake_l, real_f, real_l = [], [], [], []
     for index in range(count):
         case = dataset.cases[index]
-        output = pipe(f"FINDINGS: {case.findings}\nIMPRESSION: {case.impression}")
+        output = pipe(report_text(case.findings, case.impression, headers=True))
         fake_f.append(resize_image(output.frontal, size))
         fake_l.append(resize_image(output.lateral, size))
         real_f.append(dataset[index]["frontal"])

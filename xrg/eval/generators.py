@@ -19,12 +19,11 @@ from typing import Any, Protocol
 import torch
 
 from xrg.checkpoint import CHECKPOINT_NAME, read_checkpoint
+from xrg.data.manifest import VIEWS
 from xrg.data.reports import Vocabulary, encode_section, pad_sections, split_report_text
 from xrg.errors import CheckpointError
 from xrg.models.baselines import BaselineModel
 from xrg.models.xraygan import XRayGAN, to_image_range
-
-VIEWS: tuple[str, str] = ("frontal", "lateral")
 
 
 class PairGenerator(Protocol):
@@ -175,8 +174,3 @@ def encode_reports(
         "impression_ids": impression_ids,
         "impression_mask": impression_mask,
     }
-
-
-def report_text(findings: str, impression: str) -> str:
-    """The raw text of a case's two sections, as the pipelines read it."""
-    return f"FINDINGS: {findings}\nIMPRESSION: {impression}"

@@ -45,9 +45,10 @@ from tqdm.auto import tqdm
 from xrg.config import config_from_mapping
 from xrg.data.datasets import XRayPairDataset, collate_pairs, resize_image
 from xrg.data.findings import FINDING_KINDS, SEVERITIES
+from xrg.data.reports import report_text
 from xrg.errors import ConfigError, XrgError
 from xrg.eval import metrics
-from xrg.eval.generators import VIEWS, PairGenerator, checkpoint_path, encode_reports, load_generator, report_text
+from xrg.eval.generators import VIEWS, PairGenerator, checkpoint_path, encode_reports, load_generator
 from xrg.io import atomic_write_json
 from xrg.profiles import Profile
 
@@ -133,6 +134,12 @@ def _vc(
     return torch.cat(scores).double()
 
 
+def model_dataset(model: PairGenerator, data_dir: str | os.PathLike, split: str = "test") -> XRayPairDataset:
+    """A split of ``data_dir`` as ``model`` reads it: at its resolution, with its vocabulary and report limits."""
+    return XRayPairDataset(data_dir, split, image_size=model.image_size, vocab=model.vocabulary,
+                           max_sentences=model.max_sentences, max_words=model.max_words)  # fmt: skip
+
+
 def generate_for_cases(
     model: PairGenerator,
     dataset: XRayPairDataset,
@@ -181,7 +188,7 @@ def controllability_edits(cases: Sequence[Any], limit: int, seed: int) -> list[d
     for case in cases:
         if len(chosen) >= limit:
             break
-        text = report_text(case.findings, case.impression)
+        text = report_text(case.findings, case.impression, headers=True)
         try:
             options = [o for o in report_edits.possible_edits(text) if o[0] in ("negate", "set_severity")]
         except XrgError:
@@ -252,8 +259,7 @@ def evaluate_run(
 
     model = load_generator(run_path, device)
     size, eval_size = model.image_size, evaluators.image_size
-    test = XRayPairDataset(data_dir, "test", image_size=size, vocab=model.vocabulary,
-                           max_sentences=model.max_sentences, max_words=model.max_words)  # fmt: skip
+    test = model_dataset(model, data_dir, "test")
     count = len(test) if config.num_reports == 0 else min(config.num_reports, len(test))
     indices = list(range(count))
     real = {view: torch.stack([test[i][view] for i in indices]) for view in VIEWS}

@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from xrg.data.reports import report_text
 from xrg.errors import ConfigError, ReportError
 from xrg.explorer.core import _report_findings, toggles
 
@@ -22,12 +23,6 @@ class ReportChoice:
     text: str
     patient_seed: int | None
     label: str
-
-
-def _case_text(findings: str, impression: str) -> str:
-    parts = [f"FINDINGS: {findings.strip()}" if findings.strip() else "",
-             f"IMPRESSION: {impression.strip()}" if impression.strip() else ""]  # fmt: skip
-    return "\n".join(p for p in parts if p)
 
 
 def load_report_choices(
@@ -45,7 +40,7 @@ def load_report_choices(
     for case in read_manifest(data_dir):
         if split is not None and case.split != split:
             continue
-        text = _case_text(case.findings, case.impression)
+        text = report_text(case.findings, case.impression, headers=True)
         if not text:
             continue
         try:

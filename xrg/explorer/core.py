@@ -19,7 +19,7 @@ import torch
 
 from xrg.data.edits import ReportEdit, apply_edit, possible_edits
 from xrg.data.findings import SEVERITIES, Finding, label_text
-from xrg.data.reports import normalize_text, split_report_text
+from xrg.data.reports import normalize_text, report_text, split_report_text
 from xrg.errors import ConfigError, EmptyReportError, ReportError
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _check_seed(value: object, name: str) -> int:
 def _report_findings(text: str) -> list[Finding]:
     """The findings of the FINDINGS and IMPRESSION sections (what the edits and the pipeline read)."""
     findings, impression = split_report_text(text)
-    return label_text(f"{findings} {impression}".strip())
+    return label_text(report_text(findings, impression))
 
 
 class ReportExplorer:

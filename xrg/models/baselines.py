@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xrg.data.manifest import VIEWS
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
 from xrg.models.base import ConditionalGANModel
@@ -61,7 +62,6 @@ from xrg.models.encoder import EncoderConfig, build_encoder
 from xrg.models.xraygan import ResBlock
 
 BASELINE_METHODS: tuple[str, ...] = ("gan_int_cls", "stackgan", "attngan")
-VIEWS: tuple[str, str] = ("frontal", "lateral")
 
 
 def _is_power_of_two(value: int) -> bool:

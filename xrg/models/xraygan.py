@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xrg.data.manifest import VIEWS
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
 from xrg.models.base import ConditionalGANModel
@@ -75,7 +76,7 @@ class XRayGANConfig:
     cond_channels: int = 64  # channels of the broadcast projection of c
     max_channels: int = 512  # cap on any layer's width
     disc_max_downsamplings: int = 4  # deepest patch critic; sets the largest patch size
-    views: tuple[str, ...] = ("frontal", "lateral")
+    views: tuple[str, ...] = VIEWS
 
     def __post_init__(self) -> None:
         self.views = tuple(self.views)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from xrg.data.datasets import XRayPairDataset
-from xrg.data.manifest import VOCAB_NAME
+from xrg.data.manifest import VIEWS, VOCAB_NAME
 from xrg.data.reports import Vocabulary
 from xrg.errors import TrainingDiverged
 from xrg.eval.classifier import (
@@ -90,7 +90,7 @@ def train_classifier(
 
     def step(indices: list[int], shuffle: torch.Generator) -> tuple[float, dict[str, float]]:
         items = [train_set[i] for i in indices]
-        x = torch.cat([torch.stack([item[view] for item in items]) for view in ("frontal", "lateral")]).to(device)
+        x = torch.cat([torch.stack([item[view] for item in items]) for view in VIEWS]).to(device)
         y = torch.stack([item["labels"] for item in items]).repeat(2, 1).to(device)
         loss = weighted_bce(model(x), y, w_positive, w_negative)
         if not torch.isfinite(loss):

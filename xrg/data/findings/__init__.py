@@ -26,7 +26,7 @@ The package's modules, each re-exported here:
 
 from __future__ import annotations
 
-from xrg.data.findings.agreement import agreement, openi_agreement, report_text
+from xrg.data.findings.agreement import agreement, openi_agreement
 from xrg.data.findings.descriptions import describe_findings
 from xrg.data.findings.labeller import (
     HYPOTHETICAL,
@@ -125,7 +125,6 @@ __all__ = [
     "label_text",
     # agreement and text from findings
     "agreement",
-    "report_text",
     "openi_agreement",
     "describe_findings",
 ]

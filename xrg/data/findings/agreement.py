@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from xrg.data.findings.labeller import label_text
 from xrg.data.findings.mesh import mesh_to_findings
 from xrg.data.findings.schema import FINDING_KINDS, Finding
+from xrg.data.reports import report_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -81,11 +82,6 @@ def _agreement_row(n: int, n_ref: int, n_cand: int, n_both: int, n_neither: int)
     }
 
 
-def report_text(report: Any) -> str:
-    """The text the labeller reads from an Open-i report: FINDINGS then IMPRESSION."""
-    return f"{report.findings} {report.impression}".strip()
-
-
 def openi_agreement(reports: Iterable[Any]) -> tuple[pd.DataFrame, collections.Counter[str]]:
     """Agreement of :func:`label_text` with :func:`mesh_to_findings` on Open-i reports.
 
@@ -97,7 +93,7 @@ def openi_agreement(reports: Iterable[Any]) -> tuple[pd.DataFrame, collections.C
     unmapped: collections.Counter[str] = collections.Counter()
     pairs = []
     for report in reports:
-        text = report_text(report)
+        text = report_text(report.findings, report.impression)
         if not text:
             continue
         mesh, unknown = mesh_to_findings(report.mesh)
