@@ -8,7 +8,15 @@ rows (so a profile can run its comparison at a smaller size than its showcase ru
 ``baselines`` section with the ``experiment.baselines`` overrides for the baselines.
 Runs go to ``OUT/<method>/``; a finished run is reused, a partial one resumed. The VCNs an
 XRayGAN row needs depend only on the data and the ``vcn`` section, so they are trained once
-in ``OUT/vcn/`` and copied into each run. Each run is scored by :func:`xrg.eval.run.evaluate_run`
+in ``OUT/shared/`` and copied into each run.
+
+The XRayGAN row is often the very run a profile's showcase already trained (the book's
+``runs/<profile>/xraygan``, trained by its first chapters): when that run is finished, was
+written with the row's run config (seed included) and records the same data build
+(:func:`xrg.train.runs.reusable_run`), it is copied in instead of being trained again, with
+its VCNs (which also seed ``OUT/shared/``) and its evaluation; ``OUT/<method>/reused.json``
+says where it came from, and the table says that it was reused. A different config, another
+data build, an unfinished run or one that does not record its data is never reused. Each run is scored by :func:`xrg.eval.run.evaluate_run`
 with the same evaluators (``OUT/evaluators/``) and the profile's ``eval`` section, and the
 table is written as ``OUT/table1.md`` and ``OUT/table1.json`` with 95% CIs, next to the
 paper's published Open-i numbers, which come from real X-rays and another protocol and are
@@ -29,11 +37,13 @@ import torch
 
 from xrg.checkpoint import load_checkpoint
 from xrg.config import merge_settings
-from xrg.errors import ConfigError
-from xrg.eval.run import EvalConfig, evaluate_run
-from xrg.io import atomic_write_json, atomic_write_text
+from xrg.errors import ConfigError, XrgError
+from xrg.eval.run import EVAL_NAME, EvalConfig, evaluate_run
+from xrg.io import atomic_write_json, atomic_write_text, read_json_mapping
+from xrg.locks import directory_lock
 from xrg.profiles import Profile, load_profile
-from xrg.train.vcn import VCNTrainConfig, ensure_vcns, vcn_path
+from xrg.train.runs import DATA_RECORD_NAME, reusable_run
+from xrg.train.vcn import VCN_DIR, VCNTrainConfig, ensure_vcns, load_vcn, vcn_path
 from xrg.train.xraygan import CHECKPOINT_NAME, METRICS_NAME, XRayGANTrainConfig, XRayGANTrainer
 
 BASELINES: tuple[str, ...] = ("gan_int_cls", "stackgan", "attngan")
@@ -91,6 +101,44 @@ def baseline_config(profile: Profile, method: str) -> Any:
     return BaselineTrainConfig.from_profile(profile, method, profile.section("experiment").get("baselines", {}))
 
 
+#: Written into a row's run directory when a finished run was copied in instead of trained.
+REUSED_NAME = "reused.json"
+
+
+def _copy_file(source: Path, target: Path) -> None:
+    """Copy under a temporary name, then move into place: a killed copy leaves no half file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.copying")
+    shutil.copy2(source, partial)
+    partial.replace(target)
+
+
+def copy_run(source: Path, target: Path, why: str) -> None:
+    """Copy the finished run ``source`` into ``target``: its VCNs, metrics, data record and
+    evaluation, ``reused.json``, then the checkpoint last (what marks the copy complete)."""
+    with directory_lock(target, "run directory"):
+        vcn_dir = source / VCN_DIR
+        for path in sorted(vcn_dir.iterdir()) if vcn_dir.is_dir() else []:
+            if path.is_file() and not path.name.startswith(".") and ".partial" not in path.name:
+                _copy_file(path, target / VCN_DIR / path.name)
+        for name in (METRICS_NAME, DATA_RECORD_NAME, EVAL_NAME):
+            if (source / name).is_file():
+                _copy_file(source / name, target / name)
+        atomic_write_json(target / REUSED_NAME, {"source": str(source.resolve()), "why": why})
+        _copy_file(source / CHECKPOINT_NAME, target / CHECKPOINT_NAME)
+
+
+def reused_from(run_dir: Path) -> str | None:
+    """The run ``run_dir`` was copied from (:func:`copy_run`), or None when it was trained here."""
+    path = run_dir / REUSED_NAME
+    if not path.is_file():
+        return None
+    try:
+        return str(read_json_mapping(path, "reuse record", "delete it").get("source")) or None
+    except XrgError:
+        return None
+
+
 def _run_finished(run_dir: Path, kind: str, config: Any) -> bool:
     path = run_dir / CHECKPOINT_NAME
     if not path.is_file():
@@ -124,6 +172,9 @@ class Experiment:
     out_dir: Path
     device: torch.device = torch.device("cpu")
     progress: bool = True
+    #: Finished XRayGAN runs an XRayGAN row may reuse (:func:`xrg.train.runs.reusable_run`);
+    #: None: the profile's showcase run beside ``out_dir`` (``runs/<profile>/xraygan``, the book's layout).
+    reuse_runs: tuple[Path, ...] | None = None
 
     @classmethod
     def create(
@@ -139,6 +190,21 @@ class Experiment:
 
     def run_dir(self, method: str) -> Path:
         return self.out_dir / method
+
+    def reuse_candidates(self) -> list[Path]:
+        if self.reuse_runs is not None:
+            return [Path(p) for p in self.reuse_runs]
+        return [self.out_dir.parent / "xraygan"]
+
+    def reusable_source(self, config: XRayGANTrainConfig) -> tuple[Path, str] | None:
+        """The first candidate run that can stand in for a row with ``config``, and why; None if none."""
+        for candidate in self.reuse_candidates():
+            if candidate.resolve() == self.out_dir.resolve() or not candidate.is_dir():
+                continue
+            ok, why = reusable_run(candidate, "xraygan", config, self.data_dir)
+            if ok:
+                return candidate, why
+        return None
 
     def ensure_run(self, method: str) -> Path:
         """The finished run of ``method``: reused, resumed or trained."""
@@ -156,6 +222,11 @@ class Experiment:
         config = xraygan_config(self.profile, method)
         if _run_finished(run_dir, "xraygan", config):
             return run_dir
+        if not (run_dir / CHECKPOINT_NAME).is_file():  # a partial run of this row is resumed, never replaced
+            found = self.reusable_source(config)
+            if found is not None:
+                copy_run(found[0], run_dir, found[1])
+                return run_dir
         vcn_config = VCNTrainConfig.from_profile(self.profile, image_size=config.model.base_size)
         if config.vc_weight > 0:
             self._share_vcns(config, vcn_config, run_dir)
@@ -171,12 +242,36 @@ class Experiment:
         vocabulary = XRayPairDataset(self.data_dir, "train").vocab
         configs = [dataclasses.replace(vcn_config, image_size=size) for size in config.vcn_sizes]
         shared = self.out_dir / "shared"
+        self._seed_shared_vcns(configs, vocabulary, shared)
         ensure_vcns(shared, self.data_dir, configs, vocabulary, self.device, self.progress)
         for size in config.vcn_sizes:
             target = vcn_path(run_dir, size)
             if not target.is_file():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(vcn_path(shared, size), target)
+
+    def _seed_shared_vcns(self, configs: list[VCNTrainConfig], vocabulary: Any, shared: Path) -> None:
+        """Copy into ``shared`` the VCNs a reusable candidate run trained with the same config and data."""
+        missing = [c for c in configs if not vcn_path(shared, c.image_size).is_file()]
+        if not missing:
+            return
+        for candidate in self.reuse_candidates():
+            if not candidate.is_dir() or candidate.resolve() == self.out_dir.resolve():
+                continue
+            ok, _ = reusable_run(candidate, "xraygan", None, self.data_dir)
+            if not ok:
+                continue
+            for config in list(missing):
+                source = vcn_path(candidate, config.image_size)
+                if not source.is_file():
+                    continue
+                try:
+                    load_vcn(source, config, vocabulary)  # same VCN config (seed included) and words
+                except XrgError:
+                    continue
+                with directory_lock(shared, "run directory"):
+                    _copy_file(source, vcn_path(shared, config.image_size))
+                missing.remove(config)
 
     def evaluators(self) -> Any:
         from xrg.eval.evaluators import EvaluatorConfig
@@ -202,6 +297,7 @@ class Experiment:
             )
             rows[method] = {
                 "run_dir": str(run_dir),
+                "reused_from": reused_from(run_dir),
                 "training_seconds": training_seconds(run_dir),
                 "wall_seconds": trained,
                 "eval": result,
@@ -295,6 +391,13 @@ def table_markdown(summary: dict[str, Any]) -> str:
         published = " / ".join(str(paper.get(k, "–")) for k in ("is", "fid", "ssim", "vc"))
         cells = [_fmt(row.get(key), digits) for key, _, digits in COLUMNS]
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {published} |")
+    reused = {m: r["reused_from"] for m, r in summary.get("runs", {}).items() if r.get("reused_from")}
+    lines += [""]
+    lines += [
+        f"{LABELS[method]}: not trained again; the finished run `{source}` was reused (same run config, seed "
+        "and data build)."
+        for method, source in reused.items()
+    ]
     lines += [
         "",
         f"Profile `{summary['profile']}`, test split of `{summary['data_dir']}`; 95% bootstrap intervals in brackets. "

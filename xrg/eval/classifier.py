@@ -23,7 +23,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import densenet121
 
 from xrg.data.datasets import XRayPairDataset, resize_image
 from xrg.data.findings import FINDING_KINDS
@@ -66,6 +65,8 @@ class FindingClassifier(CheckpointedModel):
         super().__init__()
         config = config or FindingClassifierConfig()
         self.config = config
+        from torchvision.models import densenet121  # here: importing torchvision costs seconds at start-up
+
         network = densenet121(weights=None, num_classes=config.num_classes)
         network.features.conv0 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.network = network

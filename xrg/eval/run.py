@@ -269,6 +269,7 @@ def evaluate_run(
     )
 
     resamples, fid_resamples = config.num_resamples, max(config.num_resamples // 10, 10)
+    boot = {"num_resamples": resamples, "seed": config.seed}  # every other CI: the config's resamples and seed
     classifier, vcn = evaluators.classifier, evaluators.vcn
     cache = evaluators.cache
     feats: dict[tuple[str, str], torch.Tensor] = {}
@@ -297,20 +298,20 @@ def evaluate_run(
     result["kid"] = metrics.compute(
         "kid", real_features=both(feats, "real"), fake_features=both(feats, "generated"), seed=config.seed
     )
-    result["ssim"] = {view: metrics.compute("ssim", fake=fake[view], real=real[view]) for view in VIEWS}
+    result["ssim"] = {view: metrics.compute("ssim", fake=fake[view], real=real[view], **boot) for view in VIEWS}
     result["ssim"]["both"] = metrics.compute(
-        "ssim", fake=torch.cat([fake[v] for v in VIEWS]), real=torch.cat([real[v] for v in VIEWS])
+        "ssim", fake=torch.cat([fake[v] for v in VIEWS]), real=torch.cat([real[v] for v in VIEWS]), **boot
     )
     result["vc"] = metrics.compute(
-        "view_consistency", probabilities=_vc(vcn, fake["frontal"], fake["lateral"], eval_size)
+        "view_consistency", probabilities=_vc(vcn, fake["frontal"], fake["lateral"], eval_size), **boot
     )
     result["vc_real"] = metrics.compute(
-        "view_consistency", probabilities=_vc(vcn, real["frontal"], real["lateral"], eval_size)
+        "view_consistency", probabilities=_vc(vcn, real["frontal"], real["lateral"], eval_size), **boot
     )
     probs = {key: torch.sigmoid(value) for key, value in logits.items()}
     result["fidelity"] = {
         source: {
-            view: metrics.compute("finding_auroc", scores=probs[source, view], labels=labels, names=names)
+            view: metrics.compute("finding_auroc", scores=probs[source, view], labels=labels, names=names, **boot)
             for view in VIEWS
         }
         for source in ("generated", "real")
@@ -321,6 +322,7 @@ def evaluate_run(
             frontal_probs=probs[source, "frontal"],
             lateral_probs=probs[source, "lateral"],
             names=names,
+            **boot,
         )
         for source in ("generated", "real")
     }
@@ -333,7 +335,7 @@ def evaluate_run(
             for k in range(config.diversity_samples)
         ]
         result["diversity"] = {
-            view: metrics.compute("ms_ssim_diversity", samples=torch.stack([s[view] for s in samples], dim=1))
+            view: metrics.compute("ms_ssim_diversity", samples=torch.stack([s[view] for s in samples], dim=1), **boot)
             for view in VIEWS
         }
 
@@ -348,7 +350,7 @@ def evaluate_run(
         result["controllability"] = metrics.compute(
             "controllability", before=mean_probs(before), after=mean_probs(after),
             edited=torch.tensor([names.index(e["kind"]) for e in edits]),
-            direction=torch.tensor([float(e["direction"]) for e in edits]), names=names,
+            direction=torch.tensor([float(e["direction"]) for e in edits]), names=names, **boot,
         )  # fmt: skip
         result["controllability_edits"] = [
             {k: e[k] for k in ("case_id", "operation", "kind", "argument", "direction")} for e in edits
@@ -364,7 +366,7 @@ def evaluate_run(
     train_features = cache[key]
     memo = metrics.compute(
         "memorisation", generated_features=feats["generated", "frontal"], train_features=train_features,
-        test_features=feats["real", "frontal"], num_closest=config.num_closest,
+        test_features=feats["real", "frontal"], num_closest=config.num_closest, **boot,
     )  # fmt: skip
     result["memorisation"] = memo
     result["memorisation_case_ids"] = {

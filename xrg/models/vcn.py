@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
 
 from xrg.errors import ConfigError
 from xrg.models.base import CheckpointedModel
@@ -85,6 +84,8 @@ class ViewConsistencyNet(CheckpointedModel):
         super().__init__()
         config = config or VCNConfig()
         self.config = config
+        from torchvision.models import resnet18  # here: importing torchvision costs seconds at start-up
+
         backbone = resnet18(weights=None)
         backbone.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
         backbone.fc = nn.Linear(backbone.fc.in_features, config.embed_dim)
