@@ -21,7 +21,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # --timeout: seconds per test, fixture set-up included; the tests behind the session-wide tiny book
 # get a longer ceiling of their own (BOOK_TEST_TIMEOUT in tests/conftest.py).
 test: venv
-	$(PYTHON) -m pytest -q --timeout=900 tests
+	$(PYTHON) -m pytest -q --timeout=900 --durations=8 tests
 
 # The inner loop: everything but the tests marked slow (the tiny book, its notebooks, the browser test).
 test-fast: venv

@@ -85,6 +85,8 @@ from xrg.train.loop import (
     RunFiles,
     Step,
     TrainData,
+    frozen,
+    generator_update,
     real_images,
     recalibrate_generators,
     require_finite,
@@ -337,9 +339,7 @@ def train_step(
     d_loss.backward()
     optimizers.discriminator.step()
 
-    for critic in critics.values():
-        critic.requires_grad_(False)
-    try:
+    with frozen(critics.values()):
         adv_loss = sum(
             generator_adversarial_loss(critic, fakes[s][v], condition.c) for (s, v), critic in critics.items()
         )
@@ -356,15 +356,7 @@ def train_step(
             kl_loss = sum(kl_divergence(mu, logvar) for mu, logvar in output.kl_terms)
             g_loss = g_loss + config.kl_weight * kl_loss
             losses["kl_loss"] = kl_loss
-        losses["g_loss"] = g_loss
-        require_finite(losses, "generator loss")
-        optimizers.generator.zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers.generator.step()
-    finally:
-        for critic in critics.values():
-            critic.requires_grad_(True)
-    return {name: float(value.detach()) for name, value in losses.items()}
+        return generator_update(optimizers.generator, losses, g_loss)
 
 
 # --------------------------------------------------------------------------------------

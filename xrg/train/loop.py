@@ -37,11 +37,12 @@ The module has four parts, read top to bottom:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,6 +97,31 @@ def require_finite(losses: dict[str, torch.Tensor], where: str) -> None:
     if bad:
         shown = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
         raise NonFinite(f"non-finite {', '.join(bad)} in the {where} ({shown})")
+
+
+@contextlib.contextmanager
+def frozen(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """No gradients into ``modules`` inside the block (the critics during a generator update); restored after."""
+    modules = list(modules)
+    for module in modules:
+        module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.requires_grad_(True)
+
+
+def generator_update(
+    optimizer: torch.optim.Optimizer, losses: dict[str, torch.Tensor], g_loss: torch.Tensor
+) -> dict[str, float]:
+    """Step ``optimizer`` on ``g_loss`` (refused before stepping when any loss is not finite); the losses as floats."""
+    losses["g_loss"] = g_loss
+    require_finite(losses, "generator loss")
+    optimizer.zero_grad(set_to_none=True)
+    g_loss.backward()
+    optimizer.step()
+    return {name: float(value.detach()) for name, value in losses.items()}
 
 
 class PhaseLike(Protocol):

@@ -74,6 +74,8 @@ from xrg.train.loop import (  # noqa: F401 (CHECKPOINT_NAME, METRICS_NAME, SAMPL
     RunFiles,
     Step,
     TrainData,
+    frozen,
+    generator_update,
     real_images,
     recalibrate_generators,
     require_finite,
@@ -277,9 +279,7 @@ def gan_step(
         d_loss.backward()
         optimizers.discriminator.step()
 
-    for critic in critics.values():
-        critic.requires_grad_(False)
-    try:
+    with frozen(critics.values()):
         adv_loss = sum(-critic(fake[view], c).mean() for view, critic in critics.items())
         rec_loss = sum(F.mse_loss(fake[view], real[view]) for view in critics)
         g_loss = config.adv_weight * adv_loss + config.rec_weight * rec_loss
@@ -288,15 +288,7 @@ def gan_step(
             vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
             g_loss = g_loss - config.vc_weight * vc_prob
             losses.update(vc_loss=-vc_prob, vc_prob=vc_prob)
-        losses["g_loss"] = g_loss
-        require_finite(losses, "generator loss")
-        optimizers.generator.zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers.generator.step()
-    finally:
-        for critic in critics.values():
-            critic.requires_grad_(True)
-    return {name: float(value.detach()) for name, value in losses.items()}
+        return generator_update(optimizers.generator, losses, g_loss)
 
 
 # --------------------------------------------------------------------------------------
