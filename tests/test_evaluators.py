@@ -13,7 +13,7 @@ from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS
 from xrg.data.manifest import read_manifest
 from xrg.errors import CheckpointError, ConfigError, DataDirError
-from xrg.eval.classifier import FindingClassifier, class_weights, classifier_auroc, weighted_bce
+from xrg.eval.classifier import classifier_auroc
 from xrg.eval.evaluators import (
     CLASSIFIER_NAME,
     EvaluatorConfig,
@@ -21,6 +21,7 @@ from xrg.eval.evaluators import (
     ensure_cohort,
     load_classifier,
 )
+from xrg.models.classifier import FindingClassifier, class_weights, weighted_bce
 from xrg.profiles import PROFILE_NAMES, load_profile
 from xrg.train.evaluators import ensure_evaluators
 

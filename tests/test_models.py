@@ -13,10 +13,10 @@ from torch import nn
 from helpers import resealed
 from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError, ConfigError
-from xrg.eval.classifier import FindingClassifier, FindingClassifierConfig
 from xrg.eval.generators import encode_reports
 from xrg.models.base import CheckpointedModel
 from xrg.models.baselines import BASELINE_METHODS, BaselineModel, BaselineModelConfig
+from xrg.models.classifier import FindingClassifier, FindingClassifierConfig
 from xrg.models.encoder import (
     AdditiveAttention,
     EncoderConfig,

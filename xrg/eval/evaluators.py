@@ -10,7 +10,7 @@ into new patients, whose anatomy seeds differ from every seed in the data direct
 cohort is a data directory of its own (``OUT/cohort``, manifest format) split by patient
 into a train and a test part; on it are trained
 
-* the DenseNet-121 finding classifier (:mod:`xrg.eval.classifier`, class-weighted BCE of the
+* the DenseNet-121 finding classifier (:mod:`xrg.models.classifier`, class-weighted BCE of the
   dissertation, both views), evaluated per finding and view on the cohort's test part, and
 * an evaluation VCN (:class:`~xrg.models.vcn.ViewConsistencyNet`, the same recipe as the
   training VCNs, on the cohort only), evaluated on the cohort's test part.
@@ -40,9 +40,9 @@ from xrg.data.manifest import MANIFEST_NAME, VOCAB_NAME, Case, read_manifest, st
 from xrg.data.phantom import volume_size_for
 from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError, DataDirError
-from xrg.eval.classifier import FindingClassifier
 from xrg.io import atomic_write_json, read_json_mapping
 from xrg.locks import directory_lock
+from xrg.models.classifier import FindingClassifier
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.profiles import Profile
 

@@ -24,13 +24,7 @@ from xrg.data.datasets import XRayPairDataset
 from xrg.data.manifest import VIEWS, VOCAB_NAME
 from xrg.data.reports import Vocabulary
 from xrg.errors import TrainingDiverged
-from xrg.eval.classifier import (
-    FindingClassifier,
-    FindingClassifierConfig,
-    class_weights,
-    classifier_auroc,
-    weighted_bce,
-)
+from xrg.eval.classifier import classifier_auroc
 from xrg.eval.evaluators import (
     CLASSIFIER_NAME,
     COHORT_DIR,
@@ -43,6 +37,7 @@ from xrg.eval.evaluators import (
     load_classifier,
 )
 from xrg.io import append_jsonl, read_json_mapping
+from xrg.models.classifier import FindingClassifier, FindingClassifierConfig, class_weights, weighted_bce
 from xrg.models.vcn import vcn_path
 from xrg.train.loop import EpochLoop, partial_path
 from xrg.train.vcn import VCNTrainConfig, ensure_vcns, training_data_key
