@@ -44,7 +44,6 @@ loaded with :meth:`~xrg.models.base.CheckpointedModel.save` and
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ from xrg.data.manifest import VIEWS
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
 from xrg.models.base import ConditionalGANModel
-from xrg.models.encoder import EncoderConfig, build_encoder
+from xrg.models.encoder import ReportModelConfig, build_encoder
 from xrg.models.xraygan import ResBlock
 
 BASELINE_METHODS: tuple[str, ...] = ("gan_int_cls", "stackgan", "attngan")
@@ -569,7 +568,7 @@ def build_discriminators(config: BaselineConfig) -> nn.ModuleDict:
 
 
 @dataclass
-class BaselineModelConfig:
+class BaselineModelConfig(ReportModelConfig):
     """What decides a :class:`BaselineModel`'s architecture and input: the ``model`` part of a baseline run config.
 
     ``vocab_size`` comes from the data: a run config's model leaves it unset (0) and the
@@ -595,36 +594,10 @@ class BaselineModelConfig:
     max_channels: int = 512
 
     def __post_init__(self) -> None:
-        if self.max_sentences < 1 or self.max_words < 1:
-            raise ConfigError(
-                f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
-            )
-        if self.vocab_size != 0 and self.vocab_size < 3:
-            raise ConfigError(f"vocab_size must be 0 (unset) or at least 3, got {self.vocab_size}")
         if self.encoder_dropout < 0:
             raise ConfigError(f"encoder_dropout must be non-negative, got {self.encoder_dropout}")
+        self.check_report_settings()
         self.network_config()  # validates the method, sizes and widths
-        self._encoder_config(self.vocab_size or 3)  # validates the encoder settings
-
-    @classmethod
-    def from_run_config(cls, config: Any, vocab_size: int) -> BaselineModelConfig:
-        """The model of a baseline run config (``BaselineTrainConfig.model``) for ``vocab_size`` words."""
-        return config.model.with_vocabulary(vocab_size)
-
-    def with_vocabulary(self, vocab_size: int) -> BaselineModelConfig:
-        """This architecture for a vocabulary of ``vocab_size`` words."""
-        return dataclasses.replace(self, vocab_size=vocab_size)
-
-    def encoder_config(self) -> EncoderConfig:
-        if not self.vocab_size:
-            raise ConfigError("the model's vocab_size is unset (0): take with_vocabulary(len(vocabulary)) first")
-        return self._encoder_config(self.vocab_size)
-
-    def _encoder_config(self, vocab_size: int) -> EncoderConfig:
-        return EncoderConfig(
-            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
-            kind="hierarchical", share_embedding=self.share_embedding,
-        )  # fmt: skip
 
     def network_config(self) -> BaselineConfig:
         """The settings of the generators and discriminators."""

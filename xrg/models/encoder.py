@@ -16,7 +16,9 @@ ablation of Table 2: one BiLSTM over all words of the report, pooled to the same
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -171,6 +173,53 @@ class EncoderConfig:
     def cond_dim(self) -> int:
         """Size of the condition ``c``: two sections of ``2 * hidden`` each."""
         return 4 * self.hidden
+
+
+class ReportModelConfig:
+    """What every model config whose networks read a report through the encoder shares.
+
+    A dataclass mixin (no fields of its own) for configs with ``vocab_size``, ``embed_dim``,
+    ``hidden``, ``encoder_dropout``, ``share_embedding``, ``max_sentences`` and ``max_words``,
+    and optionally ``encoder_kind`` and ``flat_pooling`` (the XRayGAN ablations; the baselines
+    always use the HAE). ``vocab_size`` comes from the data: a run config's model leaves it
+    unset (0) and the trainer fills it in (:meth:`with_vocabulary`).
+    """
+
+    vocab_size: int
+    max_sentences: int
+    max_words: int
+
+    def check_report_settings(self) -> None:
+        """Refuse report limits, a vocabulary size or encoder settings that cannot work."""
+        if self.max_sentences < 1 or self.max_words < 1:
+            raise ConfigError(
+                f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
+            )
+        if self.vocab_size != 0 and self.vocab_size < 3:
+            raise ConfigError(f"vocab_size must be 0 (unset) or at least 3, got {self.vocab_size}")
+        self._encoder_config(self.vocab_size or 3)  # validates the encoder settings
+
+    @classmethod
+    def from_run_config(cls, config: Any, vocab_size: int) -> Self:
+        """The model of a run config (its nested ``model``) for ``vocab_size`` words."""
+        return config.model.with_vocabulary(vocab_size)
+
+    def with_vocabulary(self, vocab_size: int) -> Self:
+        """This architecture for a vocabulary of ``vocab_size`` words."""
+        return dataclasses.replace(self, vocab_size=vocab_size)  # type: ignore[type-var]
+
+    def encoder_config(self) -> EncoderConfig:
+        if not self.vocab_size:
+            raise ConfigError("the model's vocab_size is unset (0): take with_vocabulary(len(vocabulary)) first")
+        return self._encoder_config(self.vocab_size)
+
+    def _encoder_config(self, vocab_size: int) -> EncoderConfig:
+        settings: Any = self
+        return EncoderConfig(
+            vocab_size=vocab_size, embed_dim=settings.embed_dim, hidden=settings.hidden,
+            dropout=settings.encoder_dropout, kind=getattr(settings, "encoder_kind", "hierarchical"),
+            share_embedding=settings.share_embedding, flat_pooling=getattr(settings, "flat_pooling", "mean"),
+        )  # fmt: skip
 
 
 class HierarchicalEncoder(nn.Module):

@@ -30,7 +30,6 @@ views and (for training) the per-stage critics, built from one :class:`XRayGANMo
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +42,7 @@ from xrg.data.manifest import VIEWS
 from xrg.data.reports import MAX_SENTENCES, MAX_WORDS
 from xrg.errors import ConfigError
 from xrg.models.base import ConditionalGANModel
-from xrg.models.encoder import ENCODER_KINDS, EncoderConfig, ReportEncoding, build_encoder
+from xrg.models.encoder import ENCODER_KINDS, ReportEncoding, ReportModelConfig, build_encoder
 
 GENERATOR_KINDS: tuple[str, ...] = ("multi_scale", "single_shot")
 
@@ -399,7 +398,7 @@ def gradient_penalty(
 
 
 @dataclass
-class XRayGANModelConfig:
+class XRayGANModelConfig(ReportModelConfig):
     """What decides an :class:`XRayGAN`'s architecture and input: the ``model`` part of a run config.
 
     ``encoder_kind: flat`` is the w/o HAE ablation, ``generator_kind: single_shot`` the w/o
@@ -436,34 +435,8 @@ class XRayGANModelConfig:
             raise ConfigError(f"encoder_kind must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
         if self.generator_kind not in GENERATOR_KINDS:
             raise ConfigError(f"generator_kind must be one of {GENERATOR_KINDS}, got {self.generator_kind!r}")
-        if self.max_sentences < 1 or self.max_words < 1:
-            raise ConfigError(
-                f"max_sentences and max_words must be at least 1, got {self.max_sentences}, {self.max_words}"
-            )
-        if self.vocab_size != 0 and self.vocab_size < 3:
-            raise ConfigError(f"vocab_size must be 0 (unset) or at least 3, got {self.vocab_size}")
+        self.check_report_settings()
         self.network_config()  # validates the sizes and widths
-        self._encoder_config(self.vocab_size or 3)  # validates the encoder settings
-
-    @classmethod
-    def from_run_config(cls, config: Any, vocab_size: int) -> XRayGANModelConfig:
-        """The model of an XRayGAN run config (``XRayGANTrainConfig.model``) for ``vocab_size`` words."""
-        return config.model.with_vocabulary(vocab_size)
-
-    def with_vocabulary(self, vocab_size: int) -> XRayGANModelConfig:
-        """This architecture for a vocabulary of ``vocab_size`` words."""
-        return dataclasses.replace(self, vocab_size=vocab_size)
-
-    def encoder_config(self) -> EncoderConfig:
-        if not self.vocab_size:
-            raise ConfigError("the model's vocab_size is unset (0): take with_vocabulary(len(vocabulary)) first")
-        return self._encoder_config(self.vocab_size)
-
-    def _encoder_config(self, vocab_size: int) -> EncoderConfig:
-        return EncoderConfig(
-            vocab_size=vocab_size, embed_dim=self.embed_dim, hidden=self.hidden, dropout=self.encoder_dropout,
-            kind=self.encoder_kind, share_embedding=self.share_embedding, flat_pooling=self.flat_pooling,
-        )  # fmt: skip
 
     def network_config(self) -> XRayGANConfig:
         """The MSCGAN settings of the generators and critics."""
