@@ -246,3 +246,17 @@ def test_the_tables_and_the_book_read_the_new_eval_json(setting):
     markdown = table_markdown(summary)
     assert markdown.splitlines()[0].startswith("| method | KID ↓ | FID ↓") and "IS is not shown" in markdown
     assert format_interval({"value": 0.5, "ci": [None, None], "n": 3}) == "0.500"
+
+
+def test_the_adapters_say_whether_they_take_noise():
+    from types import SimpleNamespace
+
+    from xrg.eval.generators import BaselinePairGenerator, XRayGANPairGenerator
+
+    xraygan = lambda noise_dim: XRayGANPairGenerator(SimpleNamespace(config=SimpleNamespace(noise_dim=noise_dim)))  # noqa: E731
+    assert not xraygan(0).takes_noise and xraygan(16).takes_noise  # the paper's XRayGAN has no noise input
+    baseline = lambda method, noise_dim: BaselinePairGenerator(  # noqa: E731
+        SimpleNamespace(config=SimpleNamespace(method=method, noise_dim=noise_dim))
+    )
+    assert baseline("gan_int_cls", 100).takes_noise and not baseline("gan_int_cls", 0).takes_noise
+    assert baseline("stackgan", 0).takes_noise  # its conditioning augmentation samples ĉ
