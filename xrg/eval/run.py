@@ -78,7 +78,7 @@ class EvalConfig:
     batch_size: int = 32  # reports generated per forward pass
     seed: int = 0  # seeds the noise of the generators and the bootstrap
     num_resamples: int = (
-        200  # bootstrap resamples per CI (FID a tenth, at least 10: each resample is an eigendecomposition)
+        200  # bootstrap resamples per CI (FID: a tenth as many half-splits, at least 10; each is two FIDs)
     )
     diversity_reports: int = 50  # reports generated diversity_samples times for MS-SSIM
     diversity_samples: int = 4  # seeds per report for MS-SSIM
