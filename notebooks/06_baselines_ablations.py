@@ -73,10 +73,12 @@ display(Markdown((Path(experiment_dir) / "table1.md").read_text()))
 display(Markdown((Path(experiment_dir) / "table2.md").read_text()))
 
 # %% tags=["hide-input"]
+# IS is glued as NaN, never a number: the classifier is multi-label, so its softmax is no class distribution.
 for name, table in tables.items():
     for method, row in table["rows"].items():
-        for key in ("is", "fid", "ssim", "vc"):
-            glue(f"{name}_{method}_{key}", row[key]["value"], display=False)
+        for key in ("is", "kid", "fid", "fid_floor", "ssim", "vc"):
+            value = (row.get(key) or {}).get("value")
+            glue(f"{name}_{method}_{key}", float("nan") if value is None else value, display=False)
 training_minutes = {m: r["training_seconds"] / 60 for t in tables.values() for m, r in t["runs"].items()}
 glue("experiment_training_minutes", sum(training_minutes.values()), display=False)
 pd.Series(training_minutes).round(1).to_frame("training minutes")

@@ -44,7 +44,11 @@ def _estimates(result: Any) -> list[dict[str, Any]]:
 
 
 def _check_result(result: dict[str, Any]) -> None:
-    """JSON-serialisable with no NaN, and every CI contains its point estimate."""
+    """JSON-serialisable with no NaN, and every CI contains its point estimate.
+
+    FID's half-sampling interval is for the large-sample FID: it contains the debiased value,
+    not necessarily the (upward biased) point estimate, and is never widened to reach it.
+    """
     json.dumps(result, allow_nan=False)
     estimates = _estimates(result)
     assert estimates
@@ -52,6 +56,8 @@ def _check_result(result: dict[str, Any]) -> None:
         low, high = estimate["ci"]
         if estimate["value"] is None:
             assert estimate["ci"] == [None, None]
+        elif estimate.get("method") == "half-sampling":
+            assert 0.0 <= low <= high and low <= max(estimate["debiased"], 0.0) <= high, estimate
         elif low is not None:
             assert low <= estimate["value"] <= high, estimate
         assert isinstance(estimate["n"], int)
@@ -123,6 +129,8 @@ def test_fid_is_zero_for_the_same_set_and_grows_with_a_shift():
     assert shifted[2] == pytest.approx(8 * 2.0**2, rel=0.15)  # ||mean shift||^2 dominates
     result = metrics.fid(real, _features(200, 8, shift=0.5, seed=1), num_resamples=20, seed=0)
     _check_result(result)
+    assert result["method"] == "half-sampling" and result["half_sizes"] == [150, 100] and result["splits"] == 20
+    assert result["debiased"] < result["value"]  # halves carry twice the small-sample bias
     assert result == metrics.fid(real, _features(200, 8, shift=0.5, seed=1), num_resamples=20, seed=0)
 
 
@@ -143,6 +151,11 @@ def test_kid_is_near_zero_for_one_distribution_positive_for_a_shift_and_equals_t
     assert same["subset_size"] == 100 and same["subsets"] == 50 and same["std"] > 0  # half of each set
     for result in (same, shifted):
         _check_result(result)
+        # the subset standard error: two disjoint subsets of 100 fit in 200 cases
+        assert result["method"] == "subset standard error" and result["disjoint_subsets"] == 2
+        assert result["se"] == pytest.approx(result["std"] / math.sqrt(2))
+        assert result["ci"] == pytest.approx([result["value"] - 1.959964 * result["se"],
+                                              result["value"] + 1.959964 * result["se"]])  # fmt: skip
     fake = _features(150, 8, shift=0.5, seed=1)
     ours = metrics.kid(real, fake, seed=7, subsets=5, subset_size=70)
     reference = KernelInceptionDistance(feature=metrics.PrecomputedFeatures(), subsets=5, subset_size=70)

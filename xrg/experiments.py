@@ -328,31 +328,44 @@ def _estimate(entry: dict[str, Any]) -> dict[str, Any]:
     raise KeyError(f"no estimate in {sorted(entry)}")
 
 
+def _entry(result: dict[str, Any], *path: str) -> dict[str, Any] | None:
+    """The estimate at ``path`` of an ``eval.json`` (its first, for a group), None where it was not scored."""
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return _estimate(node) if isinstance(node, dict) else None
+
+
 def table_row(result: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers of one ``eval.json``: Table columns plus the new measures."""
+    """The headline numbers of one ``eval.json``: KID first, the paper's columns, the new measures.
+
+    ``is`` is kept as eval.json has it ("not applicable", with the reason); the tables do not show it.
+    """
     row = {
-        "is": _estimate(result["is"]),
-        "fid": _estimate(result["fid"]["both"]),
-        "ssim": _estimate(result["ssim"]["both"]),
-        "vc": _estimate(result["vc"]),
-        "kid": _estimate(result["kid"]),
-        "fidelity_frontal": result["fidelity"]["generated"]["frontal"].get("macro"),
-        "fidelity_lateral": result["fidelity"]["generated"]["lateral"].get("macro"),
-        "memorisation_ratio": result["memorisation"].get("ratio"),
+        "kid": _entry(result, "kid"),
+        "fid": _entry(result, "fid", "both"),
+        "fid_floor": _entry(result, "fid_floor", "both"),
+        "ssim": _entry(result, "ssim", "both"),
+        "vc": _entry(result, "vc"),
+        "is": _entry(result, "is"),
+        "fidelity_frontal": _entry(result, "fidelity", "generated", "frontal", "macro"),
+        "fidelity_lateral": _entry(result, "fidelity", "generated", "lateral", "macro"),
+        "memorisation_ratio": _entry(result, "memorisation", "ratio"),
+        "ms_ssim": _entry(result, "diversity", "frontal"),
+        "controllability": _entry(result, "controllability", "success_rate"),
     }
-    if "diversity" in result:
-        row["ms_ssim"] = _estimate(result["diversity"]["frontal"])
-    if "controllability" in result:
-        row["controllability"] = result["controllability"].get("success_rate")
     return row
 
 
 def real_row(result: dict[str, Any]) -> dict[str, Any]:
+    """The real renders' row: VC and fidelity of real pairs, and the real-vs-real FID floor as its FID."""
     return {
-        "is": _estimate(result["is_real"]),
-        "vc": _estimate(result["vc_real"]),
-        "fidelity_frontal": result["fidelity"]["real"]["frontal"].get("macro"),
-        "fidelity_lateral": result["fidelity"]["real"]["lateral"].get("macro"),
+        "fid": _entry(result, "fid_floor", "both"),
+        "vc": _entry(result, "vc_real"),
+        "fidelity_frontal": _entry(result, "fidelity", "real", "frontal", "macro"),
+        "fidelity_lateral": _entry(result, "fidelity", "real", "lateral", "macro"),
     }
 
 
@@ -367,11 +380,10 @@ def _fmt(estimate: dict[str, Any] | None, digits: int = 3) -> str:
 
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("is", "IS ↑", 3),
+    ("kid", "KID ↓", 4),
     ("fid", "FID ↓", 2),
     ("ssim", "SSIM ↑", 3),
     ("vc", "VC ↑", 3),
-    ("kid", "KID ↓", 4),
     ("fidelity_frontal", "fidelity AUROC (frontal) ↑", 3),
     ("ms_ssim", "MS-SSIM across seeds ↓", 3),
     ("controllability", "controllability ↑", 3),
@@ -380,7 +392,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 
 
 def table_markdown(summary: dict[str, Any]) -> str:
-    """The table in the paper's layout (IS, FID, SSIM, VC) plus the new columns, with 95% CIs."""
+    """The table: KID, then the paper's FID, SSIM and VC (not IS), the new columns, with 95% intervals."""
     header = "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " | paper (Open-i): IS / FID / SSIM / VC |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     real = summary["real"]
@@ -400,9 +412,14 @@ def table_markdown(summary: dict[str, Any]) -> str:
     ]
     lines += [
         "",
-        f"Profile `{summary['profile']}`, test split of `{summary['data_dir']}`; 95% bootstrap intervals in brackets. "
-        "IS, FID and KID use the evaluation DenseNet-121's logits and pooled features; VC uses the evaluation VCN; "
-        "both were trained on an independent phantom cohort. The paper's numbers come from real Open-i X-rays "
-        "and its own evaluators: a different dataset, for orientation only.",
+        f"Profile `{summary['profile']}`, test split of `{summary['data_dir']}`; 95% intervals in brackets: KID's "
+        "from its subset standard error, FID's from half-sampling without replacement (an interval for the "
+        "large-sample FID, so it can lie below the small-sample value), the others bootstrap percentiles. "
+        "FID and KID use the evaluation DenseNet-121's pooled features; VC uses the evaluation VCN; both were "
+        "trained on an independent phantom cohort. The Real row's FID is real test renders against as many real "
+        "cohort renders: the floor a generator of real images would score. IS is not shown: the classifier is "
+        "multi-label (sigmoid, no 'no finding' class), so a softmax over its logits is not a class distribution. "
+        "The paper's numbers come from real Open-i X-rays and its own evaluators: a different dataset, for "
+        "orientation only.",
     ]
     return "\n".join(lines) + "\n"

@@ -412,7 +412,9 @@ def format_interval(entry: dict[str, Any] | None, digits: int = 3) -> str:
     """``"value [low, high]"`` of an evaluation value with its 95% interval, ``"–"`` for none."""
     if entry is None or entry.get("value") is None:
         return "–"
-    low, high = entry["ci"]
+    low, high = entry.get("ci") or (None, None)
+    if low is None or high is None:  # a number without an interval (too few cases to make one)
+        return f"{entry['value']:.{digits}f}"
     return f"{entry['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
 

@@ -34,6 +34,8 @@ class PairGenerator(Protocol):
     vocabulary: Vocabulary
     max_sentences: int
     max_words: int
+    #: Whether ``generate`` draws from its ``torch.Generator`` (noise, CA samples): seeds change its images.
+    takes_noise: bool
 
     def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]: ...
 
@@ -96,6 +98,10 @@ class XRayGANPairGenerator(_LoadedPairGenerator):
     def image_size(self) -> int:
         return self.model.config.final_size
 
+    @property
+    def takes_noise(self) -> bool:
+        return self.model.config.noise_dim > 0
+
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
         self.model.eval()
@@ -123,6 +129,11 @@ class BaselinePairGenerator(_LoadedPairGenerator):
     @property
     def image_size(self) -> int:
         return self.model.config.image_size
+
+    @property
+    def takes_noise(self) -> bool:
+        """Noise ``z`` (every baseline with ``noise_dim > 0``) or a CA sample ĉ (StackGAN, AttnGAN)."""
+        return self.model.config.noise_dim > 0 or self.model.config.method != "gan_int_cls"
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:

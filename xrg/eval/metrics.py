@@ -1,29 +1,33 @@
-"""The numbers of ``xrg eval``: image-generation metrics, each with a bootstrap 95% CI.
+"""The numbers of ``xrg eval``: image-generation metrics, each with an interval and its method.
 
 Every metric is a small function registered under a name (:func:`register`) and called by
 name through :func:`compute`, in the style of stylegan2-ada's ``metric_main``; each returns
 a plain, JSON-serialisable dict (python floats, ints and lists; an undefined number is
 ``None``, never NaN). An estimate is ``{"value": float, "ci": [low, high], "n": int}``,
-sometimes with extra keys (``n_real``, ``std``, ``positives``, ...).
+sometimes with extra keys (``n_real``, ``std``, ``positives``, ``method`` ...);
+:class:`xrg.eval.contract.Estimate` reads them.
 
 The metrics work on what the evaluation networks computed, not on images, except SSIM and
-MS-SSIM: IS on finding logits, FID and KID on pooled features. The official XRayGAN scored
-IS and FID with a DenseNet-121 chest X-ray classifier rather than ImageNet's Inception, and
-:mod:`xrg.eval.run` does the same with its own evaluation DenseNet-121; with a local
-Inception weights file (:func:`inception_features`) the standard Inception numbers come too.
+MS-SSIM: FID and KID on pooled features. The official XRayGAN scored IS and FID with a
+DenseNet-121 chest X-ray classifier rather than ImageNet's Inception; :mod:`xrg.eval.run`
+scores FID and KID with its own evaluation DenseNet-121 (not IS: that classifier is
+multi-label, so a softmax over its logits is no class distribution); with a local
+Inception weights file (:func:`inception_features`) the standard Inception IS and FID come too.
 
 Point estimates are torchmetrics' (``InceptionScore``, ``FrechetInceptionDistance``,
 ``KernelInceptionDistance`` over an identity feature module, the functional SSIM, MS-SSIM
-and AUROC). Bootstrap resamples of IS and FID use the same formulas in closed form
+and AUROC). Resamples of IS and FID use the same formulas in closed form
 (:func:`_inception_score`, :func:`_frechet_distance`, both tested equal to torchmetrics):
 torchmetrics' FID takes the eigenvalues of a non-symmetric ``D x D`` matrix, seconds per
-call at ``D = 1024`` on a CPU, which a bootstrap would repeat hundreds of times.
+call at ``D = 1024`` on a CPU, which resampling would repeat many times.
 
-CIs are percentile intervals over ``num_resamples`` resamples of the cases with replacement
+Intervals: FID's comes from half-sampling without replacement, bias-extrapolated
+(:func:`fid`), KID's from its subset standard error (:func:`kid`); every other CI is a
+percentile interval over ``num_resamples`` resamples of the cases with replacement
 (:func:`bootstrap_ci`), drawn with ``numpy.random.default_rng(seed)``, so the same seed gives
-the same numbers. A biased statistic (FID, KID, a median ratio) can have resampled values
-all on one side of the full-sample value, since resampling with replacement repeats cases;
-the interval is then widened to reach the point estimate, so every CI contains its value.
+the same numbers. For a biased statistic (a median ratio) resampled values can all lie on
+one side of the full-sample value; such a bootstrap interval is widened to reach the point
+estimate.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import io
 import itertools
 import math
 import os
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -338,25 +343,97 @@ def inception_score(fake_logits: Any, num_resamples: int = 200, seed: int = 0) -
     return _estimate(bounded(value), distribution, len(logits), classes=classes)
 
 
+def _z(level: float) -> float:
+    """The two-sided normal quantile of ``level`` (1.96 for 0.95)."""
+    return statistics.NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def _check_paired(real: torch.Tensor, fake: torch.Tensor, paired: bool) -> None:
+    if paired and len(real) != len(fake):
+        raise ConfigError(f"paired feature sets need one row per case in both, got {len(real)} and {len(fake)} rows")
+
+
+def half_split_fids(
+    real: torch.Tensor, fake: torch.Tensor, num_splits: int, seed: int, paired: bool = False
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """FIDs of the two halves of ``num_splits`` random half-splits of both sets, ``[R, 2]``.
+
+    Each split permutes the real and the generated set (``numpy.random.default_rng(seed)``,
+    drawn without replacement) and scores the first half of each against the first half of
+    the other, and the second halves likewise: two independent FIDs of disjoint cases, each
+    on ``(N // 2, M // 2)`` cases (returned too; an odd set leaves one case out per split).
+    ``paired``: row ``i`` of both sets is the same case (a generated image and its report's
+    render), and the cases are split, one permutation for both sets.
+    """
+    _check_resampling(num_splits, seed)
+    _check_paired(real, fake, paired)
+    rng = np.random.default_rng(seed)
+    half_real, half_fake = len(real) // 2, len(fake) // 2
+    table = np.empty((int(num_splits), 2))
+    for r in range(int(num_splits)):
+        real_order = rng.permutation(len(real))
+        fake_order = real_order if paired else rng.permutation(len(fake))
+        for side in range(2):
+            rows_real = torch.from_numpy(real_order[side * half_real : (side + 1) * half_real])
+            rows_fake = torch.from_numpy(fake_order[side * half_fake : (side + 1) * half_fake])
+            table[r, side] = _frechet_distance(real[rows_real], fake[rows_fake])
+    return table, (half_real, half_fake)
+
+
 @register("fid")
-def fid(real_features: Any, fake_features: Any, num_resamples: int = 50, seed: int = 0) -> dict[str, Any]:
+def fid(
+    real_features: Any,
+    fake_features: Any,
+    num_resamples: int = 50,
+    seed: int = 0,
+    level: float = 0.95,
+    paired: bool = False,
+) -> dict[str, Any]:
     """Fréchet distance between Gaussians fitted to ``real_features [N, D]`` and ``fake_features [M, D]``.
 
-    ``value`` is torchmetrics' ``FrechetInceptionDistance`` (float64) on the features; the
-    bootstrap resamples both sets. ``n`` is M, ``n_real`` N. FID is biased upwards for small
-    sets, and more so for resamples (which repeat cases), so the CI often only reaches the
-    value because it is widened to contain it.
+    ``value`` is torchmetrics' ``FrechetInceptionDistance`` (float64) on all the features: the
+    number papers report, biased upwards by about ``b / n`` for sets of ``n`` (Chong & Forsyth,
+    *Effectively Unbiased FID*, 2020). The interval is not a bootstrap (resampling with
+    replacement repeats cases and inflates FID further) but *half-sampling*: ``num_resamples``
+    random half-splits of both sets without replacement (:func:`half_split_fids`). Halves
+    carry twice the bias, so ``debiased = value - (mean half FID - value) * k / (n - k)``
+    (``k = n // 2``; the factor is 1 for even sets) extrapolates to infinitely many cases, and
+    the two disjoint halves of a split differ by about ``2 x`` the standard error of ``value``
+    (variance ∝ 1/n), so ``se = rms(FID_A - FID_B) / 2``. The interval is ``debiased ± z se``
+    clipped at 0: an interval for the large-sample FID, which need not contain ``value``.
+    Fewer than 4 cases in a set: no interval (``method`` "none"). ``paired``: row ``i`` of both
+    sets is one case, and the halves split cases (:func:`half_split_fids`).
     """
     real, fake = _feature_pair(real_features, fake_features, "real_features", "fake_features")
+    _check_paired(real, fake, paired)
+    if not 0 < level < 1:
+        raise ConfigError(f"level must lie in (0, 1), got {level}")
     value = max(_torchmetrics_fid(real, fake), 0.0)  # a squared distance; eigvals round to ~ -1e-10
-    resampled = lambda r, f: _frechet_distance(real[torch.from_numpy(r)], fake[torch.from_numpy(f)])  # noqa: E731
-    distribution = bootstrap_distribution(resampled, (len(real), len(fake)), num_resamples, seed)
-    return _estimate(value, distribution, len(fake), n_real=len(real))
+    result: dict[str, Any] = {"value": _finite_or_none(value), "n": len(fake), "n_real": len(real)}
+    if min(len(real), len(fake)) < 4:
+        return {**result, "ci": [None, None], "method": "none", "reason": "fewer than 4 cases to split in halves"}
+    halves, (half_real, half_fake) = half_split_fids(real, fake, num_resamples, seed, paired)
+    half_mean = float(halves.mean())
+    ratio = (half_real / (len(real) - half_real) + half_fake / (len(fake) - half_fake)) / 2
+    debiased = value - (half_mean - value) * ratio
+    se = float(np.sqrt(np.mean((halves[:, 0] - halves[:, 1]) ** 2)) / 2)
+    z = _z(level)
+    return {
+        **result, "ci": [max(debiased - z * se, 0.0), max(debiased + z * se, 0.0)], "method": "half-sampling",
+        "debiased": debiased, "se": se, "half_mean": half_mean, "half_sizes": [half_real, half_fake],
+        "splits": int(num_resamples),
+    }  # fmt: skip
 
 
 @register("kid")
 def kid(
-    real_features: Any, fake_features: Any, seed: int = 0, subsets: int = 50, subset_size: int = 1000
+    real_features: Any,
+    fake_features: Any,
+    seed: int = 0,
+    subsets: int = 50,
+    subset_size: int = 1000,
+    level: float = 0.95,
+    paired: bool = False,
 ) -> dict[str, Any]:
     """Kernel Inception Distance (unbiased polynomial-kernel MMD²) between two feature sets.
 
@@ -365,29 +442,47 @@ def kid(
     ``torch.manual_seed(seed)``), over ``subsets`` subsets of min(``subset_size``, N // 2,
     M // 2) cases (at least 2). Halving keeps the subsets different from each other on a test
     split of under 2,000 images; subsets of the whole sets would all give the same estimate.
-    ``value`` and ``std`` are the mean and spread of the subset estimates; ``ci`` is their
-    2.5/97.5 percentiles (widened to contain ``value``), which describes one subset's
-    estimate and so is wider than a CI of the mean.
+    ``value`` and ``std`` are the mean and spread of the subset estimates. The subsets overlap,
+    so their mean is no better known than the mean of the ``k = min(N, M) // size`` disjoint
+    subsets the sets hold: ``se = std / sqrt(k)`` (the subset standard error), and ``ci`` is
+    ``value ± z se``. KID is unbiased, so unlike FID its interval is centred on its value.
+
+    ``paired``: row ``i`` of both sets is the same case (a generated image and the render of
+    its report). The unbiased MMD assumes the two samples independent, and a case in both
+    subsets breaks that (a set against itself would score about ``-2 k(x, x) / size``), so
+    each subset then takes its real and its generated rows from disjoint cases: one
+    permutation, its first ``size`` rows real, the next ``size`` generated (``k`` counts
+    subsets of ``2 size`` cases).
     """
     from torchmetrics.image.kid import poly_mmd
 
     real, fake = _feature_pair(real_features, fake_features, "real_features", "fake_features")
+    _check_paired(real, fake, paired)
     if int(subsets) < 1:
         raise ConfigError(f"subsets must be >= 1, got {subsets}")
+    if not 0 < level < 1:
+        raise ConfigError(f"level must lie in (0, 1), got {level}")
     size = max(2, min(int(subset_size), len(real) // 2, len(fake) // 2))
     if size > min(len(real), len(fake)) or int(subset_size) < 2:
         raise ConfigError(f"subset_size must be >= 2, got {subset_size}")
     generator = torch.Generator().manual_seed(int(seed))
     scores = []
     for _ in range(int(subsets)):
-        real_subset = real[torch.randperm(len(real), generator=generator)[:size]]
-        fake_subset = fake[torch.randperm(len(fake), generator=generator)[:size]]
+        if paired:
+            order = torch.randperm(len(real), generator=generator)
+            real_subset, fake_subset = real[order[:size]], fake[order[size : 2 * size]]
+        else:
+            real_subset = real[torch.randperm(len(real), generator=generator)[:size]]
+            fake_subset = fake[torch.randperm(len(fake), generator=generator)[:size]]
         scores.append(float(poly_mmd(real_subset, fake_subset)))
     scores_array = np.array(scores)
-    value = float(scores_array.mean())
+    value, std = float(scores_array.mean()), float(scores_array.std())
+    disjoint = max(1, min(len(real), len(fake)) // (2 * size if paired else size))
+    se = std / math.sqrt(disjoint)
     return {
-        "value": value, "ci": _interval(scores_array, value), "n": len(fake), "std": float(scores_array.std()),
-        "n_real": len(real), "subset_size": size, "subsets": int(subsets),
+        "value": value, "ci": [value - _z(level) * se, value + _z(level) * se], "n": len(fake),
+        "method": "subset standard error", "std": std, "se": se, "n_real": len(real), "subset_size": size,
+        "subsets": int(subsets), "disjoint_subsets": disjoint, "paired": bool(paired),
     }  # fmt: skip
 
 

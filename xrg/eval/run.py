@@ -1,17 +1,20 @@
-"""Scoring one trained run with one protocol: ``xrg eval`` and the rows of Tables 1 and 2.
+"""Scoring a generator with one protocol: ``xrg eval``, the rows of Tables 1 and 2 and their controls.
 
+:func:`evaluate_generator` scores any :class:`~xrg.eval.generators.PairGenerator` (a trained
+run, or a control with no checkpoint) and :func:`evaluate_run` a run directory through it.
 For the test split of the data directory (reports and patients no generator trained on) the
-run generates both views of every report with a seeded noise source. Then, with evaluator
+generator draws both views of every report with a seeded noise source. Then, with evaluator
 networks trained on an independent phantom cohort (:mod:`xrg.eval.evaluators`: a
 DenseNet-121 finding classifier and an evaluation VCN, neither ever saw a generator's
-patients):
+patients), the metrics of :mod:`xrg.eval.contract` run:
 
-* IS on the classifier's finding logits, FID and KID on its pooled features against the real
-  test renders, per view and over both views (the official XRayGAN also scored IS/FID with
-  a DenseNet-121 chest X-ray classifier); with a local Inception file, the same on Inception;
-* SSIM of each generated image against the ground truth of its report, per view, at the
-  model's resolution;
-* MS-SSIM between generations of the same report with different seeds (diversity);
+* KID (the headline) and FID on the classifier's pooled features against the real test
+  renders, per view and over both views, beside the FID of real test renders against real
+  cohort renders (the floor); with a local Inception file, IS and FID on Inception. IS on the
+  classifier is not computed: its sigmoid outputs are no class distribution;
+* SSIM of each generated image against the ground truth of its report, per view;
+* MS-SSIM between generations of the same report with different seeds (diversity), for
+  generators that take noise;
 * VC of generated pairs and of real pairs under the evaluation VCN;
 * finding fidelity: the classifier's per-finding AUROC on generated images against the
   report's findings, per view, next to the same on the real renders (the ceiling);
@@ -22,9 +25,10 @@ patients):
 * memorisation: nearest-neighbour distances of generated frontals to the train split in the
   classifier's feature space, relative to the same for real test frontals.
 
-Every number comes with a bootstrap 95% CI and its sample count; the result is written to
-``RUN/eval.json`` with the checkpoints (and their sha256) it was computed from, so a stale
-evaluation is recognised and redone.
+Every number comes with its sample count and an interval that names how it was made; the
+results are appended to ``OUT/metrics-eval.jsonl`` and written to ``OUT/eval.json`` with the
+checkpoints (and their sha256) they were computed from, so a stale evaluation is recognised
+and redone.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +48,26 @@ from tqdm.auto import tqdm
 
 from xrg.config import config_from_mapping
 from xrg.data.datasets import XRayPairDataset, collate_pairs, resize_image
-from xrg.data.findings import FINDING_KINDS, SEVERITIES
+from xrg.data.findings import SEVERITIES
 from xrg.data.reports import report_text
 from xrg.errors import ConfigError, XrgError
-from xrg.eval import metrics
 from xrg.eval.generators import VIEWS, PairGenerator, checkpoint_path, encode_reports, load_generator
 from xrg.io import atomic_write_json
 from xrg.profiles import Profile
 
 EVAL_NAME = "eval.json"
-EVAL_FORMAT = "xrg-eval-1"
-#: What makes an existing ``eval.json`` current: the same checkpoints, data and Inception file.
-FRESHNESS_KEYS: tuple[str, ...] = ("run_sha256", "classifier_sha256", "vcn_sha256", "data_dir", "inception_weights")
+EVAL_FORMAT = "xrg-eval-2"
+#: What makes an existing ``eval.json`` current: the same checkpoints (or control), data and Inception file.
+FRESHNESS_KEYS: tuple[str, ...] = (
+    "run_sha256", "generator", "classifier_sha256", "vcn_sha256", "data_dir", "inception_weights",
+)  # fmt: skip
+
+
+def registered_metrics() -> list[str]:
+    """The names of every metric of :mod:`xrg.eval.contract`, in the order they run."""
+    from xrg.eval.contract import METRICS
+
+    return list(METRICS)
 
 
 @dataclass
@@ -66,15 +78,19 @@ class EvalConfig:
     batch_size: int = 32  # reports generated per forward pass
     seed: int = 0  # seeds the noise of the generators and the bootstrap
     num_resamples: int = (
-        200  # bootstrap resamples per CI (FID a tenth, at least 10: each resample is an eigendecomposition)
+        200  # bootstrap resamples per CI (FID: a tenth as many half-splits, at least 10; each is two FIDs)
     )
     diversity_reports: int = 50  # reports generated diversity_samples times for MS-SSIM
     diversity_samples: int = 4  # seeds per report for MS-SSIM
     controllability_reports: int = 100  # test reports edited for the controllability score
     memorisation_train: int = 0  # train images searched for nearest neighbours (0: all)
     num_closest: int = 8  # closest generated/train pairs listed for the figure
+    metrics: list[str] = field(default_factory=lambda: registered_metrics())  # metrics run (default: all)
 
     def __post_init__(self) -> None:
+        from xrg.eval.contract import check_metric_names
+
+        self.metrics = check_metric_names(self.metrics)
         for name in ("num_reports", "controllability_reports", "memorisation_train", "diversity_reports"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"eval {name} must be >= 0, got {getattr(self, name)}")
@@ -214,6 +230,80 @@ def controllability_edits(cases: Sequence[Any], limit: int, seed: int) -> list[d
     return chosen
 
 
+def _sources(
+    generator: dict[str, Any], evaluators: Any, data_dir: str | os.PathLike, inception_weights: Any
+) -> dict[str, Any]:
+    """What an evaluation was computed from: the generator's record, the evaluators, the data."""
+    return {
+        **generator,
+        "classifier": str(evaluators.classifier_path),
+        "classifier_sha256": file_sha256(evaluators.classifier_path),
+        "vcn": str(evaluators.vcn_path),
+        "vcn_sha256": file_sha256(evaluators.vcn_path),
+        "data_dir": str(Path(data_dir).resolve()),
+        "inception_weights": str(inception_weights) if inception_weights else None,
+    }
+
+
+def _up_to_date(path: Path, sources: dict[str, Any], config: EvalConfig) -> dict[str, Any] | None:
+    """The eval.json at ``path`` when it has this format and was computed from ``sources`` with ``config``."""
+    from xrg.io import read_json_mapping
+
+    if not path.is_file():
+        return None
+    previous = read_json_mapping(path, "evaluation result", "delete it, or pass --force to recompute it")
+    # Files are compared by content, not by the path they were reached by (relative or absolute).
+    same_inputs = all(previous.get("sources", {}).get(key) == sources.get(key) for key in FRESHNESS_KEYS)
+    fresh = (
+        previous.get("format") == EVAL_FORMAT and same_inputs and previous.get("config") == dataclasses.asdict(config)
+    )
+    return previous if fresh else None
+
+
+def evaluate_generator(
+    generator: PairGenerator,
+    data_dir: str | os.PathLike,
+    evaluators: Any,
+    config: EvalConfig | None = None,
+    out_dir: str | os.PathLike | None = None,
+    sources: dict[str, Any] | None = None,
+    inception_weights: str | os.PathLike | None = None,
+    progress: bool = False,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Score any :class:`PairGenerator` on the test split of ``data_dir``; writes ``OUT/eval.json``.
+
+    The metrics ``config.metrics`` names (:mod:`xrg.eval.contract`) run on one
+    :class:`~xrg.eval.contract.EvalContext`; each result is appended to
+    ``OUT/metrics-eval.jsonl`` as it comes and eval.json is written from those lines.
+    ``sources`` says what the generator is (a run's checkpoint and its sha256; a control,
+    which has none, describes itself) and joins the evaluators' and the data's records. An
+    existing eval.json of the same format, inputs and config is returned as is unless ``force``.
+    """
+    from xrg.eval.contract import METRICS_LOG_NAME, EvalContext, run_metrics
+
+    config = config or EvalConfig()
+    started = time.perf_counter()
+    if out_dir is None:
+        raise ConfigError("evaluate_generator needs out_dir, the directory eval.json is written to")
+    out = Path(out_dir)
+    record = _sources(sources or {"generator": {"method": generator.method}}, evaluators, data_dir, inception_weights)
+    previous = None if force else _up_to_date(out / EVAL_NAME, record, config)
+    if previous is not None:
+        return previous
+    context = EvalContext(generator, data_dir, evaluators, config, inception_weights, progress)
+    evaluation, sections = run_metrics(context, list(config.metrics), out / METRICS_LOG_NAME)
+    result: dict[str, Any] = {
+        "format": EVAL_FORMAT, "method": generator.method, "num_reports": context.count,
+        "takes_noise": context.takes_noise, **sections, **context.records,
+        "evaluators": {"image_size": evaluators.image_size, "test_metrics": getattr(evaluators, "metrics", None)},
+        "config": dataclasses.asdict(config), "sources": record, "evaluation": evaluation,
+        "metrics_log": METRICS_LOG_NAME, "seconds": time.perf_counter() - started,
+    }  # fmt: skip
+    atomic_write_json(out / EVAL_NAME, result)
+    return result
+
+
 def evaluate_run(
     run: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -230,177 +320,15 @@ def evaluate_run(
     computed from the same checkpoints and config is returned as is unless ``force``.
     """
     config = config or EvalConfig()
-    started = time.perf_counter()
     run_path = checkpoint_path(run)
-    run_dir = run_path.parent
-    sources = {
-        "run_checkpoint": str(run_path),
-        "run_sha256": file_sha256(run_path),
-        "classifier": str(evaluators.classifier_path),
-        "classifier_sha256": file_sha256(evaluators.classifier_path),
-        "vcn": str(evaluators.vcn_path),
-        "vcn_sha256": file_sha256(evaluators.vcn_path),
-        "data_dir": str(Path(data_dir).resolve()),
-        "inception_weights": str(inception_weights) if inception_weights else None,
-    }
-    out_path = run_dir / EVAL_NAME
-    if out_path.is_file() and not force:
-        from xrg.io import read_json_mapping
-
-        previous = read_json_mapping(out_path, "evaluation result", "delete it, or pass --force to recompute it")
-        # Files are compared by content, not by the path they were reached by (relative or absolute).
-        same_inputs = all(previous.get("sources", {}).get(key) == sources[key] for key in FRESHNESS_KEYS)
-        if (
-            previous.get("format") == EVAL_FORMAT
-            and same_inputs
-            and previous.get("config") == dataclasses.asdict(config)
-        ):
-            return previous
-
-    model = load_generator(run_path, device)
-    size, eval_size = model.image_size, evaluators.image_size
-    test = model_dataset(model, data_dir, "test")
-    count = len(test) if config.num_reports == 0 else min(config.num_reports, len(test))
-    indices = list(range(count))
-    real = {view: torch.stack([test[i][view] for i in indices]) for view in VIEWS}
-    labels = torch.stack([test[i]["labels"] for i in indices]).long()
-    fake = generate_for_cases(
-        model, test, indices, config.seed, config.batch_size, progress, f"generating {model.method}"
-    )
-
-    resamples, fid_resamples = config.num_resamples, max(config.num_resamples // 10, 10)
-    boot = {"num_resamples": resamples, "seed": config.seed}  # every other CI: the config's resamples and seed
-    classifier, vcn = evaluators.classifier, evaluators.vcn
-    cache = evaluators.cache
-    feats: dict[tuple[str, str], torch.Tensor] = {}
-    logits: dict[tuple[str, str], torch.Tensor] = {}
-    for view in VIEWS:
-        key = ("test", sources["data_dir"], size, count, view)
-        if key not in cache:
-            cache[key] = _classify(classifier, real[view], eval_size)
-        feats["real", view], logits["real", view] = cache[key]
-        feats["generated", view], logits["generated", view] = _classify(classifier, fake[view], eval_size)
-    both = lambda table, source: torch.cat([table[source, view] for view in VIEWS])  # noqa: E731
-    names = list(FINDING_KINDS)
-    result: dict[str, Any] = {"format": EVAL_FORMAT, "method": model.method, "num_reports": count}
-
-    result["is"] = metrics.compute(
-        "inception_score", fake_logits=both(logits, "generated"), num_resamples=resamples, seed=config.seed
-    )
-    result["is_real"] = metrics.compute(
-        "inception_score", fake_logits=both(logits, "real"), num_resamples=resamples, seed=config.seed
-    )
-    result["fid"] = {
-        key: metrics.compute("fid", real_features=r, fake_features=g, num_resamples=fid_resamples, seed=config.seed)
-        for key, r, g in [(view, feats["real", view], feats["generated", view]) for view in VIEWS]
-        + [("both", both(feats, "real"), both(feats, "generated"))]
-    }
-    result["kid"] = metrics.compute(
-        "kid", real_features=both(feats, "real"), fake_features=both(feats, "generated"), seed=config.seed
-    )
-    result["ssim"] = {view: metrics.compute("ssim", fake=fake[view], real=real[view], **boot) for view in VIEWS}
-    result["ssim"]["both"] = metrics.compute(
-        "ssim", fake=torch.cat([fake[v] for v in VIEWS]), real=torch.cat([real[v] for v in VIEWS]), **boot
-    )
-    result["vc"] = metrics.compute(
-        "view_consistency", probabilities=_vc(vcn, fake["frontal"], fake["lateral"], eval_size), **boot
-    )
-    result["vc_real"] = metrics.compute(
-        "view_consistency", probabilities=_vc(vcn, real["frontal"], real["lateral"], eval_size), **boot
-    )
-    probs = {key: torch.sigmoid(value) for key, value in logits.items()}
-    result["fidelity"] = {
-        source: {
-            view: metrics.compute("finding_auroc", scores=probs[source, view], labels=labels, names=names, **boot)
-            for view in VIEWS
-        }
-        for source in ("generated", "real")
-    }
-    result["cross_view_agreement"] = {
-        source: metrics.compute(
-            "cross_view_agreement",
-            frontal_probs=probs[source, "frontal"],
-            lateral_probs=probs[source, "lateral"],
-            names=names,
-            **boot,
+    sources = {"run_checkpoint": str(run_path), "run_sha256": file_sha256(run_path)}
+    if not force:
+        previous = _up_to_date(
+            run_path.parent / EVAL_NAME, _sources(sources, evaluators, data_dir, inception_weights), config
         )
-        for source in ("generated", "real")
-    }
-
-    # diversity: the same reports with diversity_samples seeds
-    diverse = indices[: config.diversity_reports]
-    if diverse:
-        samples = [
-            generate_for_cases(model, test, diverse, config.seed + 1000 * (k + 1), config.batch_size)
-            for k in range(config.diversity_samples)
-        ]
-        result["diversity"] = {
-            view: metrics.compute("ms_ssim_diversity", samples=torch.stack([s[view] for s in samples], dim=1), **boot)
-            for view in VIEWS
-        }
-
-    # controllability: edited held-out reports, same seed before and after
-    edits = controllability_edits([test.cases[i] for i in indices], config.controllability_reports, config.seed)
-    if edits:
-        before = generate_for_texts(model, [e["before"] for e in edits], config.seed, config.batch_size)
-        after = generate_for_texts(model, [e["after"] for e in edits], config.seed, config.batch_size)
-        mean_probs = lambda images: torch.stack(  # noqa: E731
-            [torch.sigmoid(_classify(classifier, images[view], eval_size)[1]) for view in VIEWS]
-        ).mean(0)
-        result["controllability"] = metrics.compute(
-            "controllability", before=mean_probs(before), after=mean_probs(after),
-            edited=torch.tensor([names.index(e["kind"]) for e in edits]),
-            direction=torch.tensor([float(e["direction"]) for e in edits]), names=names, **boot,
-        )  # fmt: skip
-        result["controllability_edits"] = [
-            {k: e[k] for k in ("case_id", "operation", "kind", "argument", "direction")} for e in edits
-        ]
-
-    # memorisation: generated and real test frontals against the train split's frontals
-    train = XRayPairDataset(data_dir, "train", image_size=eval_size, vocab=model.vocabulary)
-    train_count = len(train) if config.memorisation_train == 0 else min(config.memorisation_train, len(train))
-    key = ("train", sources["data_dir"], eval_size, train_count)
-    if key not in cache:
-        train_frontal = torch.stack([train[i]["frontal"] for i in range(train_count)])
-        cache[key] = _classify(classifier, train_frontal, eval_size)[0]
-    train_features = cache[key]
-    memo = metrics.compute(
-        "memorisation", generated_features=feats["generated", "frontal"], train_features=train_features,
-        test_features=feats["real", "frontal"], num_closest=config.num_closest, **boot,
+        if previous is not None:
+            return previous
+    return evaluate_generator(
+        load_generator(run_path, device), data_dir, evaluators, config, run_path.parent, sources,
+        inception_weights, progress, force=True,
     )  # fmt: skip
-    result["memorisation"] = memo
-    result["memorisation_case_ids"] = {
-        "test": [test.cases[i].id for i in indices],
-        "train": [train.cases[i].id for i in range(train_count)],
-    }
-
-    if inception_weights:
-        available, reason = metrics.inception_available(inception_weights)
-        if available:
-            incep = {
-                source: metrics.inception_features(torch.cat([images[view] for view in VIEWS]), inception_weights)
-                for source, images in (("real", real), ("generated", fake))
-            }
-            result["inception"] = {
-                "is": metrics.compute(
-                    "inception_score", fake_logits=incep["generated"][1], num_resamples=resamples, seed=config.seed
-                ),
-                "fid": metrics.compute(
-                    "fid",
-                    real_features=incep["real"][0],
-                    fake_features=incep["generated"][0],
-                    num_resamples=fid_resamples,
-                    seed=config.seed,
-                ),
-            }
-        else:
-            result["inception"] = {"absent": reason}
-    else:
-        result["inception"] = {"absent": "no --inception-weights file given"}
-
-    result["evaluators"] = {"image_size": eval_size, "test_metrics": getattr(evaluators, "metrics", None)}
-    result["config"] = dataclasses.asdict(config)
-    result["sources"] = sources
-    result["seconds"] = time.perf_counter() - started
-    atomic_write_json(out_path, result)
-    return result
