@@ -29,7 +29,6 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,18 +37,18 @@ import torch
 from xrg.data.datasets import XRayPairDataset, resize_image
 from xrg.data.findings import FINDING_KINDS, Finding, label_text
 from xrg.data.images import to_uint8
-from xrg.data.manifest import VIEWS, VOCAB_NAME, Case, read_manifest
+from xrg.data.manifest import VIEWS, Case, read_manifest
 from xrg.data.reports import (
     MAX_SENTENCES,
     MAX_WORDS,
     EncodedSection,
     Vocabulary,
+    encode_section,
     report_text,
     split_report_text,
 )
 from xrg.errors import ConfigError, DataDirError, EmptyReportError
 from xrg.eval.generators import PairGenerator
-from xrg.paths import path_inside
 
 #: The control rows, in table order.
 CONTROL_NAMES: tuple[str, ...] = ("mean image", "retrieval", "phantom")
@@ -70,24 +69,15 @@ def _train_split(
     max_sentences: int,
     max_words: int,
 ) -> XRayPairDataset:
-    """The train split of ``data_dir`` as a model reads it; refuses a missing directory or an empty split."""
+    """The train split of ``data_dir`` as a model reads it (``vocabulary`` defaults to the directory's
+    ``vocab.json``); refuses a missing directory, an empty train split or a bad image size."""
     size = _check_image_size(image_size)
-    if vocabulary is None:
-        data = Path(data_dir)
-        read_manifest(data)  # a missing directory or manifest is named before the vocabulary is looked for
-        vocab_path = path_inside(data, VOCAB_NAME, f"{data}: vocabulary")
-        if not vocab_path.is_file():
-            raise DataDirError(f"{data} has no {VOCAB_NAME}; pass the model's vocabulary or rebuild the dataset")
-        vocabulary = Vocabulary.load(vocab_path)
-    try:
-        return XRayPairDataset(data_dir, "train", image_size=size, vocab=vocabulary,
-                               max_sentences=max_sentences, max_words=max_words)  # fmt: skip
-    except DataDirError as error:
-        if "no cases in split" in str(error):
-            raise DataDirError(
-                f"{data_dir} has no train cases: a control is fitted on the train split only, never on val or test"
-            ) from error
-        raise
+    if not any(case.split == "train" for case in read_manifest(data_dir)):  # names a missing directory first
+        raise DataDirError(
+            f"{data_dir} has no train cases: a control is fitted on the train split only, never on val or test"
+        )
+    return XRayPairDataset(data_dir, "train", image_size=size, vocab=vocabulary,
+                           max_sentences=max_sentences, max_words=max_words)  # fmt: skip
 
 
 def _fitted_on(train: XRayPairDataset) -> dict[str, Any]:
@@ -215,7 +205,11 @@ class RetrievalControl(_Control):
         max_words: int = MAX_WORDS,
     ) -> RetrievalControl:
         train = _train_split(data_dir, image_size, vocabulary, max_sentences, max_words)
-        counts = torch.stack([cls._counts([*train._encoded(i)], len(train.vocab)) for i in range(len(train))])
+        sections = [
+            [encode_section(text, train.vocab, max_sentences, max_words) for text in (case.findings, case.impression)]
+            for case in train.cases
+        ]  # as the dataset encodes them
+        counts = torch.stack([cls._counts(pair, len(train.vocab)) for pair in sections])
         document_frequency = (counts > 0).sum(0).double()
         idf = torch.log((1.0 + len(train)) / (1.0 + document_frequency)) + 1.0
         return cls(train, idf, _normalised(counts * idf), image_size=train.image_size, vocabulary=train.vocab,
