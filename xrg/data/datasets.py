@@ -3,7 +3,9 @@
 Each item holds the hierarchically encoded FINDINGS and IMPRESSION sections (word ids and
 masks, XRayGAN §2.1), the frontal and lateral images at the requested resolution
 (antialiased area resampling, so lower-resolution GAN stages see properly filtered
-targets), the multi-hot finding labels and the patient id. :func:`collate_pairs` pads the
+targets), the multi-hot finding labels, the case and patient ids and the report text (with
+its section headers, as :func:`xrg.data.reports.split_report_text` reads it back; the
+controls of :mod:`xrg.eval.controls` read it). :func:`collate_pairs` pads the
 sections of a batch to a common shape.
 """
 
@@ -28,7 +30,15 @@ from xrg.data.manifest import (
     Case,
     read_manifest,
 )
-from xrg.data.reports import MAX_SENTENCES, MAX_WORDS, EncodedSection, Vocabulary, encode_section, pad_sections
+from xrg.data.reports import (
+    MAX_SENTENCES,
+    MAX_WORDS,
+    EncodedSection,
+    Vocabulary,
+    encode_section,
+    pad_sections,
+    report_text,
+)
 from xrg.errors import ConfigError, DataDirError
 from xrg.paths import path_inside
 
@@ -114,6 +124,7 @@ class XRayPairDataset(Dataset):
             "case_id": case.id,
             "patient_id": case.patient_id,
             "index": index,
+            "report_text": report_text(case.findings, case.impression, headers=True),
             "findings": findings,
             "impression": impression,
             "frontal": self._image(index, "frontal"),
@@ -127,13 +138,14 @@ class XRayPairDataset(Dataset):
 
 
 def collate_pairs(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images and labels; pad findings/impression to ``[B, S, W]`` ids and masks."""
+    """Stack images and labels; pad findings/impression to ``[B, S, W]`` ids and masks; list ids and texts."""
     findings_ids, findings_mask = pad_sections([item["findings"] for item in batch])
     impression_ids, impression_mask = pad_sections([item["impression"] for item in batch])
     return {
         "case_id": [item["case_id"] for item in batch],
         "patient_id": [item["patient_id"] for item in batch],
         "index": torch.tensor([item["index"] for item in batch]),
+        "report_text": [item["report_text"] for item in batch],
         "findings_ids": findings_ids,
         "findings_mask": findings_mask,
         "impression_ids": impression_ids,

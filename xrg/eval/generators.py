@@ -21,15 +21,20 @@ import torch
 from xrg.checkpoint import CHECKPOINT_NAME, read_checkpoint
 from xrg.data.manifest import VIEWS
 from xrg.data.reports import Vocabulary, encode_section, pad_sections, split_report_text
-from xrg.errors import CheckpointError
+from xrg.errors import CheckpointError, ConfigError
 from xrg.models.baselines import BaselineModel
 from xrg.models.xraygan import XRayGAN, to_image_range
 
 
 class PairGenerator(Protocol):
-    """What the evaluation needs of a trained model."""
+    """What the evaluation needs of a trained model (or of a control, :mod:`xrg.eval.controls`).
+
+    ``takes_noise`` says whether ``generate`` reads its ``torch.Generator``: only then do
+    different seeds give different images (the diversity metrics need it).
+    """
 
     method: str
+    takes_noise: bool
     image_size: int
     vocabulary: Vocabulary
     max_sentences: int
@@ -169,9 +174,20 @@ def load_generator(run: str | os.PathLike, device: str | torch.device = "cpu") -
 
 
 def encode_reports(
-    texts: Sequence[str], vocabulary: Vocabulary, max_sentences: int, max_words: int
-) -> dict[str, torch.Tensor]:
-    """A batch (the id/mask keys of :func:`collate_pairs`) from raw report texts."""
+    texts: Sequence[str],
+    vocabulary: Vocabulary,
+    max_sentences: int,
+    max_words: int,
+    case_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """A batch (the id/mask keys of :func:`collate_pairs`, and ``report_text``) from raw report texts.
+
+    ``case_ids``, when given, names the dataset case each text was written for (an edited
+    report keeps its case): the batch then carries ``case_id`` too, so a control that draws
+    into a case's patient (:class:`xrg.eval.controls.PhantomControl`) can find it.
+    """
+    if case_ids is not None and len(case_ids) != len(texts):
+        raise ConfigError(f"case_ids has {len(case_ids)} ids for {len(texts)} report texts")
     findings, impressions = [], []
     for text in texts:
         findings_text, impression_text = split_report_text(text)
@@ -184,4 +200,6 @@ def encode_reports(
         "findings_mask": findings_mask,
         "impression_ids": impression_ids,
         "impression_mask": impression_mask,
+        "report_text": list(texts),
+        **({"case_id": list(case_ids)} if case_ids is not None else {}),
     }
