@@ -116,7 +116,10 @@ def test_finding_detection_mean_image_scores_zero_and_the_oracle_one():
     # the finding without a threshold is moved to the excluded ones, with its reason
     assert oracle["included"] == ["cardiomegaly", "effusion"] and oracle["findings"] == 2
     assert "no threshold" in oracle["excluded"]["nodule"]
-    assert oracle["per_finding"]["nodule"]["included"] is False
+    nodule = oracle["per_finding"]["nodule"]
+    assert nodule["included"] is False and nodule["threshold"] is None
+    assert nodule["detection_rate"] == {"value": None, "ci": [None, None], "n": len(labels)}
+    assert nodule["prob_difference"]["value"] == pytest.approx(0.8)  # still described, never averaged in
     assert oracle["per_finding"]["cardiomegaly"]["positives"] == int(labels[:, 0].sum())
 
 
@@ -128,6 +131,11 @@ def test_finding_detection_excluded_reasons_are_kept_and_the_macro_covers_only_i
     assert both["value"] == pytest.approx(0.0)  # (1 + -1) / 2
     one = _detection(probs, labels, included=["cardiomegaly"], excluded={"effusion": "12 test positives < 20"})
     assert one["value"] == 1.0
+    assert one["per_finding"]["effusion"]["detection_minus_false_alarm"]["value"] == -1.0  # shown, left out
+    none = _detection(probs, labels, included=[])
+    assert none["value"] is None and none["ci"] == [None, None] and none["findings"] == 0
+    with pytest.raises(ConfigError, match="both included and excluded"):
+        _detection(probs, labels, excluded={"effusion": "12 test positives < 20"})
     assert one["excluded"] == {
         "effusion": "12 test positives < 20", "nodule": "not judgeable"
     }  # fmt: skip

@@ -158,6 +158,9 @@ def finding_detection(
     unknown = sorted(set(included) - set(names))
     if unknown:
         raise ConfigError(f"included names findings that names does not: {unknown}")
+    both = sorted(set(included) & set(excluded or {}))
+    if both:
+        raise ConfigError(f"findings cannot be both included and excluded: {both}")
     reasons = {name: str(reason) for name, reason in (excluded or {}).items() if name in names}
     for name in names:
         if name in included and name not in thresholds:
@@ -167,8 +170,9 @@ def finding_detection(
         elif name not in included:
             reasons.setdefault(name, "not judgeable")
     judged = [k for k, name in enumerate(names) if name not in reasons]
-    cut = torch.tensor([float(thresholds[name]) if k in judged else np.inf for k, name in enumerate(names)])
-    called = (scores >= cut).double().numpy()
+    # a finding without a threshold has no calls (detection and false alarm None), only mean probabilities
+    cut = torch.tensor([np.nan if thresholds.get(name) is None else float(thresholds[name]) for name in names])
+    called = torch.where(cut.isnan(), torch.nan, (scores >= cut).double()).numpy()
     probabilities, positive = scores.numpy(), truth.numpy().astype(bool)
 
     def per_finding(rows: np.ndarray) -> np.ndarray:
@@ -196,7 +200,7 @@ def finding_detection(
     for k, name in enumerate(names):
         entry = {column: _estimate(full[k, j], distribution[:, k, j], count) for j, column in enumerate(columns)}
         per_name[name] = {
-            **entry, "threshold": None if k not in judged else float(cut[k]), "included": k in judged,
+            **entry, "threshold": None if cut[k].isnan() else float(cut[k]), "included": k in judged,
             "positives": int(positive[:, k].sum()), "negatives": int((~positive[:, k]).sum()),
         }  # fmt: skip
 
