@@ -9,10 +9,13 @@ import shutil
 import pytest
 import torch
 
+import xrg.train.vcn
+from helpers import metric_rows, stop_at, torch_threads
+from xrg.checkpoint import load_checkpoint
 from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS
 from xrg.data.manifest import read_manifest
-from xrg.errors import CheckpointError, ConfigError, DataDirError
+from xrg.errors import CheckpointError, ConfigError, DataDirError, TrainingStopped
 from xrg.eval.classifier import classifier_auroc
 from xrg.eval.evaluators import (
     CLASSIFIER_NAME,
@@ -23,11 +26,13 @@ from xrg.eval.evaluators import (
 )
 from xrg.models.classifier import FindingClassifier, class_weights, weighted_bce
 from xrg.profiles import PROFILE_NAMES, load_profile
-from xrg.train.evaluators import ensure_evaluators
+from xrg.train.evaluators import ensure_evaluators, evaluator_vcn_config
+from xrg.train.loop import partial_path
+from xrg.train.vcn import TargetedVCNTrainConfig, train_vcn, vcn_path
 
 TINY = EvaluatorConfig(
     image_size=32, cohort_size=10, cohort_test_fraction=0.3, workers=1, classifier_epochs=1, classifier_batch_size=4,
-    vcn_epochs=1, vcn_batch_size=4,
+    vcn_epochs=1, vcn_batch_size=4, vcn_max_epochs=2,
 )  # fmt: skip
 
 
@@ -82,11 +87,52 @@ def test_evaluators_are_trained_once_and_reloaded(evaluators_dir, tiny_data):
     evaluators = ensure_evaluators(TINY, tiny_data, evaluators_dir, progress=False)
     assert classifier_file.stat().st_mtime_ns == stamp
     assert evaluators.image_size == 32 and evaluators.vcn_path.is_file()
+    vcn = evaluators.metrics["vcn"]  # the real-pair AUROC on the cohort's held-out part, and whether it met the target
+    assert vcn["target_auroc"] == 0.9 and vcn["max_epochs"] == 2 and vcn["epochs"] in (1, 2)
+    assert vcn["reached"] == (vcn["auroc"] >= 0.9) and (vcn["reached"] or vcn["epochs"] == 2)
     auroc = evaluators.metrics["classifier"]["test_auroc"]
     assert set(auroc) == {"frontal", "lateral"} and set(auroc["frontal"]) == {*FINDING_KINDS, "macro"}
     assert not evaluators.classifier.training and not any(p.requires_grad for p in evaluators.classifier.parameters())
     cohort = XRayPairDataset(evaluators.cohort_dir, "test", image_size=32)
     assert classifier_auroc(evaluators.classifier, cohort) == auroc
+
+
+def test_the_evaluation_vcn_trains_on_until_its_held_out_auroc_reaches_the_target(data_dir, tmp_path, monkeypatch):
+    # 18 train cases in batches of 6: 3 steps an epoch; the held-out AUROC is 0.81, 0.42, 0.94 after epochs 1-3
+    config = TargetedVCNTrainConfig(image_size=16, num_epochs=1, max_epochs=4, target_auroc=0.9, batch_size=6, seed=0)
+    with torch_threads(1):
+        straight = train_vcn(data_dir, config, tmp_path / "straight", progress=False)
+        with monkeypatch.context() as patch:
+            stop_at(patch, xrg.train.vcn, "vcn_step", {5})  # in the second epoch, past num_epochs
+            with pytest.raises(TrainingStopped):
+                train_vcn(data_dir, config, tmp_path / "stopped", progress=False)
+        assert partial_path(vcn_path(tmp_path / "stopped", 16)).is_file()
+        resumed = train_vcn(data_dir, config, tmp_path / "stopped", progress=False)
+    metrics = straight.metrics
+    assert metrics["reached"] is True and metrics["auroc"] >= 0.9 and metrics["epochs"] == 3
+    assert (metrics["target_auroc"], metrics["max_epochs"]) == (0.9, 4)
+    rows = metric_rows(tmp_path / "straight" / "vcn")
+    assert [row["kind"] for row in rows] == ["vcn"] * 3 + ["vcn_test"] and rows[-2]["step"] == 9
+    assert resumed.metrics == metrics
+    expected = load_checkpoint(straight.path, "vcn")["state"]
+    actual = load_checkpoint(resumed.path, "vcn")["state"]
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+    # an unreachable target stops at max_epochs and says so
+    capped = train_vcn(data_dir, dataclasses.replace(config, max_epochs=2, target_auroc=1.0), tmp_path / "capped",
+                       progress=False)  # fmt: skip
+    assert capped.metrics["reached"] is False and capped.metrics["epochs"] == 2
+
+
+def test_the_evaluator_settings_give_the_vcn_its_target():
+    config = evaluator_vcn_config(dataclasses.replace(TINY, vcn_target_auroc=0.75, vcn_max_epochs=5))
+    assert isinstance(config, TargetedVCNTrainConfig)
+    assert (config.target_auroc, config.max_epochs, config.num_epochs) == (0.75, 5, 1)
+    with pytest.raises(ConfigError, match="vcn_target_auroc must lie in"):
+        dataclasses.replace(TINY, vcn_target_auroc=1.5)
+    with pytest.raises(ConfigError, match="vcn_max_epochs must be at least vcn_epochs"):
+        dataclasses.replace(TINY, vcn_epochs=3, vcn_max_epochs=2)
+    with pytest.raises(ConfigError, match="max_epochs must be at least num_epochs"):
+        TargetedVCNTrainConfig(num_epochs=3, max_epochs=2)
 
 
 def test_another_config_or_data_directory_is_refused(evaluators_dir, tiny_data, tmp_path):

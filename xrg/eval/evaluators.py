@@ -13,7 +13,9 @@ into a train and a test part; on it are trained
 * the DenseNet-121 finding classifier (:mod:`xrg.models.classifier`, class-weighted BCE of the
   dissertation, both views), evaluated per finding and view on the cohort's test part, and
 * an evaluation VCN (:class:`~xrg.models.vcn.ViewConsistencyNet`, the same recipe as the
-  training VCNs, on the cohort only), evaluated on the cohort's test part.
+  training VCNs, on the cohort only), evaluated on the cohort's test part; it trains on past
+  ``vcn_epochs`` until its AUROC of matched against mismatched real pairs there reaches
+  ``vcn_target_auroc`` (or ``vcn_max_epochs``), and its metrics say whether it did.
 
 Both are checkpoints in ``OUT`` that carry their settings. This module holds the settings,
 the cohort, the :class:`Evaluators` record and the loading of a trained classifier; the
@@ -68,6 +70,8 @@ class EvaluatorConfig:
     vcn_epochs: int = 10
     vcn_batch_size: int = 32
     vcn_lr: float = 0.01
+    vcn_target_auroc: float = 0.9  # after vcn_epochs, train on epoch by epoch until the held-out AUROC reaches it
+    vcn_max_epochs: int = 40  # ... or until this many epochs
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -85,6 +89,12 @@ class EvaluatorConfig:
         for name in ("classifier_batch_size", "vcn_batch_size"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"evaluators {name} must be at least 2, got {getattr(self, name)}")
+        if not 0 <= self.vcn_target_auroc <= 1:
+            raise ConfigError(f"evaluators vcn_target_auroc must lie in [0, 1], got {self.vcn_target_auroc}")
+        if self.vcn_max_epochs < self.vcn_epochs:
+            raise ConfigError(
+                f"evaluators vcn_max_epochs must be at least vcn_epochs ({self.vcn_epochs}), got {self.vcn_max_epochs}"
+            )
         if not (self.classifier_lr > 0 and self.vcn_lr > 0 and self.classifier_weight_decay >= 0):
             raise ConfigError(
                 "evaluators need classifier_lr > 0, vcn_lr > 0 and classifier_weight_decay >= 0, got "

@@ -4,7 +4,8 @@
 classifier and the evaluation VCN when they exist with the same settings and trains what is
 missing: the DenseNet-121 (:func:`train_classifier`, class-weighted BCE of the dissertation,
 both views) and the VCN (:func:`xrg.train.vcn.ensure_vcns`, the training VCNs' recipe, with
-:func:`evaluator_vcn_config`). It refuses a directory made from another data directory or
+:func:`evaluator_vcn_config`: trained on until it separates matched from mismatched real pairs
+of the cohort's held-out part with AUROC ``vcn_target_auroc``, or for ``vcn_max_epochs``). It refuses a directory made from another data directory or
 settings. SIGINT or SIGTERM stops either training after the current step, saving its state to
 ``OUT/classifier.partial.pt`` or ``OUT/vcn/vcn_<size>.partial.pt`` (never a trained model's
 name) and raising :class:`~xrg.errors.TrainingStopped`; calling :func:`ensure_evaluators` (or
@@ -40,14 +41,14 @@ from xrg.io import append_jsonl, read_json_mapping
 from xrg.models.classifier import FindingClassifier, FindingClassifierConfig, class_weights, weighted_bce
 from xrg.models.vcn import vcn_path
 from xrg.train.loop import EpochLoop, partial_path
-from xrg.train.vcn import VCNTrainConfig, ensure_vcns, training_data_key
+from xrg.train.vcn import TargetedVCNTrainConfig, ensure_vcns, training_data_key
 
 
-def evaluator_vcn_config(config: EvaluatorConfig) -> VCNTrainConfig:
-    """The run config of the evaluation VCN of ``config``."""
-    return VCNTrainConfig(
+def evaluator_vcn_config(config: EvaluatorConfig) -> TargetedVCNTrainConfig:
+    """The run config of the evaluation VCN of ``config``: trained on until its held-out AUROC reaches the target."""
+    return TargetedVCNTrainConfig(
         image_size=config.image_size, num_epochs=config.vcn_epochs, batch_size=config.vcn_batch_size, lr=config.vcn_lr,
-        seed=config.seed,
+        seed=config.seed, target_auroc=config.vcn_target_auroc, max_epochs=config.vcn_max_epochs,
     )  # fmt: skip
 
 

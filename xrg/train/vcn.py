@@ -17,7 +17,8 @@ The frozen network is evaluated on the TEST split (positives: every case's own p
 negatives: every frontal with a seeded other patient's lateral): accuracy at probability
 0.5, ROC AUC (torchmetrics), and the real-pair VC of Table 1, the mean P(same patient) over
 the test positives. Checkpoints go to ``RUN/vcn/vcn_<size>.pt``, per-epoch metrics to
-``RUN/vcn/metrics.jsonl``.
+``RUN/vcn/metrics.jsonl``. A :class:`TargetedVCNTrainConfig` (the evaluation VCN's) goes on
+training epoch by epoch until that AUROC reaches its target, or its ``max_epochs``.
 
 SIGINT or SIGTERM stops the training after the current step with its state in
 ``RUN/vcn/vcn_<size>.partial.pt`` (:class:`~xrg.train.loop.EpochLoop`) and raises
@@ -50,8 +51,8 @@ from xrg.profiles import Profile
 from xrg.train.loop import EpochLoop, partial_path
 
 __all__ = [
-    "VCN_DIR", "VCNResult", "VCNTrainConfig", "ensure_vcns", "evaluate_vcn", "file_sha256", "load_vcn",
-    "negative_partners", "train_vcn", "vcn_path", "vcn_step",
+    "VCN_DIR", "TargetedVCNTrainConfig", "VCNResult", "VCNTrainConfig", "ensure_vcns", "evaluate_vcn", "file_sha256",
+    "load_vcn", "negative_partners", "train_vcn", "vcn_path", "vcn_step",
 ]  # fmt: skip
 
 VCN_METRICS = "metrics.jsonl"
@@ -97,6 +98,31 @@ class VCNTrainConfig:
         values = merge_settings({"seed": profile.seed}, profile.section("vcn"), overrides or {})
         values["image_size"] = image_size
         return config_from_mapping(cls, values, where=f"vcn settings of profile {profile.name!r}", prefix="vcn")
+
+
+@dataclass
+class TargetedVCNTrainConfig(VCNTrainConfig):
+    """A VCN run that goes on past ``num_epochs``, one epoch at a time, until it tells pairs apart.
+
+    A VC score is evidence only from a VCN that separates real matched pairs from mismatched
+    ones (a weak one gives two mean images a high VC). After ``num_epochs`` and after every
+    further epoch the network is scored on the test split (for the evaluation VCN, the
+    cohort's held-out part; never a generator's test split), and training stops once its
+    AUROC is >= ``target_auroc`` or after ``max_epochs``. Continuing goes through the
+    resumable state, so the weights equal those of a plain run of as many epochs, and a
+    stopped run resumes to them. The test metrics add ``target_auroc``, ``reached``,
+    ``epochs`` and ``max_epochs``.
+    """
+
+    target_auroc: float = 0.9
+    max_epochs: int = 40
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.target_auroc <= 1:
+            raise ConfigError(f"vcn target_auroc must lie in [0, 1], got {self.target_auroc}")
+        if self.max_epochs < self.num_epochs:
+            raise ConfigError(f"vcn max_epochs must be at least num_epochs ({self.num_epochs}), got {self.max_epochs}")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -238,11 +264,25 @@ def train_vcn(
 
     model.train()
     steps = loop.run(step, epoch_row)
+    if isinstance(config, TargetedVCNTrainConfig):
+        while True:
+            with torch.random.fork_rng(devices=[]):  # scoring leaves the training's random stream as it was
+                metrics = evaluate_vcn(model, test_set, seed=config.seed)
+            reached = metrics["auroc"] is not None and metrics["auroc"] >= config.target_auroc
+            if reached or metrics["auroc"] is None or loop.epoch >= config.max_epochs:
+                break
+            loop.num_epochs = loop.epoch + 1
+            loop.save()  # run() continues from the saved state (a stale periodic save must not be taken instead)
+            steps = loop.run(step, epoch_row)
+        metrics.update(
+            target_auroc=config.target_auroc, reached=reached, epochs=loop.epoch, max_epochs=config.max_epochs
+        )
     freeze(model)
-    metrics = evaluate_vcn(model, test_set, seed=config.seed)
+    if not isinstance(config, TargetedVCNTrainConfig):
+        metrics = evaluate_vcn(model, test_set, seed=config.seed)
     append_jsonl(metrics_path, {"kind": "vcn_test", **metrics})
     model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
-               progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
+               progress={"epoch": loop.epoch, "batch": 0, "step": steps, "finished": True})  # fmt: skip
     loop.finish()
     return VCNResult(path=path, model=model, metrics=metrics)
 
