@@ -34,7 +34,6 @@ class PairGenerator(Protocol):
     """
 
     method: str
-    takes_noise: bool
     image_size: int
     vocabulary: Vocabulary
     max_sentences: int
