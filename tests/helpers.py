@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from xrg.checkpoint import INTEGRITY_ALGORITHM, INTEGRITY_KEY, payload_digest
+from xrg.data.findings import Finding
 from xrg.data.images import save_png
 from xrg.data.manifest import Case, write_manifest
 from xrg.data.reports import Vocabulary
@@ -56,12 +57,15 @@ def replaced(config: Any, model: dict[str, Any] | None = None, **changes: Any) -
     return dataclasses.replace(config, **changes)
 
 
-def write_synthetic_data(out: Path, num_patients: int = 20, image_size: int = 32, seed: int = 0) -> Path:
+def write_synthetic_data(
+    out: Path, num_patients: int = 20, image_size: int = 32, seed: int = 0, labelled: bool = False
+) -> Path:
     """A data directory whose two views of a patient share a patient-specific brightness.
 
     The frontal shows an ellipse and the lateral a band whose width also follows the patient;
     the report says whether the heart (the width) is enlarged and the lungs (the brightness)
-    dense. Splits cycle train, train, train, val, test.
+    dense. Splits cycle train, train, train, val, test. With ``labelled`` an enlarged heart is
+    also a structured ``cardiomegaly`` finding and dense lungs an ``opacity`` (labels to judge).
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
@@ -82,7 +86,11 @@ def write_synthetic_data(out: Path, num_patients: int = 20, image_size: int = 32
                 split=("train", "train", "train", "val", "test")[i % 5],
                 findings=f"The heart is {heart}. The lungs are {lungs}.",
                 impression="No effusion.",
-                structured_findings=[],
+                structured_findings=[
+                    Finding(kind)
+                    for kind, present in (("cardiomegaly", heart == "enlarged"), ("opacity", lungs == "dense"))
+                    if labelled and present
+                ],
                 frontal=f"images/{case_id}_frontal.png",
                 lateral=f"images/{case_id}_lateral.png",
             )  # fmt: skip

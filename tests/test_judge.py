@@ -174,7 +174,7 @@ def test_controllability_margin_text_blind_scores_zero_and_oracle_one():
     _check(blind)
     assert blind["value"] == 0.0 and blind["ci"] == [0.0, 0.0]
     assert blind["edited_shift"]["value"] == 0.0 and blind["margin"] == 0.1
-    assert "0.1" in blind["method"]
+    assert "0.1" in blind["definition"]
     after = before.clone()
     after[torch.arange(len(before)), edited] += 0.5 * direction  # the edited finding moves, nothing else
     oracle = _controllability(before, after, edited, direction, operations)

@@ -35,6 +35,7 @@ from xrg.data.findings import FINDING_KINDS
 from xrg.data.manifest import VIEWS
 from xrg.errors import ConfigError, DataDirError
 from xrg.eval import metrics
+from xrg.eval.judge import judgeable_findings, mismatched_permutation, youden_thresholds
 from xrg.eval.run import (
     EvalConfig,
     _classify,
@@ -199,16 +200,6 @@ def read_metric_lines(path: str | os.PathLike, evaluation: str | None = None) ->
 # --------------------------------------------------------------------------- the context
 
 
-def derangement(count: int, seed: int) -> np.ndarray:
-    """A seeded permutation ``π`` of ``range(count)`` with ``π(i) != i`` for all ``i`` (one random cycle)."""
-    if count < 2:
-        raise ConfigError(f"mismatched pairs need at least 2 reports, got {count}")
-    order = np.random.default_rng(seed).permutation(count)
-    result = np.empty(count, dtype=np.int64)
-    result[order] = np.roll(order, -1)
-    return result
-
-
 class EvalContext:
     """What the metrics of one evaluation read, each computed once when first needed.
 
@@ -357,6 +348,37 @@ class EvalContext:
             }  # fmt: skip
         return self.cache[key]
 
+    @property
+    def judged_findings(self) -> dict[str, dict[str, Any]]:
+        """Per view, what the fidelity metrics judge, decided on the evaluator cohort only.
+
+        ``{view: {"thresholds", "cohort_auroc", "included", "excluded"}}``: the Youden threshold
+        and the evaluator's AUROC of every finding on the cohort's held-out part, and the
+        findings judged (cohort AUROC >= ``config.min_evaluator_auroc`` and at least
+        ``config.min_test_positives`` positive test reports; the others with the reason).
+        The test images are never looked at here, only how many test reports name a finding.
+        """
+        from torchmetrics.functional.classification import binary_auroc
+
+        cohort = self.cohort_test
+        labels = cohort["labels"]
+        positives = {name: int(self.labels[:, k].sum()) for k, name in enumerate(self.names)}
+        judged: dict[str, dict[str, Any]] = {}
+        for view in VIEWS:
+            probs = cohort["probabilities"][view]
+            auroc: dict[str, float | None] = {}
+            for k, name in enumerate(self.names):
+                defined = 0 < int(labels[:, k].sum()) < len(labels)
+                auroc[name] = float(binary_auroc(probs[:, k], labels[:, k])) if defined else None
+            included, excluded = judgeable_findings(
+                auroc, positives, self.config.min_evaluator_auroc, self.config.min_test_positives
+            )
+            judged[view] = {
+                "thresholds": youden_thresholds(probs, labels, self.names), "cohort_auroc": auroc,
+                "included": included, "excluded": excluded,
+            }  # fmt: skip
+        return judged
+
     def cohort_floor_features(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Features of ``n`` test renders and ``n`` cohort test renders, drawn without replacement.
 
@@ -386,7 +408,7 @@ class EvalContext:
     @functools.cached_property
     def mismatch(self) -> np.ndarray:
         """The derangement ``π`` of the mismatched pairs: frontal of report ``i``, lateral of ``π(i)``."""
-        return derangement(self.count, self.config.seed)
+        return mismatched_permutation(self.count, self.config.seed).numpy()
 
     def vc_scores(self, source: str, matched: bool = True) -> torch.Tensor:
         """The evaluation VCN's P(same patient) ``[N]`` of matched or mismatched ``source`` pairs."""
@@ -498,6 +520,42 @@ def _fidelity(ctx: EvalContext) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@metric("detection")
+def _detection(ctx: EvalContext) -> dict[str, Any]:
+    """Findings called at thresholds fixed on the cohort, generated images beside the real renders.
+
+    The headline is detection minus false-alarm rate over the judged findings: 0 for an image
+    that is the same for every report, whatever its ranking of tiny differences would say.
+    """
+    judged = ctx.judged_findings
+    ctx.records["judged_findings"] = judged
+    return {
+        source: {
+            view: estimates(metrics.compute(
+                "finding_detection", probs=ctx.probabilities(source, view), labels=ctx.labels,
+                thresholds=judged[view]["thresholds"], names=ctx.names, included=judged[view]["included"],
+                excluded=judged[view]["excluded"], **ctx.boot,
+            ))
+            for view in VIEWS
+        }
+        for source in SOURCES
+    }  # fmt: skip
+
+
+@metric("vc_auroc")
+def _vc_auroc(ctx: EvalContext) -> dict[str, Any]:
+    """Does the evaluation VCN tell matched pairs from mismatched ones: 0.5 for a mean pair."""
+    if ctx.count < 2:
+        return {source: Estimate.not_applicable("mismatched pairs need at least 2 test reports") for source in SOURCES}
+    return {
+        source: estimates(metrics.compute(
+            "vc_auroc", matched=ctx.vc_scores(source, matched=True), mismatched=ctx.vc_scores(source, matched=False),
+            **ctx.boot,
+        ))
+        for source in SOURCES
+    }  # fmt: skip
+
+
 @metric("cross_view_agreement")
 def _cross_view_agreement(ctx: EvalContext) -> dict[str, Any]:
     return {
@@ -531,22 +589,39 @@ def _diversity(ctx: EvalContext) -> dict[str, Estimate]:
 
 @metric("controllability")
 def _controllability(ctx: EvalContext) -> dict[str, Any] | Estimate:
-    """Edited held-out reports, both versions generated with the same seed (edits kept in eval.json)."""
+    """Edited held-out reports, both versions generated with the same seed (edits kept in eval.json).
+
+    The headline (``value``) counts an edit when the edited finding's probability moves the
+    intended way by at least ``config.edit_margin`` and more than every other finding did
+    (:func:`xrg.eval.judge.controllability_margin`): 0 for a generator that ignores the text.
+    ``any_direction`` is the older score (any movement the intended way), whose chance level
+    is about 0.5 for any generator whose output changes at all; ``placebo`` is the margin
+    score of the same changes against other cases' edits, a chance line.
+    """
     edits = controllability_edits([ctx.test.cases[i] for i in ctx.indices], ctx.config.controllability_reports,
                                   ctx.config.seed)  # fmt: skip
     if not edits:
         return Estimate.not_applicable("no test report has an edit with a known direction")
-    before = generate_for_texts(ctx.generator, [e["before"] for e in edits], ctx.config.seed, ctx.config.batch_size)
-    after = generate_for_texts(ctx.generator, [e["after"] for e in edits], ctx.config.seed, ctx.config.batch_size)
+    ids = [e["case_id"] for e in edits]
+    before = generate_for_texts(ctx.generator, [e["before"] for e in edits], ctx.config.seed, ctx.config.batch_size,
+                                case_ids=ids)  # fmt: skip
+    after = generate_for_texts(ctx.generator, [e["after"] for e in edits], ctx.config.seed, ctx.config.batch_size,
+                               case_ids=ids)  # fmt: skip
     mean_probs = lambda images: torch.stack(list(ctx.classify_probabilities(images).values())).mean(0)  # noqa: E731
     ctx.records["controllability_edits"] = [
         {k: e[k] for k in ("case_id", "operation", "kind", "argument", "direction")} for e in edits
     ]
-    return estimates(metrics.compute(
-        "controllability", before=mean_probs(before), after=mean_probs(after),
-        edited=torch.tensor([ctx.names.index(e["kind"]) for e in edits]),
-        direction=torch.tensor([float(e["direction"]) for e in edits]), names=ctx.names, **ctx.boot,
-    ))  # fmt: skip
+    arguments = {
+        "before": mean_probs(before), "after": mean_probs(after),
+        "edited": torch.tensor([ctx.names.index(e["kind"]) for e in edits]),
+        "direction": torch.tensor([float(e["direction"]) for e in edits]), "names": ctx.names, **ctx.boot,
+    }  # fmt: skip
+    result = metrics.compute(
+        "controllability_margin", operations=[e["operation"] for e in edits], margin=ctx.config.edit_margin,
+        **arguments,
+    )  # fmt: skip
+    result["any_direction"] = metrics.compute("controllability", **arguments)
+    return estimates(result)
 
 
 @metric("memorisation")

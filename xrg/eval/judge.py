@@ -212,7 +212,7 @@ def finding_detection(
     headline = macro(columns.index("detection_minus_false_alarm"))
     return {
         **headline,
-        "method": "detection rate - false-alarm rate at fixed evaluator thresholds (Youden J on the cohort), "
+        "definition": "detection rate - false-alarm rate at fixed evaluator thresholds (Youden J on the cohort), "
         "macro over the judgeable findings",
         "findings": len(judged),
         "included": [names[k] for k in judged],
@@ -288,7 +288,7 @@ def controllability_margin(
     others[rows, target] = False
     result: dict[str, Any] = {
         **_mean_estimate(success, num_resamples, seed),
-        "method": f"edited finding moves the intended way by >= {margin:g} and more than every other finding",
+        "definition": f"edited finding moves the intended way by >= {margin:g} and more than every other finding",
         "margin": float(margin),
         "edited_shift": _mean_estimate(sign * change[rows, target], num_resamples, seed),
     }

@@ -85,6 +85,10 @@ class EvalConfig:
     controllability_reports: int = 100  # test reports edited for the controllability score
     memorisation_train: int = 0  # train images searched for nearest neighbours (0: all)
     num_closest: int = 8  # closest generated/train pairs listed for the figure
+    # which findings are judged (on the evaluator cohort, never on the test images) and how edits count
+    min_evaluator_auroc: float = 0.8  # a finding is judged when the evaluator's cohort AUROC reaches this ...
+    min_test_positives: int = 20  # ... and the test split has this many positive reports
+    edit_margin: float = 0.1  # an edit succeeds when the edited finding's probability moves at least this
     metrics: list[str] = field(default_factory=lambda: registered_metrics())  # metrics run (default: all)
 
     def __post_init__(self) -> None:
@@ -99,6 +103,12 @@ class EvalConfig:
                 raise ConfigError(f"eval {name} must be >= 1, got {getattr(self, name)}")
         if self.diversity_samples < 2:
             raise ConfigError(f"eval diversity_samples must be >= 2, got {self.diversity_samples}")
+        if not 0.0 <= self.min_evaluator_auroc <= 1.0:
+            raise ConfigError(f"eval min_evaluator_auroc must be in [0, 1], got {self.min_evaluator_auroc}")
+        if self.min_test_positives < 1:
+            raise ConfigError(f"eval min_test_positives must be >= 1, got {self.min_test_positives}")
+        if not 0.0 < self.edit_margin < 1.0:
+            raise ConfigError(f"eval edit_margin must be in (0, 1), got {self.edit_margin}")
 
     @classmethod
     def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> EvalConfig:
@@ -177,12 +187,25 @@ def generate_for_cases(
 
 
 def generate_for_texts(
-    model: PairGenerator, texts: Sequence[str], seed: int, batch_size: int
+    model: PairGenerator,
+    texts: Sequence[str],
+    seed: int,
+    batch_size: int,
+    case_ids: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Both views for raw report texts; batch ``b`` uses noise seeded ``seed + b``."""
+    """Both views for raw report texts; batch ``b`` uses noise seeded ``seed + b``.
+
+    ``case_ids`` (one per text) say which case each text is a version of: a model ignores
+    them, the phantom control draws each text into that case's patient.
+    """
+    if case_ids is not None and len(case_ids) != len(texts):
+        raise ConfigError(f"case_ids has {len(case_ids)} entries for {len(texts)} texts")
     out: dict[str, list[torch.Tensor]] = {view: [] for view in VIEWS}
     for number, part in enumerate(_batches(len(texts), batch_size)):
-        batch = encode_reports([texts[i] for i in part], model.vocabulary, model.max_sentences, model.max_words)
+        ids = None if case_ids is None else [case_ids[i] for i in part]
+        batch = encode_reports(
+            [texts[i] for i in part], model.vocabulary, model.max_sentences, model.max_words, case_ids=ids
+        )
         images = model.generate(batch, torch.Generator().manual_seed(seed + number))
         for view in VIEWS:
             out[view].append(images[view])
