@@ -47,7 +47,7 @@ from xrg.data.datasets import XRayPairDataset
 from xrg.data.manifest import VIEWS
 from xrg.eval.generators import load_generator
 from xrg.eval.run import generate_for_cases, model_dataset
-from xrg.experiments import LABELS, TABLES, Experiment
+from xrg.experiments import LABELS, TABLES, Experiment, mean_image_wins
 from xrg.notebook import check_params, image_grid, pick_examples, setup
 
 run = setup(
@@ -76,9 +76,11 @@ display(Markdown((Path(experiment_dir) / "table2.md").read_text()))
 # IS is glued as NaN, never a number: the classifier is multi-label, so its softmax is no class distribution.
 for name, table in tables.items():
     for method, row in table["rows"].items():
-        for key in ("is", "kid", "fid", "fid_floor", "ssim", "vc"):
+        for key in ("is", "kid", "fid", "fid_floor", "ssim", "vc", "vc_auroc", "detection_frontal", "controllability"):
             value = (row.get(key) or {}).get("value")
             glue(f"{name}_{method}_{key}", float("nan") if value is None else value, display=False)
+        wins = mean_image_wins(row, table["controls"]["mean image"]) if "mean image" in table["controls"] else []
+        glue(f"{name}_{method}_mean_image_wins", len(wins), display=False)
 training_minutes = {m: r["training_seconds"] / 60 for t in tables.values() for m, r in t["runs"].items()}
 glue("experiment_training_minutes", sum(training_minutes.values()), display=False)
 pd.Series(training_minutes).round(1).to_frame("training minutes")

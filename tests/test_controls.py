@@ -190,3 +190,28 @@ def test_the_model_adapters_say_whether_they_read_the_seed():
     assert not adapter(BaselinePairGenerator, noise_dim=0, method="gan_int_cls").takes_noise
     assert adapter(BaselinePairGenerator, noise_dim=0, method="stackgan").takes_noise
     assert adapter(BaselinePairGenerator, noise_dim=8, method="gan_int_cls").takes_noise
+
+
+def test_a_metric_the_mean_image_wins_is_flagged_by_its_direction():
+    from xrg.eval.controls import compare_with_controls, result_entry
+    from xrg.experiments import mean_image_wins
+    from xrg.notebook import controls_table
+
+    def est(value):
+        return {"value": value, "ci": [value - 0.01, value + 0.01], "n": 10}
+
+    model = {"kid": est(0.05), "ssim": {"frontal": est(0.40)}, "vc_auroc": {"generated": est(0.70)}}
+    mean = {"kid": est(0.02), "ssim": {"frontal": est(0.60)}, "vc_auroc": {"generated": est(0.50)}}
+    assert result_entry(model, ("ssim", "frontal"))["value"] == 0.40 and result_entry(model, ("fid", "both")) is None
+    rows = {row["metric"]: row for row in compare_with_controls(model, {"mean image": mean})}
+    assert rows["KID (both views)"]["mean_image_wins"] is True  # lower is better: 0.02 beats 0.05
+    assert rows["SSIM frontal"]["mean_image_wins"] is True
+    assert rows["VC-AUROC matched vs mismatched"]["mean_image_wins"] is False
+    assert rows["FID (both views)"]["mean_image_wins"] is None  # not scored: no verdict
+    table = controls_table("XRayGAN", model, {"mean image": mean})
+    assert table.loc["SSIM frontal ↑", "mean image wins?"] == "yes"
+    assert table.loc["VC-AUROC matched vs mismatched ↑", "mean image wins?"] == "no"
+    assert table.loc["KID (both views) ↓", "XRayGAN"] == "0.050 [0.040, 0.060]"
+    row = {"kid": est(0.05), "ssim": est(0.40), "vc_auroc": est(0.70), "memorisation_ratio": est(0.1)}
+    mean_row = {"kid": est(0.02), "ssim": est(0.60), "vc_auroc": est(0.50), "memorisation_ratio": est(9.0)}
+    assert mean_image_wins(row, mean_row) == ["KID", "SSIM"]  # the ratio has no better direction

@@ -38,7 +38,7 @@ import torch
 from xrg.checkpoint import load_checkpoint
 from xrg.config import merge_settings
 from xrg.errors import ConfigError, XrgError
-from xrg.eval.run import EVAL_NAME, EvalConfig, evaluate_run
+from xrg.eval.run import EVAL_NAME, EvalConfig, evaluate_controls, evaluate_run
 from xrg.io import atomic_write_json, atomic_write_text, read_json_mapping
 from xrg.locks import directory_lock
 from xrg.profiles import Profile, load_profile
@@ -302,11 +302,19 @@ class Experiment:
                 "wall_seconds": trained,
                 "eval": result,
             }
+        # the controls, read like the table's first row (every row has the same size and vocabulary)
+        from xrg.eval.generators import load_generator
+
+        like = load_generator(self.run_dir(TABLES[table][0]), self.device)
+        controls = evaluate_controls(
+            like, self.data_dir, evaluators, eval_config, self.out_dir / "controls", progress=self.progress
+        )
         summary = {
             "table": table,
             "profile": self.profile.name,
             "data_dir": str(self.data_dir),
             "rows": {method: table_row(row["eval"]) for method, row in rows.items()},
+            "controls": {name: table_row(result) for name, result in controls.items()},
             "real": real_row(next(iter(rows.values()))["eval"]),
             "published": {m: PUBLISHED[m] for m in ("real", *TABLES[table])},
             "runs": {m: {k: v for k, v in row.items() if k != "eval"} for m, row in rows.items()},
@@ -354,7 +362,9 @@ def table_row(result: dict[str, Any]) -> dict[str, Any]:
         "fidelity_lateral": _entry(result, "fidelity", "generated", "lateral", "macro"),
         "memorisation_ratio": _entry(result, "memorisation", "ratio"),
         "ms_ssim": _entry(result, "diversity", "frontal"),
-        "controllability": _entry(result, "controllability", "success_rate"),
+        "controllability": _entry(result, "controllability"),
+        "vc_auroc": _entry(result, "vc_auroc", "generated"),
+        "detection_frontal": _entry(result, "detection", "generated", "frontal"),
     }
     return row
 
@@ -384,11 +394,34 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("fid", "FID ↓", 2),
     ("ssim", "SSIM ↑", 3),
     ("vc", "VC ↑", 3),
-    ("fidelity_frontal", "fidelity AUROC (frontal) ↑", 3),
+    ("vc_auroc", "VC-AUROC ↑", 3),
+    ("detection_frontal", "detection − false alarm (frontal) ↑", 3),
+    ("controllability", "controllability (margin) ↑", 3),
+    ("fidelity_frontal", "fidelity AUROC (frontal, ranking only) ↑", 3),
     ("ms_ssim", "MS-SSIM across seeds ↓", 3),
-    ("controllability", "controllability ↑", 3),
     ("memorisation_ratio", "NN-distance ratio", 3),
 )
+#: Which way is better in each column (None: neither; the memorisation ratio is read against 1).
+BETTER: dict[str, bool | None] = {
+    "kid": False, "fid": False, "ssim": True, "vc": True, "vc_auroc": True, "detection_frontal": True,
+    "controllability": True, "fidelity_frontal": True, "ms_ssim": None, "memorisation_ratio": None,
+}  # fmt: skip
+CONTROL_LABELS: dict[str, str] = {
+    "mean image": "Mean image (control)", "retrieval": "Retrieval (control)", "phantom": "Phantom = real renders (control)",
+}  # fmt: skip
+
+
+def mean_image_wins(row: dict[str, Any], mean: dict[str, Any]) -> list[str]:
+    """The columns of ``row`` on which the report-blind mean image scores at least as well."""
+    wins = []
+    for key, title, _ in COLUMNS:
+        higher = BETTER.get(key)
+        ours, theirs = (row.get(key) or {}).get("value"), (mean.get(key) or {}).get("value")
+        if higher is None or ours is None or theirs is None:
+            continue
+        if (theirs >= ours) if higher else (theirs <= ours):
+            wins.append(title.rstrip(" ↑↓"))
+    return wins
 
 
 def table_markdown(summary: dict[str, Any]) -> str:
@@ -403,8 +436,20 @@ def table_markdown(summary: dict[str, Any]) -> str:
         published = " / ".join(str(paper.get(k, "–")) for k in ("is", "fid", "ssim", "vc"))
         cells = [_fmt(row.get(key), digits) for key, _, digits in COLUMNS]
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + f" | {published} |")
+    controls = summary.get("controls", {})
+    for name, row in controls.items():
+        cells = [_fmt(row.get(key), digits) for key, _, digits in COLUMNS]
+        lines.append(f"| {CONTROL_LABELS.get(name, name)} | " + " | ".join(cells) + " | – |")
     reused = {m: r["reused_from"] for m, r in summary.get("runs", {}).items() if r.get("reused_from")}
     lines += [""]
+    if "mean image" in controls:
+        for method, row in summary["rows"].items():
+            wins = mean_image_wins(row, controls["mean image"])
+            if wins:
+                lines.append(
+                    f"{LABELS[method]}: the mean image (one image for every report) scores at least as well on "
+                    f"{', '.join(wins)}: these numbers are not evidence that {LABELS[method]} draws the report."
+                )
     lines += [
         f"{LABELS[method]}: not trained again; the finished run `{source}` was reused (same run config, seed "
         "and data build)."

@@ -438,3 +438,25 @@ def mean_word_attention(outputs: Iterable[Any], min_count: int = 5) -> Any:
         [(w, np.mean(v), len(v)) for w, v in weights_by_word.items() if len(v) >= min_count],
         columns=["word", "attention relative to uniform", "occurrences"],
     ).sort_values("attention relative to uniform", ascending=False)
+
+
+def controls_table(model_name: str, model: dict[str, Any], controls: dict[str, dict[str, Any]], digits: int = 3) -> Any:
+    """The headline metrics of ``model`` beside its controls, as a DataFrame (one row per metric).
+
+    Columns: the model, each control (``value [95% CI]``), and "mean image wins?": "yes" where
+    the report-blind mean image scores at least as well as the model, so that the number is
+    read as what it is (:func:`xrg.eval.controls.compare_with_controls`).
+    """
+    import pandas as pd
+
+    from xrg.eval.controls import compare_with_controls
+
+    rows = {}
+    for row in compare_with_controls(model, controls):
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        cells = {model_name if name == "model" else name: format_interval(entry, digits)
+                 for name, entry in row["entries"].items()}  # fmt: skip
+        wins = row["mean_image_wins"]
+        cells["mean image wins?"] = "–" if wins is None else ("yes" if wins else "no")
+        rows[f"{row['metric']} {arrow}"] = cells
+    return pd.DataFrame(rows).T

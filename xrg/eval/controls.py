@@ -423,3 +423,52 @@ def control_generators(
         CONTROLS[name].fit(data_dir, like.image_size, like.vocabulary, like.max_sentences, like.max_words)
         for name in names
     ]
+
+
+# --------------------------------------------------------------------------- reading a model beside its controls
+
+#: The metrics every results table shows beside the controls: (label, key path in eval.json, higher is better).
+HEADLINE_METRICS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
+    ("KID (both views)", ("kid",), False),
+    ("FID (both views)", ("fid", "both"), False),
+    ("SSIM frontal", ("ssim", "frontal"), True),
+    ("VC (mean P same patient)", ("vc",), True),
+    ("VC-AUROC matched vs mismatched", ("vc_auroc", "generated"), True),
+    ("detection − false alarm, frontal", ("detection", "generated", "frontal"), True),
+    ("detection − false alarm, lateral", ("detection", "generated", "lateral"), True),
+    ("controllability (margin)", ("controllability",), True),
+    ("fidelity AUROC macro, frontal (ranking only)", ("fidelity", "generated", "frontal", "macro"), True),
+)
+#: The control whose win discredits a metric: it ignores the report.
+MEAN_IMAGE = "mean image"
+
+
+def result_entry(result: Mapping[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
+    """The estimate at ``path`` of an eval.json result (``{"value", "ci", ...}``), or None when absent."""
+    node: Any = result
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, Mapping) and "value" in node else None
+
+
+def compare_with_controls(
+    model: Mapping[str, Any], controls: Mapping[str, Mapping[str, Any]], metrics: Sequence[Any] = HEADLINE_METRICS
+) -> list[dict[str, Any]]:
+    """One row per headline metric: the model's estimate, each control's, and whether the mean image wins.
+
+    ``mean_image_wins`` is True when the mean-image control scores at least as well as the
+    model (by the metric's direction), None when either value is missing: such a number is
+    not evidence that the model draws the report, whatever the metric is called.
+    """
+    rows = []
+    for label, path, higher in metrics:
+        entries = {"model": result_entry(model, path), **{name: result_entry(r, path) for name, r in controls.items()}}
+        model_value = (entries["model"] or {}).get("value")
+        mean_value = (entries.get(MEAN_IMAGE) or {}).get("value")
+        wins = None
+        if model_value is not None and mean_value is not None:
+            wins = bool(mean_value >= model_value) if higher else bool(mean_value <= model_value)
+        rows.append({"metric": label, "higher_is_better": higher, "entries": entries, "mean_image_wins": wins})
+    return rows

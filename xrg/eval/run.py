@@ -355,3 +355,35 @@ def evaluate_run(
         load_generator(run_path, device), data_dir, evaluators, config, run_path.parent, sources,
         inception_weights, progress, force=True,
     )  # fmt: skip
+
+
+def evaluate_controls(
+    like: PairGenerator,
+    data_dir: str | os.PathLike,
+    evaluators: Any,
+    config: EvalConfig | None = None,
+    out_root: str | os.PathLike | None = None,
+    names: Sequence[str] | None = None,
+    progress: bool = False,
+    force: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Score the controls (:mod:`xrg.eval.controls`) read like the model ``like``; ``{name: eval.json}``.
+
+    Each control is fitted on the train split of ``data_dir`` and scored on exactly the test
+    batches of ``like`` (its image size, vocabulary and report limits), with the same config
+    and evaluators; results go to ``OUT_ROOT/<name>-<size>px/eval.json`` and are reused when
+    current. ``names`` defaults to all three (the phantom needs a data directory made by
+    ``xrg data build``; pass ``("mean image", "retrieval")`` for imported archives).
+    """
+    from xrg.eval.controls import CONTROL_NAMES, control_generators
+
+    if out_root is None:
+        raise ConfigError("evaluate_controls needs out_root, the directory the controls' results go to")
+    results: dict[str, dict[str, Any]] = {}
+    for control in control_generators(data_dir, like, tuple(names or CONTROL_NAMES)):
+        out = Path(out_root) / f"{control.method.replace(' ', '_')}-{control.image_size}px"
+        results[control.method] = evaluate_generator(
+            control, data_dir, evaluators, config, out, sources={"generator": control.describe()},
+            progress=progress, force=force,
+        )  # fmt: skip
+    return results
