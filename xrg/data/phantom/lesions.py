@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from xrg.data.findings import FINDING_KINDS, SEVERITY_SCALE, Finding
 from xrg.data.phantom._numeric import _rotation, _spline
-from xrg.data.phantom.ct import MU_WATER
+from xrg.data.phantom.ct import FIELD_OF_VIEW_MM, MU_WATER
 from xrg.data.phantom.patients import _Shape
 from xrg.errors import FindingError
 
@@ -30,6 +30,17 @@ if TYPE_CHECKING:
 
 #: A drawer: ``(renderer, volume, finding, rng, shape) -> None``.
 Drawer = Callable[["PhantomRenderer", np.ndarray, Finding, np.random.Generator, _Shape], None]
+
+
+#: A pixel of the 64² images the evaluators judge (mm; the patient's size varies by ±6 %).
+EVALUATION_PIXEL_MM = FIELD_OF_VIEW_MM / 64
+#: The smallest projected size (mm) a focal finding is drawn at: three evaluation pixels, so
+#: that a granuloma can be told from noise at 64² (smaller, true-to-life sizes change one or
+#: two pixels there and no evaluator can judge them).
+MIN_VISIBLE_MM = 3.0 * EVALUATION_PIXEL_MM
+#: Attenuation of a granuloma (partly calcified) and of a calcified granuloma (calcium).
+GRANULOMA_MU = MU_WATER * 4.0
+CALCIFIED_MU = MU_WATER * 10.0
 
 
 class _Skip(Exception):
@@ -336,9 +347,12 @@ def draw_atelectasis(r: PhantomRenderer, volume, finding: Finding, rng, shape: _
 
 
 def draw_nodule(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A soft-tissue ball 9-30 mm across (severity = size; severe is a mass), slightly lobulated."""
+    """A soft-tissue ball (severity = size: from 1.2 :data:`MIN_VISIBLE_MM`, about 17 mm,
+    to 35 mm, a mass), slightly lobulated when large."""
     strength = SEVERITY_SCALE[finding.severity]
-    diameter = float(np.clip((9.0 + 21.0 * (strength - 0.45) / 0.55) * rng.uniform(0.85, 1.1), 6.0, 30.0))
+    smallest = 1.2 * MIN_VISIBLE_MM
+    diameter = (smallest + (35.0 - smallest) * (strength - 0.45) / 0.55) * rng.uniform(0.95, 1.1)
+    diameter = float(np.clip(diameter, smallest, 38.0))
     for side in _sides(r, finding, rng):
         zone = finding.zone if finding.zone is not None else None
         box, weight = _region(r, side, zone)
@@ -351,21 +365,22 @@ def draw_nodule(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape
 
 
 def draw_granuloma(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A small (6-9 mm) ball, drawn at three times water density (a partly calcified
-    granuloma) so that it shows at 1-3 mm pixels."""
+    """A small ball, :data:`MIN_VISIBLE_MM` to 1.15 times it across (14-16 mm), at
+    GRANULOMA_MU: denser than a nodule (partly calcified), smaller than any nodule."""
     for side in _sides(r, finding, rng):
         box, weight = _region(r, side, finding.zone)
-        diameter = rng.uniform(6.0, 9.0)
-        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, MU_WATER * 3.0)
+        diameter = MIN_VISIBLE_MM * rng.uniform(1.05, 1.2)
+        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, GRANULOMA_MU)
 
 
 def draw_calcified_granuloma(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A tiny (4-6 mm) ball of calcium, drawn ten times water density (more than bone) so
-    that it shows after the projection is averaged into 1-3 mm pixels."""
+    """The smallest and densest focal finding: a ball of calcium 0.75-0.9 :data:`MIN_VISIBLE_MM`
+    across (11-13 mm) at CALCIFIED_MU, denser than bone, so that with its partial volume
+    and the display's detail enhancement it still covers three evaluation pixels."""
     for side in _sides(r, finding, rng):
         box, weight = _region(r, side, finding.zone)
-        diameter = rng.uniform(4.0, 6.0)
-        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, MU_WATER * 10.0)
+        diameter = MIN_VISIBLE_MM * rng.uniform(0.8, 0.95)
+        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, CALCIFIED_MU)
 
 
 def draw_pneumothorax(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
@@ -516,7 +531,7 @@ def draw_central_line(r: PhantomRenderer, volume, finding: Finding, rng, shape: 
         entry = clavicle["lateral"] + np.array([-outward * 15.0, 5.0, 18.0])
         path = [entry, clavicle["center"] + np.array([0.0, 12.0, 10.0]), bcv]
     path += [v["svc_top"], tip]
-    _tube(r, volume, _spline(np.array(path)), 0.8)
+    _tube(r, volume, _spline(np.array(path)), 1.2)
 
 
 def draw_sternotomy(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
@@ -536,9 +551,9 @@ def draw_sternotomy(r: PhantomRenderer, volume, finding: Finding, rng, shape: _S
         loop = np.stack(
             [sx + ax * np.cos(t), sy + ay * np.sin(t) * np.cos(tilt), z + ay * np.sin(t) * np.sin(tilt)], axis=1
         )
-        _tube(r, volume, loop, 0.6)
+        _tube(r, volume, loop, 1.0)
         knot = np.array([[sx, sy - ay, z - 3.0], [sx + 1.5, sy - ay - 3.0, z], [sx - 1.5, sy - ay - 4.0, z + 3.0]])
-        _tube(r, volume, _spline(knot), 1.5)
+        _tube(r, volume, _spline(knot), 2.5)
 
 
 def draw_scoliosis(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
