@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 
 from xrg.data.findings import FINDING_KINDS, SEVERITY_SCALE, Finding
 from xrg.data.phantom._numeric import _rotation, _spline
@@ -203,12 +204,20 @@ def _scaled_sample(r: PhantomRenderer, channels: np.ndarray, box, center: np.nda
     towards ``center`` or grown (factor > 1); ``factor`` is a number or one per axis
     (x, y, z). A scaling is separable: one linear interpolation along each axis."""
     factors = np.broadcast_to(np.asarray(factor, dtype=np.float64), (3,))
+    maps = [lambda position, c=c, f=f: c + (position - c) / f for c, f in zip(center, factors)]
+    return _separable_sample(r, channels, box, maps)
+
+
+def _separable_sample(r: PhantomRenderer, channels: np.ndarray, box, maps) -> np.ndarray:
+    """Sample ``channels`` (C, *box shape) at the point whose coordinate along each axis
+    (x, y, z) is ``maps[axis](coordinate of p)`` (mm) for the voxels p of ``box``: one
+    linear interpolation along each axis, zero outside the box."""
     out = np.ascontiguousarray(channels, dtype=np.float32)
-    for axis, (c, f) in zip((3, 2, 1), zip(center, factors)):  # x, y, z
+    for axis, source_of in zip((3, 2, 1), maps):  # x, y, z
         part = box[axis - 1]
         n = part.stop - part.start
         position = (np.arange(n) + part.start + 0.5) * r.voxel_mm
-        source = (c + (position - c) / f) / r.voxel_mm - 0.5 - part.start  # box voxel index
+        source = source_of(position) / r.voxel_mm - 0.5 - part.start  # box voxel index
         low = np.floor(source).astype(np.int64)
         frac = source - low
         shape = [1] * out.ndim
@@ -235,30 +244,82 @@ def draw_cardiomegaly(r: PhantomRenderer, volume, finding: Finding, rng, shape: 
     shape.heart_factor = shape.heart_factor * (1.0 + np.array([0.42, 0.18, 0.1]) * SEVERITY_SCALE[finding.severity])
 
 
+#: How far (mm) below the hilum point the heart's growth fades in: the ventricles and the
+#: right atrium enlarge, the great vessels above them (at the hila) do not move.
+HEART_GROWTH_FADE_MM = 12.0
+#: Transverse diameter (mm) of the CT's heart on a frontal view (its silhouette without the
+#: vessel roots), and the share of a widening on the patient's left (the left ventricle).
+HEART_WIDTH_MM = 130.0
+HEART_LEFT_SHARE = 0.75
+#: Softness (Gaussian sigma, mm) of the border of the tissue a growing heart takes over.
+HEART_BORDER_MM = 3.0
+
+
 def resize_heart(r: PhantomRenderer, volume: np.ndarray, factor: np.ndarray) -> None:
-    """Scale the heart about its centre by ``factor`` (x, y, z). A larger heart takes the
-    place of lung, pericardial fat and retrosternal fat around it (never of bone, chest
-    wall or diaphragm); where a smaller heart leaves, aerated lung fills in."""
+    """Resize the cardiac silhouette by ``factor`` (x, y, z): ``y`` and ``z`` scale it about
+    its centre; ``x`` above 1 widens it transversely by ``(factor - 1)`` :data:`HEART_WIDTH_MM`,
+    :data:`HEART_LEFT_SHARE` of it to the left, by sweeping each border outwards (a dilation
+    along x: a wider heart keeps a border as deep, so as sharp on the film, as a normal one,
+    not the thin tapered rim a scaling gives), and below 1 scales it.
+
+    The tissue between the old and the new outline becomes heart: a larger heart takes the
+    place of lung and of pericardial and retrosternal fat (never of bone, chest wall or
+    diaphragm), a smaller one leaves aerated lung. The heart's own content does not move,
+    so nothing it holds (the vessel roots closed into the silhouette, contrast) is dragged
+    into the hila; the growth fades in below the hila (:data:`HEART_GROWTH_FADE_MM`) and every
+    weight is a soft mask, so the new border is as smooth as the old one.
+    """
+    factor = np.broadcast_to(np.asarray(factor, dtype=np.float64), (3,))
     if np.allclose(factor, 1.0):
         return
     a = r.anatomy
+    h = r.voxel_mm
     center = a.heart_center + np.array([8.0, 0.0, 5.0])  # the left ventricle grows most
-    # the heart's box, and where its corners go when scaled (x, y, z order)
-    lo = np.array([s.start for s in a.lobe_box["heart"]][::-1]) * r.voxel_mm
-    hi = np.array([s.stop for s in a.lobe_box["heart"]][::-1]) * r.voxel_mm
-    lo, hi = np.minimum(lo, center + (lo - center) * factor), np.maximum(hi, center + (hi - center) * factor)
-    box = _local_box(r, (lo + hi) / 2.0, (hi - lo) / 2.0 + r.voxel_mm)
+    widening = max(factor[0] - 1.0, 0.0) * HEART_WIDTH_MM
+    left_mm, right_mm = HEART_LEFT_SHARE * widening, (1.0 - HEART_LEFT_SHARE) * widening
+    scale = np.array([min(factor[0], 1.0), factor[1], factor[2]])
+    lo = np.array([s.start for s in a.lobe_box["heart"]][::-1]) * h
+    hi = np.array([s.stop for s in a.lobe_box["heart"]][::-1]) * h
+    lo, hi = np.minimum(lo, center + (lo - center) * scale), np.maximum(hi, center + (hi - center) * scale)
+    lo[0], hi[0] = lo[0] - right_mm, hi[0] + left_mm
+    box = _local_box(r, (lo + hi) / 2.0, (hi - lo) / 2.0 + 2 * h)
     heart = r._soft["heart"][box].astype(np.float32) * np.float32(1 / 255)
+    scaled = _scaled_sample(r, heart[None], box, center, scale)[0]
+    if widening > 0:
+        z, _, x = _coords(r, box)
+        on_left = (1.0 / (1.0 + np.exp(-(x - center[0]) / 6.0))).astype(np.float32)
+        # the border bulges most from the heart's middle down to the apex and not at all at
+        # its top (the great vessels): the sweep grows smoothly with depth
+        top = a.heart_center[2] - a.heart_radius[2]
+        t = np.clip((z - top) / (a.heart_center[2] + 10.0 - top), 0.0, 1.0)
+        reach = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # 0 at the top, 1 from the middle
+        steps = max(1, int(np.ceil(max(left_mm, right_mm) / (0.5 * h))))
+        swept = scaled.copy()
+        for step in range(1, steps + 1):
+            for distance, weight in ((left_mm, on_left), (-right_mm, 1.0 - on_left)):
+                shift = distance * step / steps
+                within = np.clip((reach * abs(distance) - abs(shift)) / h + 0.5, 0.0, 1.0)
+                maps = [lambda p, s=shift: p - s, lambda p: p, lambda p: p]
+                moved = _separable_sample(r, scaled[None], box, maps)[0]
+                np.maximum(swept, moved * (weight * within), out=swept)
+        scaled = swept
+    scaled = np.clip(scaled, 0.0, 1.0)
+    z = _coords(r, box)[0]
+    below_hila = 1.0 / (1.0 + np.exp(-(z - a.hilum["right"][2]) / HEART_GROWTH_FADE_MM))
     region = volume[box]
-    sampled = _scaled_sample(r, np.stack([heart, region * heart]), box, center, factor)
-    grown = np.clip(sampled[0], 0.0, 1.0)
-    fat = (region < np.float32(MU_WATER * 0.98)).astype(np.float32)
-    replaceable = np.minimum(r._lung_of(None, box) + heart + fat, 1.0)
-    # what shows where the scaled heart is not: the old content, or lung where it shrank
-    shrinking = bool(np.any(np.asarray(factor) < 1.0))
-    behind = region * (1.0 - heart) + heart * (np.float32(MU_WATER * 0.2) if shrinking else region)
-    new = sampled[1] + (1.0 - grown) * behind
-    region += replaceable * (new - region)
+    inside = heart > 0.9
+    mu_heart = np.float32(np.median(region[inside]) if inside.any() else MU_WATER)
+    # growth: lung and fat (soft weights: a fat voxel is one below water) become heart
+    grow = np.clip(scaled - heart, 0.0, 1.0) * below_hila.astype(np.float32)
+    grow = ndi.gaussian_filter(grow, HEART_BORDER_MM / h)  # a border as soft as the CT's own
+    fat = np.clip((np.float32(MU_WATER * 0.98) - region) / np.float32(MU_WATER * 0.1), 0.0, 1.0)
+    replaceable = np.minimum(r._lung_of(None, box) + fat, 1.0)
+    region += (grow * replaceable) * (mu_heart - region)
+    # shrinking (a factor below 1; where all grow, a non-convex outline scaled may miss a
+    # notch of the old one, which stays): the heart's rim becomes aerated lung
+    if np.any(factor < 1.0):
+        shrink = np.clip(heart - scaled, 0.0, 1.0) * below_hila.astype(np.float32)
+        region += shrink * (np.float32(MU_WATER * 0.2) - region)
 
 
 def draw_pleural_effusion(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
@@ -280,7 +341,7 @@ def draw_pleural_effusion(r: PhantomRenderer, volume, finding: Finding, rng, sha
         surface += rng.uniform(-6.0, 6.0)
         # the meniscus: fluid climbs the lateral chest wall, and a little along every surface
         wall = _lateral_distance(r, side, box)
-        meniscus = (18.0 + 0.15 * (base - surface)) * np.exp(-wall / 35.0) + 6.0 * np.exp(-depth / 8.0)
+        meniscus = (18.0 + 0.3 * max(base - surface, 0.0)) * np.exp(-wall / 35.0) + 6.0 * np.exp(-depth / 8.0)
         # the whole pleural space fills, edge voxels included (else air lines the wall)
         fluid = np.clip((z - surface + meniscus) / h + 0.5, 0.0, 1.0) * np.minimum(2.0 * lung, 1.0)
         region = volume[box]
