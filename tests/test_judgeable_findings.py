@@ -34,10 +34,12 @@ SMALL_FINDINGS = (
     Finding("pacemaker"),
     Finding("sternotomy"),
 )
-#: Largest pixel-to-pixel step (display units) of severe cardiomegaly's change at 64²: a
-#: smooth widening stays below it (0.16-0.25 over six seeds); the former resize, with its
-#: sharp-edged patches, reached 0.27-0.35.
-MAX_HEART_CHANGE_GRADIENT = 0.28
+#: Largest change severe cardiomegaly may make at the right hilum (display units): after
+#: 0.015-0.045 over six seeds; the former resize drew a sharp-edged patch of 0.11-0.20 there.
+MAX_HILUM_CHANGE = 0.06
+#: Least rise of that ratio from no to severe cardiomegaly (after: 0.08-0.15 over the seeds;
+#: the former resize: 0.05-0.06).
+MIN_SEVERE_WIDENING = 0.075
 #: Lungs are darker than this on the frontal display; the cardiac silhouette brighter.
 LUNG_LEVEL = 0.4
 
@@ -75,15 +77,16 @@ def test_calcified_granuloma_is_smaller_and_denser_than_a_nodule(renderer, norma
 
 
 def _cardiothoracic_ratio(frontal: np.ndarray, rows: np.ndarray) -> float:
-    """Widest dark-free gap between the lungs (the heart) over the widest extent of lung
-    (the thorax), along the given rows of a frontal image."""
+    """A cardiothoracic ratio proxy: the mean over the given rows of a frontal image of the
+    widest lung-free gap between the lungs (the heart), over the widest extent of lung (the
+    thorax). The mean of the rows, not the widest, so that one 64² pixel does not decide it."""
     hearts, thoraxes = [], []
     for row in rows:
         lung = np.flatnonzero(frontal[row] < LUNG_LEVEL)
         if len(lung) >= 2:
             thoraxes.append(lung[-1] - lung[0] + 1)
             hearts.append(np.diff(lung).max() - 1)
-    return max(hearts) / max(thoraxes)
+    return float(np.mean(hearts)) / max(thoraxes)
 
 
 def test_cardiomegaly_widens_the_frontal_heart_monotonically(renderer, normals) -> None:
@@ -96,18 +99,25 @@ def test_cardiomegaly_widens_the_frontal_heart_monotonically(renderer, normals) 
             pair = renderer.render([Finding("cardiomegaly", severity=severity)], seed=seed, size=SIZE)
             ratios.append(_cardiothoracic_ratio(pair.frontal, rows))
         assert all(a < b for a, b in zip(ratios, ratios[1:])), (seed, ratios)
-        assert ratios[-1] - ratios[0] >= 0.08, (seed, ratios)
+        assert ratios[-1] - ratios[0] >= MIN_SEVERE_WIDENING, (seed, ratios)
 
 
-def test_severe_cardiomegaly_has_no_sharp_edged_patch(renderer, normals) -> None:
+def test_severe_cardiomegaly_has_no_patch_at_the_right_hilum_and_no_sharp_edge(renderer, normals) -> None:
     for seed in SEEDS:
         heart, _ = renderer.project_structure([HEART], seed=seed, size=SIZE)
-        region = ndi.binary_dilation(heart > 0, iterations=12)  # the widening reaches ~9 pixels out
+        rows, columns = np.flatnonzero(heart.max(axis=1) > 0), np.flatnonzero(heart.max(axis=0) > 0)
+        region = ndi.binary_dilation(heart > 0, iterations=16)  # the widening reaches ~12 pixels out
         pair = renderer.render([Finding("cardiomegaly", severity="severe")], seed=seed, size=SIZE)
         change = pair.frontal - normals[seed].frontal
         assert np.abs(change[~region]).max() < 0.02  # the change stays at the heart
+        # the upper right (image left) of the heart, at the right hilum: the great vessels do
+        # not grow (the former resize drew a 0.11-0.20 patch there)
+        hilum = change[: (rows[0] + rows[-1]) // 2, : columns[0] + (columns[-1] - columns[0]) // 3]
+        assert np.abs(hilum).max() < MAX_HILUM_CHANGE, (seed, float(np.abs(hilum).max()))
+        # the new border is no sharper than the edges the normal chest already has there
         gradient = np.hypot(*np.gradient(change))[region]
-        assert gradient.max() < MAX_HEART_CHANGE_GRADIENT, (seed, float(gradient.max()))
+        own = np.hypot(*np.gradient(normals[seed].frontal))[region]
+        assert gradient.max() < own.max(), (seed, float(gradient.max()), float(own.max()))
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
