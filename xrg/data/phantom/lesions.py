@@ -204,20 +204,12 @@ def _scaled_sample(r: PhantomRenderer, channels: np.ndarray, box, center: np.nda
     towards ``center`` or grown (factor > 1); ``factor`` is a number or one per axis
     (x, y, z). A scaling is separable: one linear interpolation along each axis."""
     factors = np.broadcast_to(np.asarray(factor, dtype=np.float64), (3,))
-    maps = [lambda position, c=c, f=f: c + (position - c) / f for c, f in zip(center, factors)]
-    return _separable_sample(r, channels, box, maps)
-
-
-def _separable_sample(r: PhantomRenderer, channels: np.ndarray, box, maps) -> np.ndarray:
-    """Sample ``channels`` (C, *box shape) at the point whose coordinate along each axis
-    (x, y, z) is ``maps[axis](coordinate of p)`` (mm) for the voxels p of ``box``: one
-    linear interpolation along each axis, zero outside the box."""
     out = np.ascontiguousarray(channels, dtype=np.float32)
-    for axis, source_of in zip((3, 2, 1), maps):  # x, y, z
+    for axis, (c, f) in zip((3, 2, 1), zip(center, factors)):  # x, y, z
         part = box[axis - 1]
         n = part.stop - part.start
         position = (np.arange(n) + part.start + 0.5) * r.voxel_mm
-        source = source_of(position) / r.voxel_mm - 0.5 - part.start  # box voxel index
+        source = (c + (position - c) / f) / r.voxel_mm - 0.5 - part.start  # box voxel index
         low = np.floor(source).astype(np.int64)
         frac = source - low
         shape = [1] * out.ndim
