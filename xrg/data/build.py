@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from xrg.data.findings import Finding, label_text, mesh_to_findings
+from xrg.data.findings import Finding, label_text, mesh_to_findings, text_corrections
 from xrg.data.images import png_bytes
 from xrg.data.manifest import VIEWS, VOCAB_NAME, Case, patient_split, stable_hash, write_manifest
 from xrg.data.reports import Report, Vocabulary, load_openi_reports, report_text
@@ -51,7 +51,7 @@ class DataBuildConfig:
     seed: int = 0  # patient anatomy, sample and split
     workers: int = 2  # rendering processes
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    findings_source: str = "mesh"  # what is drawn: curated MeSH, the text labeller, or their union
+    findings_source: str = "mesh"  # drawn: curated MeSH (sides from the text), the text labeller, or both
     min_word_freq: int = 1  # vocabulary cut-off (train split counts)
 
     def __post_init__(self) -> None:
@@ -115,13 +115,16 @@ class BuildSummary:
 
 
 def case_findings(report: Report, source: str) -> tuple[list[Finding], Counter]:
-    """Structured findings of a report from MeSH, the text labeller, or both."""
+    """Structured findings of a report from MeSH, the text labeller, or both. MeSH findings
+    take the side the report's text names and gain the sternotomy wires it mentions
+    (:func:`~xrg.data.findings.text_corrections`)."""
     mesh, unmapped = mesh_to_findings(report.mesh)
-    if source == "mesh":
-        return mesh, unmapped
     text = label_text(report_text(report.findings, report.impression))
     if source == "text":
         return text, Counter()
+    mesh, _ = text_corrections(mesh, text)
+    if source == "mesh":
+        return mesh, unmapped
     kinds = {f.kind for f in mesh if not f.negated}
     extra = [f for f in text if not f.negated and f.kind not in kinds]
     return mesh + extra, unmapped

@@ -21,7 +21,9 @@ The package's modules, each re-exported here:
 * :mod:`~xrg.data.findings.labeller`: source 2, the free-text labeller (:func:`label_text`);
 * :mod:`~xrg.data.findings.agreement`: agreement of two sources (:func:`agreement`,
   :func:`openi_agreement`);
-* :mod:`~xrg.data.findings.descriptions`: text from findings (:func:`describe_findings`).
+* :mod:`~xrg.data.findings.descriptions`: text from findings (:func:`describe_findings`);
+* :mod:`~xrg.data.findings.reconcile`: MeSH findings corrected by the text: its sides and the
+  sternotomy wires it mentions (:func:`text_corrections`, :func:`side_disagreements`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from xrg.data.findings.mesh import (
     MeshRule,
     mesh_to_findings,
 )
+from xrg.data.findings.reconcile import TEXT_ADDED_KINDS, side_disagreements, text_corrections, text_sides
 from xrg.data.findings.schema import (
     FINDING_KINDS,
     KIND_ATTRIBUTES,
@@ -123,6 +126,11 @@ __all__ = [
     "SEVERITY_WORDS",
     "IMPLIED_BY_MENTION",
     "label_text",
+    # MeSH corrected by the text
+    "TEXT_ADDED_KINDS",
+    "text_sides",
+    "side_disagreements",
+    "text_corrections",
     # agreement and text from findings
     "agreement",
     "openi_agreement",

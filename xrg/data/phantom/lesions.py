@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 
 from xrg.data.findings import FINDING_KINDS, SEVERITY_SCALE, Finding
 from xrg.data.phantom._numeric import _rotation, _spline
-from xrg.data.phantom.ct import MU_WATER
+from xrg.data.phantom.ct import FIELD_OF_VIEW_MM, MU_WATER
 from xrg.data.phantom.patients import _Shape
 from xrg.errors import FindingError
 
@@ -30,6 +31,17 @@ if TYPE_CHECKING:
 
 #: A drawer: ``(renderer, volume, finding, rng, shape) -> None``.
 Drawer = Callable[["PhantomRenderer", np.ndarray, Finding, np.random.Generator, _Shape], None]
+
+
+#: A pixel of the 64² images the evaluators judge (mm; the patient's size varies by ±6 %).
+EVALUATION_PIXEL_MM = FIELD_OF_VIEW_MM / 64
+#: The smallest projected size (mm) a focal finding is drawn at: three evaluation pixels, so
+#: that a granuloma can be told from noise at 64² (smaller, true-to-life sizes change one or
+#: two pixels there and no evaluator can judge them).
+MIN_VISIBLE_MM = 3.0 * EVALUATION_PIXEL_MM
+#: Attenuation of a granuloma (partly calcified) and of a calcified granuloma (calcium).
+GRANULOMA_MU = MU_WATER * 4.0
+CALCIFIED_MU = MU_WATER * 10.0
 
 
 class _Skip(Exception):
@@ -219,35 +231,91 @@ def _scaled_sample(r: PhantomRenderer, channels: np.ndarray, box, center: np.nda
 
 
 def draw_cardiomegaly(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """The heart grows about its centre, mostly transversely: cardiothoracic ratio from
-    about 0.48 to 0.58/0.62/0.68 (see :func:`resize_heart`)."""
+    """The heart grows, mostly transversely and to the left (see :func:`resize_heart`): the
+    frontal silhouette widens by about 32/50/71 mm for mild/moderate/severe, and a
+    cardiothoracic-ratio proxy on 64² frontal renders rises monotonically with severity
+    (``tests/test_judgeable_findings.py``)."""
     shape.heart_factor = shape.heart_factor * (1.0 + np.array([0.42, 0.18, 0.1]) * SEVERITY_SCALE[finding.severity])
 
 
+#: How far (mm) below the hilum point the heart's growth fades in: the ventricles and the
+#: right atrium enlarge, the great vessels above them (at the hila) do not move.
+HEART_GROWTH_FADE_MM = 12.0
+#: Transverse widening (mm) of the heart per unit of its x factor above 1 (severe
+#: cardiomegaly: 0.42, so 71 mm), and the share of it on the patient's left (the left
+#: ventricle; the right atrium takes the rest).
+HEART_WIDENING_MM = 170.0
+HEART_LEFT_SHARE = 0.75
+#: Softness (Gaussian sigma, mm) of the border of the tissue a growing heart takes over.
+HEART_BORDER_MM = 3.0
+
+
 def resize_heart(r: PhantomRenderer, volume: np.ndarray, factor: np.ndarray) -> None:
-    """Scale the heart about its centre by ``factor`` (x, y, z). A larger heart takes the
-    place of lung, pericardial fat and retrosternal fat around it (never of bone, chest
-    wall or diaphragm); where a smaller heart leaves, aerated lung fills in."""
+    """Resize the cardiac silhouette by ``factor`` (x, y, z): ``y`` and ``z`` scale it about
+    its centre; ``x`` above 1 widens it transversely by ``(factor - 1)`` :data:`HEART_WIDENING_MM`,
+    :data:`HEART_LEFT_SHARE` of it to the left, by sweeping each border outwards (a dilation
+    along x: a wider heart keeps a border as deep, so as sharp on the film, as a normal one,
+    not the thin tapered rim a scaling gives), and below 1 scales it.
+
+    The tissue between the old and the new outline becomes heart: a larger heart takes the
+    place of lung and of pericardial and retrosternal fat (never of bone, chest wall or
+    diaphragm), a smaller one leaves aerated lung. The heart's own content does not move,
+    so nothing it holds (the vessel roots closed into the silhouette, contrast) is dragged
+    into the hila; the growth fades in below the hila (:data:`HEART_GROWTH_FADE_MM`) and every
+    weight is a soft mask, so the new border is as smooth as the old one.
+    """
+    factor = np.broadcast_to(np.asarray(factor, dtype=np.float64), (3,))
     if np.allclose(factor, 1.0):
         return
     a = r.anatomy
+    h = r.voxel_mm
     center = a.heart_center + np.array([8.0, 0.0, 5.0])  # the left ventricle grows most
-    # the heart's box, and where its corners go when scaled (x, y, z order)
-    lo = np.array([s.start for s in a.lobe_box["heart"]][::-1]) * r.voxel_mm
-    hi = np.array([s.stop for s in a.lobe_box["heart"]][::-1]) * r.voxel_mm
-    lo, hi = np.minimum(lo, center + (lo - center) * factor), np.maximum(hi, center + (hi - center) * factor)
-    box = _local_box(r, (lo + hi) / 2.0, (hi - lo) / 2.0 + r.voxel_mm)
+    widening = max(factor[0] - 1.0, 0.0) * HEART_WIDENING_MM
+    left_mm, right_mm = HEART_LEFT_SHARE * widening, (1.0 - HEART_LEFT_SHARE) * widening
+    scale = np.array([min(factor[0], 1.0), factor[1], factor[2]])
+    lo = np.array([s.start for s in a.lobe_box["heart"]][::-1]) * h
+    hi = np.array([s.stop for s in a.lobe_box["heart"]][::-1]) * h
+    lo, hi = np.minimum(lo, center + (lo - center) * scale), np.maximum(hi, center + (hi - center) * scale)
+    lo[0], hi[0] = lo[0] - right_mm, hi[0] + left_mm
+    box = _local_box(r, (lo + hi) / 2.0, (hi - lo) / 2.0 + 2 * h)
     heart = r._soft["heart"][box].astype(np.float32) * np.float32(1 / 255)
+    scaled = _scaled_sample(r, heart[None], box, center, scale)[0]
+    z, _, x = _coords(r, box)
+    if widening > 0:
+        on_left = (1.0 / (1.0 + np.exp(-(x - center[0]) / 6.0))).astype(np.float32)
+        # the border bulges most from the heart's middle down to the apex and not at all at
+        # its top (the great vessels): the sweep grows smoothly with depth
+        top = a.heart_center[2] - a.heart_radius[2]
+        t = np.clip((z - top) / (a.heart_center[2] + 10.0 - top), 0.0, 1.0)
+        reach = (t * t * (3.0 - 2.0 * t)).astype(np.float32)  # 0 at the top, 1 from the middle
+        swept = scaled.copy()
+        for distance, towards_left, weight in ((left_mm, True, on_left), (right_mm, False, 1.0 - on_left)):
+            voxels = reach[:, 0, 0] * np.float32(distance / h)  # sweep of each slice, in voxels
+            for k in range(1, min(int(np.ceil(voxels.max())), scaled.shape[2] - 1) + 1):
+                moved = np.zeros_like(scaled)  # the outline moved k voxels outwards
+                if towards_left:  # +x
+                    moved[..., k:] = scaled[..., :-k]
+                else:
+                    moved[..., :-k] = scaled[..., k:]
+                within = np.clip(voxels - k + 1, 0.0, 1.0)[:, None, None]
+                np.maximum(swept, moved * (weight * within), out=swept)
+        scaled = swept
+    scaled = np.clip(scaled, 0.0, 1.0)
+    below_hila = 1.0 / (1.0 + np.exp(-(z - a.hilum["right"][2]) / HEART_GROWTH_FADE_MM))
     region = volume[box]
-    sampled = _scaled_sample(r, np.stack([heart, region * heart]), box, center, factor)
-    grown = np.clip(sampled[0], 0.0, 1.0)
-    fat = (region < np.float32(MU_WATER * 0.98)).astype(np.float32)
-    replaceable = np.minimum(r._lung_of(None, box) + heart + fat, 1.0)
-    # what shows where the scaled heart is not: the old content, or lung where it shrank
-    shrinking = bool(np.any(np.asarray(factor) < 1.0))
-    behind = region * (1.0 - heart) + heart * (np.float32(MU_WATER * 0.2) if shrinking else region)
-    new = sampled[1] + (1.0 - grown) * behind
-    region += replaceable * (new - region)
+    inside = heart > 0.9
+    mu_heart = np.float32(np.median(region[inside]) if inside.any() else MU_WATER)
+    # growth: lung and fat (soft weights: a fat voxel is one below water) become heart
+    grow = np.clip(scaled - heart, 0.0, 1.0) * below_hila.astype(np.float32)
+    grow = ndi.gaussian_filter(grow, HEART_BORDER_MM / h)  # a border as soft as the CT's own
+    fat = np.clip((np.float32(MU_WATER * 0.98) - region) / np.float32(MU_WATER * 0.1), 0.0, 1.0)
+    replaceable = np.minimum(r._lung_of(None, box) + fat, 1.0)
+    region += (grow * replaceable) * (mu_heart - region)
+    # shrinking (a factor below 1; where all grow, a non-convex outline scaled may miss a
+    # notch of the old one, which stays): the heart's rim becomes aerated lung
+    if np.any(factor < 1.0):
+        shrink = np.clip(heart - scaled, 0.0, 1.0) * below_hila.astype(np.float32)
+        region += shrink * (np.float32(MU_WATER * 0.2) - region)
 
 
 def draw_pleural_effusion(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
@@ -269,7 +337,7 @@ def draw_pleural_effusion(r: PhantomRenderer, volume, finding: Finding, rng, sha
         surface += rng.uniform(-6.0, 6.0)
         # the meniscus: fluid climbs the lateral chest wall, and a little along every surface
         wall = _lateral_distance(r, side, box)
-        meniscus = (18.0 + 0.15 * (base - surface)) * np.exp(-wall / 35.0) + 6.0 * np.exp(-depth / 8.0)
+        meniscus = (18.0 + 0.3 * max(base - surface, 0.0)) * np.exp(-wall / 35.0) + 6.0 * np.exp(-depth / 8.0)
         # the whole pleural space fills, edge voxels included (else air lines the wall)
         fluid = np.clip((z - surface + meniscus) / h + 0.5, 0.0, 1.0) * np.minimum(2.0 * lung, 1.0)
         region = volume[box]
@@ -336,9 +404,12 @@ def draw_atelectasis(r: PhantomRenderer, volume, finding: Finding, rng, shape: _
 
 
 def draw_nodule(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A soft-tissue ball 9-30 mm across (severity = size; severe is a mass), slightly lobulated."""
+    """A soft-tissue ball (severity = size: from 1.2 :data:`MIN_VISIBLE_MM`, about 17 mm,
+    to 35 mm, a mass), slightly lobulated when large."""
     strength = SEVERITY_SCALE[finding.severity]
-    diameter = float(np.clip((9.0 + 21.0 * (strength - 0.45) / 0.55) * rng.uniform(0.85, 1.1), 6.0, 30.0))
+    smallest = 1.2 * MIN_VISIBLE_MM
+    diameter = (smallest + (35.0 - smallest) * (strength - 0.45) / 0.55) * rng.uniform(0.95, 1.1)
+    diameter = float(np.clip(diameter, smallest, 38.0))
     for side in _sides(r, finding, rng):
         zone = finding.zone if finding.zone is not None else None
         box, weight = _region(r, side, zone)
@@ -351,21 +422,22 @@ def draw_nodule(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape
 
 
 def draw_granuloma(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A small (6-9 mm) ball, drawn at three times water density (a partly calcified
-    granuloma) so that it shows at 1-3 mm pixels."""
+    """A small ball, :data:`MIN_VISIBLE_MM` to 1.15 times it across (14-16 mm), at
+    GRANULOMA_MU: denser than a nodule (partly calcified), smaller than any nodule."""
     for side in _sides(r, finding, rng):
         box, weight = _region(r, side, finding.zone)
-        diameter = rng.uniform(6.0, 9.0)
-        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, MU_WATER * 3.0)
+        diameter = MIN_VISIBLE_MM * rng.uniform(1.05, 1.2)
+        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, GRANULOMA_MU)
 
 
 def draw_calcified_granuloma(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A tiny (4-6 mm) ball of calcium, drawn ten times water density (more than bone) so
-    that it shows after the projection is averaged into 1-3 mm pixels."""
+    """The smallest and densest focal finding: a ball of calcium 0.75-0.9 :data:`MIN_VISIBLE_MM`
+    across (11-13 mm) at CALCIFIED_MU, denser than bone, so that with its partial volume
+    and the display's detail enhancement it still covers three evaluation pixels."""
     for side in _sides(r, finding, rng):
         box, weight = _region(r, side, finding.zone)
-        diameter = rng.uniform(4.0, 6.0)
-        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, MU_WATER * 10.0)
+        diameter = MIN_VISIBLE_MM * rng.uniform(0.8, 0.95)
+        _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, CALCIFIED_MU)
 
 
 def draw_pneumothorax(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
@@ -516,7 +588,7 @@ def draw_central_line(r: PhantomRenderer, volume, finding: Finding, rng, shape: 
         entry = clavicle["lateral"] + np.array([-outward * 15.0, 5.0, 18.0])
         path = [entry, clavicle["center"] + np.array([0.0, 12.0, 10.0]), bcv]
     path += [v["svc_top"], tip]
-    _tube(r, volume, _spline(np.array(path)), 0.8)
+    _tube(r, volume, _spline(np.array(path)), 1.2)
 
 
 def draw_sternotomy(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
@@ -536,9 +608,9 @@ def draw_sternotomy(r: PhantomRenderer, volume, finding: Finding, rng, shape: _S
         loop = np.stack(
             [sx + ax * np.cos(t), sy + ay * np.sin(t) * np.cos(tilt), z + ay * np.sin(t) * np.sin(tilt)], axis=1
         )
-        _tube(r, volume, loop, 0.6)
+        _tube(r, volume, loop, 1.0)
         knot = np.array([[sx, sy - ay, z - 3.0], [sx + 1.5, sy - ay - 3.0, z], [sx - 1.5, sy - ay - 4.0, z + 3.0]])
-        _tube(r, volume, _spline(knot), 1.5)
+        _tube(r, volume, _spline(knot), 2.5)
 
 
 def draw_scoliosis(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
