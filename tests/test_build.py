@@ -77,6 +77,21 @@ def test_a_killed_build_resumes(tiny_data, tiny_config, tmp_path):
         assert path.read_bytes() == (tiny_data / "images" / path.name).read_bytes()
 
 
+def test_renders_drawn_from_other_findings_or_by_an_older_renderer_are_not_reused(tiny_data, tiny_config, monkeypatch):
+    from xrg.data import phantom
+    from xrg.data.build import reusable_renders
+    from xrg.data.findings import Finding
+
+    cases = read_manifest(tiny_data)
+    key = tiny_config.rendering_key()
+    assert reusable_renders(tiny_data, cases, key) == {c.id for c in cases}
+    changed = replace(cases[0], structured_findings=[*cases[0].structured_findings, Finding("pneumothorax", "left")])
+    reused = reusable_renders(tiny_data, [changed, *cases[1:]], key)
+    assert changed.id not in reused and reused == {c.id for c in cases[1:]}
+    monkeypatch.setattr(phantom, "RENDERER_VERSION", phantom.RENDERER_VERSION + 1)
+    assert reusable_renders(tiny_data, cases, key) == set()  # drawn by older code: rendered again
+
+
 def test_a_different_rendering_config_is_refused_in_the_same_directory(tiny_data, tiny_config):
     with pytest.raises(DataDirError, match="was built with"):
         build_dataset(tiny_data, replace(tiny_config, image_size=64), progress=False)

@@ -170,7 +170,17 @@ def _render_job(job: tuple[str, list[dict], int, int, str]) -> tuple[str, dict, 
 
 
 def _key_digest(key: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
+    """The digest of a build's rendering settings, with the renderer's version (:data:`RENDERER_VERSION`)."""
+    from xrg.data.phantom import RENDERER_VERSION
+
+    return hashlib.sha256(json.dumps({**key, "renderer": RENDERER_VERSION}, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _job_digest(findings: Sequence[dict[str, Any]], seed: int) -> str:
+    """The digest of what one pair shows: its findings and its patient."""
+    return hashlib.sha256(
+        json.dumps([list(findings), None if seed is None else int(seed)], sort_keys=True).encode("utf-8")
+    ).hexdigest()
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -184,8 +194,9 @@ def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[st
     """Ids of ``cases`` whose two images in ``out`` are this build's renders, by :data:`RENDERS_NAME`.
 
     A case is reused only when the ledger recorded it with the same rendering settings and
-    both files still have the recorded SHA-256; a same-named image from anywhere else (or a
-    damaged one) is rendered again. Damaged ledger lines (a killed append) are ignored.
+    renderer version, the same findings and patient seed, and both files still have the
+    recorded SHA-256; a same-named image from anywhere else (or a damaged one, or one drawn
+    from other findings) is rendered again. Damaged ledger lines (a killed append) are ignored.
     """
     out = Path(out)
     ledger = out / RENDERS_NAME
@@ -204,6 +215,7 @@ def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[st
     return {
         case.id for case in cases
         if case.id in recorded
+        and recorded[case.id].get("job") == _job_digest([f.to_dict() for f in case.structured_findings], case.seed)
         and all(_file_sha256(out / getattr(case, view)) == recorded[case.id].get(view) for view in VIEWS)
     }  # fmt: skip
 
@@ -229,21 +241,22 @@ def render_pairs(
     workers = min(workers, len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, unit="pair", disable=not progress)
 
-    def record(result: tuple[str, dict, dict[str, str]], out: str) -> None:
+    def record(result: tuple[str, dict, dict[str, str]], job: tuple[str, list[dict], int, int, str]) -> None:
         case_id, skipped, digests = result
         not_drawn.update(skipped)
-        append_jsonl(Path(out) / RENDERS_NAME, {"id": case_id, "key": key_digest, **digests})
+        row = {"id": case_id, "key": key_digest, "job": _job_digest(job[1], job[2]), **digests}
+        append_jsonl(Path(job[4]) / RENDERS_NAME, row)
         bar.update()
 
     if workers == 1:
         _init_worker(volume_size)
         for job in jobs:
-            record(_render_job(job), job[4])
+            record(_render_job(job), job)
     else:
         context = mp.get_context("spawn")
         with context.Pool(workers, initializer=_init_worker, initargs=(volume_size,)) as pool:
             for job, result in zip(jobs, pool.imap(_render_job, jobs, chunksize=4)):
-                record(result, job[4])
+                record(result, job)
     bar.close()
     return not_drawn
 

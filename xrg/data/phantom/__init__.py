@@ -79,7 +79,14 @@ from xrg.data.phantom.renderer import (
     volume_size_for,
 )
 
+#: The version of what the phantom draws. Bump it with any change that alters rendered pixels
+#: (lesion drawing, anatomy, patients): resumed data builds and evaluator cohorts then render
+#: every pair again instead of reusing images drawn by older code (:func:`xrg.data.build.reusable_renders`).
+#: 2: judgeable small findings, smooth cardiomegaly, text-side findings; patient anatomy model.
+RENDERER_VERSION = 2
+
 __all__ = [
+    "RENDERER_VERSION",
     "Anatomy",
     "BONES",
     "BRACHIOCEPHALIC_VEIN_LEFT",
