@@ -8,7 +8,7 @@
     xrg train xraygan --profile cpu --data data/cpu --out runs/cpu [--resume]
     xrg train vcn --profile cpu --data data/cpu --out runs/cpu
     xrg train baseline --method stackgan --profile cpu --data data/cpu --out runs/cpu/stackgan
-    xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # IS, FID, SSIM, VC ... → eval.json
+    xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # KID, FID, SSIM, VC, detection ... → eval.json
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
     xrg bench train --profile cpu                       # training images/s per stage
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     generate.set_defaults(func=_cmd_generate)
 
-    evaluate = commands.add_parser("eval", help="score a trained run (IS, FID, SSIM, VC, fidelity ...) → RUN/eval.json")
+    evaluate = commands.add_parser("eval", help="score a trained run (KID, FID, SSIM, VC, detection, controllability ...) → RUN/eval.json")
     evaluate.add_argument("--run", required=True, help="run directory (XRayGAN, an ablation or a baseline)")
     evaluate.add_argument("--data", required=True, help="the data directory the run was trained on")
     evaluate.add_argument(
