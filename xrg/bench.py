@@ -194,20 +194,23 @@ def variety_measurements(renderer, seed: int, size: int) -> dict[str, float]:
     }
 
 
-def bench_variety(n_patients: int = 16, size: int = 64, first_seed: int = 0, print_fn=print) -> dict[str, Any]:
+def bench_variety(
+    n_patients: int = 16, size: int = 64, first_seed: int = 0, volume_size: int | None = None, print_fn=print
+) -> dict[str, Any]:
     """How different the phantom's normal patients are: ``n_patients`` seeds rendered with no
     finding at ``size``. Prints and returns the mean pairwise pixel distance of the frontal
     renders (mean absolute difference and RMS, in display units 0..1), their mean distance
     to the population-mean image, and the mean, standard deviation and range of each
     :func:`variety_measurements` figure over the patients. A population of near copies of
-    one body shows small distances and near-zero spreads."""
+    one body shows small distances and near-zero spreads. ``volume_size`` is the CT grid
+    (default :func:`~xrg.data.phantom.volume_size_for` the size)."""
     from xrg.data.phantom import MAX_SIZE, MIN_SIZE, PhantomRenderer, volume_size_for
 
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 2:
         raise ConfigError(f"n_patients must be an integer of at least 2, got {n_patients!r}")
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ConfigError(f"image size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
-    renderer = PhantomRenderer(volume_size=volume_size_for(size))
+    renderer = PhantomRenderer(volume_size=volume_size or volume_size_for(size))
     seeds = range(first_seed, first_seed + n_patients)
     frontal = np.stack([renderer.render([], seed=seed, size=size).frontal for seed in seeds]).astype(np.float64)
     measured = [variety_measurements(renderer, seed, size) for seed in seeds]
