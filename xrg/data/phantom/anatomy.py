@@ -1,4 +1,5 @@
-"""Anatomy landmarks of the CT: lungs, diaphragm, heart, spine, sternum, clavicles, veins.
+"""Anatomy landmarks of the CT: lungs, diaphragm, heart, spine, sternum, clavicles, veins;
+and the breasts a patient may add in front of its chest wall (:func:`breast_tissue`).
 
 Measured once from the label cube (patient-independent) in cube millimetres, and stored
 with the cache arrays (:meth:`Anatomy.to_arrays`, :meth:`Anatomy.from_arrays`).
@@ -243,9 +244,10 @@ def breast_tissue(
 
     Each breast is a half ellipsoid on the anterior skin surface, centred 80 mm either side
     of the spine a little above the lower end of the sternum (the 4th to 6th ribs), 120 mm
-    wide, 100 mm high and ``protrusion_mm`` deep, its lower edge (the inframammary fold)
-    casting the curved shadow over the lung bases that PA films of women show. Only voxels
-    in front of the skin are filled, so the chest wall and the organs are untouched.
+    wide, 100 mm high and ``protrusion_mm`` deep, tapering upwards; its steep lower edge (the
+    inframammary fold) casts the curved shadow over the lung bases that PA films of women
+    show. Only voxels in front of the skin are filled, so the chest wall and the organs are
+    untouched.
     """
     if protrusion_mm <= 0:
         return []
@@ -265,7 +267,9 @@ def breast_tissue(
         ys = slice(top, min(size, int(np.ceil(np.nanmax(skin) / h)) + 1))
         z, y, x = axis_mm[zs][:, None, None], axis_mm[ys][None, :, None], axis_mm[xs][None, None, :]
         radial = ((x - center_x) / half_width) ** 2 + ((z - center_z) / half_height) ** 2
-        depth = protrusion_mm * np.sqrt(np.clip(1.0 - radial, 0.0, None))
+        # steep below the nipple line (the fold's sharp edge), tapering gently above it
+        profile = 0.5 + 1.5 / (1.0 + np.exp((z - center_z) / 12.0))
+        depth = protrusion_mm * np.clip(1.0 - radial, 0.0, None) ** profile
         ahead = np.nan_to_num(skin, nan=-1e3)[:, None, :] - y  # mm in front of the skin
         weight = np.clip((depth - ahead) / h + 0.5, 0.0, 1.0) * (ahead >= 0.0) * (depth > 0.0)
         parts.append(((zs, ys, xs), (weight * BREAST_MU).astype(np.float32)))
