@@ -66,6 +66,8 @@ def test_parameters_stay_in_their_documented_ranges() -> None:
     female = np.mean([p.breast_mm >= 12.0 for p in samples])
     assert 0.4 < female < 0.6
     assert all(p.breast_mm <= 6.0 for p in samples if p.breast_mm < 12.0)
+    sizes = {sex: np.mean([p.body_size for p in samples if (p.breast_mm >= 12.0) == sex]) for sex in (True, False)}
+    assert sizes[True] < sizes[False] - 0.03  # women's chests are smaller on average
     # the scale of the thorax is the product of body size and its width, depth, height
     p = samples[0]
     assert p.scale == pytest.approx((p.body_size * p.thorax_width, p.body_size * p.thorax_depth,

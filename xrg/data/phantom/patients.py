@@ -36,7 +36,8 @@ def _normal(rng: np.random.Generator, mean: float, std: float, low: float, high:
 #: chest: lung width ~250 mm, heart width ~130 mm, cardiothoracic ratio ~0.53 on our
 #: parallel-beam frontal view, right dome ~17 mm above the left).
 PARAMETER_RANGES: dict[str, tuple[float, float]] = {
-    # body size: adult chest dimensions scale with stature (height sd ~7 cm of ~170 cm, ~4%)
+    # body size: adult chest dimensions scale with stature (height sd ~7 cm of ~170 cm, ~4%);
+    # women's chests are ~6% smaller than men's on average
     "body_size": (0.93, 1.07),
     # inner thoracic width on PA films ~25-33 cm in adults (sd ~1.8 cm, ~6%), with body_size
     "thorax_width": (0.9, 1.1),
@@ -114,7 +115,7 @@ class PatientParams:
         r = PARAMETER_RANGES
         female = bool(rng.uniform() < 0.5)
         return cls(
-            body_size=_normal(rng, 1.0, 0.035, *r["body_size"]),
+            body_size=_normal(rng, 0.97 if female else 1.03, 0.03, *r["body_size"]),
             thorax_width=_normal(rng, 1.0, 0.045, *r["thorax_width"]),
             thorax_depth=_normal(rng, 1.0, 0.06, *r["thorax_depth"]),
             lung_height=_normal(rng, 1.0, 0.035, *r["lung_height"]),

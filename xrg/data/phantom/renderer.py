@@ -163,8 +163,9 @@ class PhantomRenderer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where structures of the organ mask show: path length (mm) through the voxels with
         these ``labels`` along the frontal and the lateral rays of patient ``seed``, at
-        ``size`` pixels, oriented as :meth:`render`'s images. Findings that move anatomy
-        (diaphragm, scoliosis) move the structures too; density changes are not followed."""
+        ``size`` pixels, oriented as :meth:`render`'s images. The patient's shape (its heart
+        size and position included) and findings that move anatomy (diaphragm, scoliosis)
+        move the structures too; density changes (a cardiomegaly among them) are not followed."""
         params = PatientParams.sample(seed)
         shape = params.shape()
         self._draw_findings(self._patient_volume(params)[1], findings, seed, shape)  # for the shape only
