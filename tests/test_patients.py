@@ -182,6 +182,7 @@ def test_bench_variety_prints_and_refuses(_cache_dir: Path) -> None:
     result = bench_variety(n_patients=3, size=32, volume_size=32, print_fn=lines.append)
     assert result["patients"] == 3 and result["volume_size"] == 32
     assert result["pairwise_mad"] > 0.01 and result["pairwise_rmse"] >= result["pairwise_mad"]
+    assert 0.5 < result["lung_mask_iou"] < 1.0  # the same organ, not the same shape
     for row in result["measurements"].values():
         assert row["min"] <= row["mean"] <= row["max"] and row["std"] >= 0
     assert any("cardiothoracic_ratio" in line for line in lines)
