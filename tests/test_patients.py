@@ -149,8 +149,9 @@ def test_the_heart_moves_and_grows_with_its_mask(renderer: PhantomRenderer) -> N
     left, _ = heart_columns(_extreme(1, heart_shift_x_mm=9.0))
     right, _ = heart_columns(_extreme(1, heart_shift_x_mm=-9.0))
     assert left - right > 0.5 * 18.0 / renderer.voxel_mm  # + is towards the patient's left (the viewer's right)
-    _, small = heart_columns(_extreme(1, heart_scale=0.8))
-    _, large = heart_columns(_extreme(1, heart_scale=1.06))
+    low, high = PARAMETER_RANGES["heart_scale"]
+    _, small = heart_columns(_extreme(1, heart_scale=low))
+    _, large = heart_columns(_extreme(1, heart_scale=high))
     assert large > small
 
 

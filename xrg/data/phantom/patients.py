@@ -40,13 +40,14 @@ PARAMETER_RANGES: dict[str, tuple[float, float]] = {
     # women's chests are ~6% smaller than men's on average
     "body_size": (0.93, 1.07),
     # inner thoracic width on PA films ~25-33 cm in adults (sd ~1.8 cm, ~6%), with body_size
-    "thorax_width": (0.9, 1.1),
+    "thorax_width": (0.88, 1.12),
     # front-back depth: the thoracic index (AP / transverse diameter) is ~0.55-0.85 in adults
     # (mean ~0.7, sd ~0.06, ~9%); barrel chests (emphysema) add to this
     "thorax_depth": (0.88, 1.12),
-    # height of the lungs (apex to base, ~24-30 cm on PA), the diaphragm following (scaling
-    # about mid-lung, so both apex and sulci stay in the frame)
-    "lung_height": (0.92, 1.08),
+    # height of the lungs (apex to base, ~24-30 cm on PA, ~8%), the diaphragm following
+    # (scaling about mid-lung); the CT's lungs nearly fill the frame, so taller ones are
+    # limited to +8% (their sulci would leave it)
+    "lung_height": (0.9, 1.08),
     # breath: diaphragm lower (+) or higher (-) at the film; domes move ~1-3 cm between
     # a shallow and a full inspiration on erect PA films
     "inflation_mm": (-14.0, 14.0),
@@ -56,8 +57,8 @@ PARAMETER_RANGES: dict[str, tuple[float, float]] = {
     "diaphragm_right_mm": (-10.0, 10.0),
     # transverse heart size: the normal adult cardiothoracic ratio is ~0.39-0.50 on PA films
     # (mean ~0.45, sd ~0.04, ~9%); the CT's is ~0.53 (a narrow chest), so the factor centres
-    # below 1 (0.92) and normals span ~0.45-0.56
-    "heart_scale": (0.8, 1.06),
+    # below 1 (0.92) and normals span ~0.44-0.56
+    "heart_scale": (0.76, 1.08),
     # heart position with the lower mediastinum (mm, right-left and head-feet): the heart
     # lies more vertical in tall slender chests, more transverse in stocky ones
     "heart_shift_x_mm": (-9.0, 9.0),
@@ -116,16 +117,16 @@ class PatientParams:
         female = bool(rng.uniform() < 0.5)
         return cls(
             body_size=_normal(rng, 0.97 if female else 1.03, 0.03, *r["body_size"]),
-            thorax_width=_normal(rng, 1.0, 0.045, *r["thorax_width"]),
+            thorax_width=_normal(rng, 1.0, 0.055, *r["thorax_width"]),
             thorax_depth=_normal(rng, 1.0, 0.06, *r["thorax_depth"]),
-            lung_height=_normal(rng, 1.0, 0.035, *r["lung_height"]),
+            lung_height=_normal(rng, 1.0, 0.04, *r["lung_height"]),
             rotation_deg=tuple(float(v) for v in rng.uniform(*r["rotation_deg"], 3)),
             shift_mm=(float(rng.uniform(-8, 8)), float(rng.uniform(-5, 5)), float(rng.uniform(-8, 8))),
             elastic_mm=rng.normal(0.0, 3.0, (3, 5, 5, 5)).astype(np.float32),
             inflation_mm=_normal(rng, 0.0, 7.0, *r["inflation_mm"]),
             diaphragm_left_mm=_normal(rng, 0.0, 4.0, *r["diaphragm_left_mm"]),
             diaphragm_right_mm=_normal(rng, 0.0, 4.0, *r["diaphragm_right_mm"]),
-            heart_scale=_normal(rng, 0.92, 0.07, *r["heart_scale"]),
+            heart_scale=_normal(rng, 0.92, 0.08, *r["heart_scale"]),
             heart_shift_x_mm=_normal(rng, 0.0, 4.0, *r["heart_shift_x_mm"]),
             heart_shift_z_mm=_normal(rng, 0.0, 4.0, *r["heart_shift_z_mm"]),
             soft_tissue=float(rng.uniform(*r["soft_tissue"])),
