@@ -58,7 +58,7 @@ PARAMETER_RANGES: dict[str, tuple[float, float]] = {
     # transverse heart size: the normal adult cardiothoracic ratio is ~0.39-0.50 on PA films
     # (mean ~0.45, sd ~0.04, ~9%); the CT's is ~0.53 (a narrow chest), so the factor centres
     # below 1 (0.92) and normals span ~0.44-0.56
-    "heart_scale": (0.76, 1.08),
+    "heart_scale": (0.8, 1.08),
     # heart position with the lower mediastinum (mm, right-left and head-feet): the heart
     # lies more vertical in tall slender chests, more transverse in stocky ones
     "heart_shift_x_mm": (-9.0, 9.0),
@@ -126,7 +126,7 @@ class PatientParams:
             inflation_mm=_normal(rng, 0.0, 7.0, *r["inflation_mm"]),
             diaphragm_left_mm=_normal(rng, 0.0, 4.0, *r["diaphragm_left_mm"]),
             diaphragm_right_mm=_normal(rng, 0.0, 4.0, *r["diaphragm_right_mm"]),
-            heart_scale=_normal(rng, 0.92, 0.08, *r["heart_scale"]),
+            heart_scale=_normal(rng, 0.92, 0.07, *r["heart_scale"]),
             heart_shift_x_mm=_normal(rng, 0.0, 4.0, *r["heart_shift_x_mm"]),
             heart_shift_z_mm=_normal(rng, 0.0, 4.0, *r["heart_shift_z_mm"]),
             soft_tissue=float(rng.uniform(*r["soft_tissue"])),

@@ -316,10 +316,13 @@ class PhantomRenderer:
         """The patient's heart size and position, as displacement (3, nodes, nodes, nodes)
         of the field's nodes: the heart and the lower mediastinum are scaled by
         ``shape.heart_scale_xyz`` about the heart's centre and moved by ``shape.heart_shift_mm``
-        in the CT's space, under a flat-topped weight (1 over the heart, ~0.85 at its edge,
-        0 beyond ~1.8 heart radii) so the lung around gives way. The organ masks move with
-        it (unlike a cardiomegaly, drawn into the attenuation). Within the sampled ranges the
-        map stays one-to-one (tested)."""
+        in the CT's space. Inside the heart's ellipsoid (its half extents) that is exact;
+        outside, the edge's displacement fades to 0 at 2 heart radii (a smoothstep), so the
+        lung around gives way (stretched locally by ~1.15x for a typical heart, under 1.6x at
+        the ends of the ranges) and the chest wall
+        (~1.5 radii to the left) moves by half the heart edge's shift. The
+        organ masks move with it (unlike a cardiomegaly, drawn into the attenuation). Within
+        the sampled ranges the map stays one-to-one (tested)."""
         shift = np.asarray(shape.heart_shift_mm, dtype=np.float64)
         inverse = 1.0 / np.asarray(shape.heart_scale_xyz, dtype=np.float64) - 1.0
         if not (np.any(np.abs(shift) > 1e-3) or np.any(np.abs(inverse) > 1e-4)):
@@ -336,12 +339,17 @@ class PhantomRenderer:
         ]  # fmt: skip
         a = self.anatomy
         moved = a.heart_center + shift
-        spread = 1.3 * a.heart_radius
-        distance = sum(((c - float(m)) / float(s_)) ** 2 for c, m, s_ in zip(canonical, moved, spread))
-        weight = torch.exp(-0.5 * distance**2)  # exp(-(d/sigma)^4 / 2)
-        # towards c_canonical = centre + (c - moved centre) / factor, by the weight
+        radius = a.heart_radius
+        distance = torch.sqrt(sum(((c - float(m)) / float(r)) ** 2 for c, m, r in zip(canonical, moved, radius)))
+        t = (distance - 1.0).clamp_(0.0, 1.0)
+        fade = 1.0 - t * t * (3.0 - 2.0 * t)
+        reach = fade / distance.clamp(min=1.0)  # the scaling stops growing at the heart's edge
+        # towards c_canonical = centre + (c - moved centre) / factor
         return torch.stack(
-            [weight * ((c - float(m)) * float(k) - float(d)) for c, m, d, k in zip(canonical, moved, shift, inverse)]
+            [
+                reach * (c - float(m)) * float(k) - fade * float(d)
+                for c, m, d, k in zip(canonical, moved, shift, inverse)
+            ]
         )
 
     def _scoliosis_profile(self, zo: torch.Tensor, amplitude: float) -> torch.Tensor:
