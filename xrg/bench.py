@@ -166,3 +166,92 @@ def bench_explorer(
     if failed:
         print_fn(f"{failed} listed edit(s) failed verification and were not timed")
     return {"image_size": size, "init_s": init_s, "failed": failed, "rows": rows}
+
+
+def _extent(mask: np.ndarray, axis: int) -> int:
+    """Pixels from the first to the last row (``axis`` 0) or column (1) that ``mask`` touches."""
+    hit = np.flatnonzero(mask.any(axis=1 - axis))
+    return int(hit[-1] - hit[0] + 1) if len(hit) else 0
+
+
+def _frontal_masks(renderer, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the lungs and the heart of normal patient ``seed`` show on its frontal view:
+    rays that cross at least 2 mm of the organ."""
+    from xrg.data.phantom import HEART, LUNG_LABELS
+
+    lung, _ = renderer.project_structure(LUNG_LABELS, seed=seed, size=size)
+    heart, _ = renderer.project_structure((HEART,), seed=seed, size=size)
+    return lung > 2.0, heart > 2.0
+
+
+def variety_measurements(renderer, seed: int, size: int, masks=None) -> dict[str, float]:
+    """Anatomical measurements of normal patient ``seed`` on its frontal view, in pixels at
+    ``size``: lung height (apex to the lowest lung row), thoracic width (outer edge of the
+    right lung to that of the left, the inner rib margins on a radiograph), heart width and
+    their ratio (the cardiothoracic ratio). Taken from the projected organ masks, where a
+    ray crosses at least 2 mm of the organ (``masks``: those of :func:`_frontal_masks`)."""
+    lung, heart = masks if masks is not None else _frontal_masks(renderer, seed, size)
+    lung_width = max((_extent(row[None], 1) for row in lung), default=0)
+    heart_width = _extent(heart, 1)
+    return {
+        "lung_height_px": float(_extent(lung, 0)),
+        "thoracic_width_px": float(lung_width),
+        "heart_width_px": float(heart_width),
+        "cardiothoracic_ratio": heart_width / max(lung_width, 1),
+    }
+
+
+def bench_variety(
+    n_patients: int = 16, size: int = 64, first_seed: int = 0, volume_size: int | None = None, print_fn=print
+) -> dict[str, Any]:
+    """How different the phantom's normal patients are: ``n_patients`` seeds rendered with no
+    finding at ``size``. Prints and returns the mean pairwise pixel distance of the frontal
+    renders (mean absolute difference and RMS, in display units 0..1), their mean distance
+    to the population-mean image, the mean pairwise overlap (IoU) of the patients' frontal
+    lung masks (shape alone, whatever the exposure), and the mean, standard deviation and
+    range of each :func:`variety_measurements` figure over the patients. A population of near copies of
+    one body shows small distances and near-zero spreads. ``volume_size`` is the CT grid
+    (default :func:`~xrg.data.phantom.volume_size_for` the size)."""
+    from xrg.data.phantom import MAX_SIZE, MIN_SIZE, PhantomRenderer, volume_size_for
+
+    if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 2:
+        raise ConfigError(f"n_patients must be an integer of at least 2, got {n_patients!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"image size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
+    renderer = PhantomRenderer(volume_size=volume_size or volume_size_for(size))
+    seeds = range(first_seed, first_seed + n_patients)
+    frontal = np.stack([renderer.render([], seed=seed, size=size).frontal for seed in seeds]).astype(np.float64)
+    masks = [_frontal_masks(renderer, seed, size) for seed in seeds]
+    measured = [variety_measurements(renderer, seed, size, pair) for seed, pair in zip(seeds, masks)]
+    lungs = np.stack([lung for lung, _ in masks]).reshape(n_patients, -1).astype(np.float64)
+    flat = frontal.reshape(n_patients, -1)
+    upper = np.triu_indices(n_patients, k=1)
+    absolute = np.abs(flat[:, None, :] - flat[None, :, :]).mean(axis=2)[upper]
+    squared = np.sqrt(((flat[:, None, :] - flat[None, :, :]) ** 2).mean(axis=2))[upper]
+    to_mean = np.abs(flat - flat.mean(axis=0)).mean(axis=1)
+    overlap = lungs @ lungs.T
+    union = lungs.sum(axis=1)[:, None] + lungs.sum(axis=1)[None, :] - overlap
+    result: dict[str, Any] = {
+        "patients": n_patients,
+        "size": size,
+        "volume_size": renderer.volume_size,
+        "pairwise_mad": float(absolute.mean()),
+        "pairwise_rmse": float(squared.mean()),
+        "mad_to_mean_image": float(to_mean.mean()),
+        "lung_mask_iou": float((overlap / np.maximum(union, 1.0))[upper].mean()),
+        "measurements": {},
+    }
+    print_fn(f"{n_patients} normal patients (seeds {first_seed}..{first_seed + n_patients - 1}) at {size}², "
+             f"CT grid {renderer.volume_size}")  # fmt: skip
+    print_fn(f"frontal pairwise mean |difference| {result['pairwise_mad']:.4f}, RMS {result['pairwise_rmse']:.4f}; "
+             f"to the mean image {result['mad_to_mean_image']:.4f}; lung masks' pairwise IoU "
+             f"{result['lung_mask_iou']:.3f}")  # fmt: skip
+    print_fn(f"{'measurement':<22} {'mean':>8} {'std':>7} {'min':>7} {'max':>7} {'cv %':>6}")
+    for name in measured[0]:
+        values = np.array([m[name] for m in measured])
+        row = {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+               "max": float(values.max())}  # fmt: skip
+        result["measurements"][name] = row
+        cv = 100.0 * row["std"] / row["mean"] if row["mean"] else 0.0
+        print_fn(f"{name:<22} {row['mean']:>8.3f} {row['std']:>7.3f} {row['min']:>7.3f} {row['max']:>7.3f} {cv:>6.1f}")
+    return result

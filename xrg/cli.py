@@ -5,6 +5,7 @@
     xrg data import-mimic --root MIMIC --out D
     xrg phantom --report "Small left pleural effusion." --seed 3 --out OUT
     xrg bench data                                      # renderer throughput
+    xrg bench variety [--patients 16 --size 64]         # how different the normal patients are
     xrg train xraygan --profile cpu --data data/cpu --out runs/cpu [--resume]
     xrg train vcn --profile cpu --data data/cpu --out runs/cpu
     xrg train baseline --method stackgan --profile cpu --data data/cpu --out runs/cpu/stackgan
@@ -125,6 +126,12 @@ def _cmd_bench_data(args: argparse.Namespace) -> None:
     from xrg.bench import bench_data
 
     bench_data(sizes=tuple(args.sizes), n_pairs=args.pairs, workers=args.workers)
+
+
+def _cmd_bench_variety(args: argparse.Namespace) -> None:
+    from xrg.bench import bench_variety
+
+    bench_variety(n_patients=args.patients, size=args.size, first_seed=args.first_seed)
 
 
 #: Largest report text read from ``--report-file`` (Open-i reports are under 5 kB).
@@ -393,6 +400,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_data.add_argument("--workers", type=bounded(1, 64), default=2, help="processes, 1..64 (default 2)")
     bench_data.set_defaults(func=_cmd_bench_data)
+    bench_variety = bench.add_parser("variety", help="how different the phantom's normal patients are")
+    bench_variety.add_argument(
+        "--patients", type=bounded(2, 1000), default=16, help="patient seeds rendered, 2..1000 (default 16)"
+    )
+    bench_variety.add_argument("--size", type=bounded(32, 256), default=64, help="image size, 32..256 (default 64)")
+    bench_variety.add_argument(
+        "--first-seed", type=bounded(0, SEED_MAX), default=0, help="first patient seed (default 0)"
+    )
+    bench_variety.set_defaults(func=_cmd_bench_variety)
     bench_train = bench.add_parser("train", help="XRayGAN training images/s per stage (synthetic batches)")
     bench_train.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
     bench_train.add_argument(

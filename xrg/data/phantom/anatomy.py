@@ -1,4 +1,5 @@
-"""Anatomy landmarks of the CT: lungs, diaphragm, heart, spine, sternum, clavicles, veins.
+"""Anatomy landmarks of the CT: lungs, diaphragm, heart, spine, sternum, clavicles, veins;
+and the breasts a patient may add in front of its chest wall (:func:`breast_tissue`).
 
 Measured once from the label cube (patient-independent) in cube millimetres, and stored
 with the cache arrays (:meth:`Anatomy.to_arrays`, :meth:`Anatomy.from_arrays`).
@@ -18,6 +19,7 @@ from xrg.data.phantom.ct import (
     CLAVICLE_RIGHT,
     FIELD_OF_VIEW_MM,
     HEART,
+    MU_WATER,
     SOFT_MASKS,
     STERNUM,
     SVC,
@@ -228,3 +230,47 @@ class Anatomy:
             lobe_box={name: _bounding_box(arrays[f"soft_{name}"] >= 64, margin=2) for name in SOFT_MASKS},
             body_box=_bounding_box(body),
         )
+
+
+#: Attenuation of breast tissue, a mix of fat and glands (about -70 HU).
+BREAST_MU = MU_WATER * 0.93
+
+
+def breast_tissue(
+    anatomy: Anatomy, axis_mm: np.ndarray, protrusion_mm: float
+) -> list[tuple[tuple[slice, slice, slice], np.ndarray]]:
+    """Attenuation of the two breasts in front of the chest wall: for each, a voxel box
+    and the ``mu`` of its voxels (0 elsewhere), to be maxed into the canonical cube.
+
+    Each breast is a half ellipsoid on the anterior skin surface, centred 80 mm either side
+    of the spine a little above the lower end of the sternum (the 4th to 6th ribs), 120 mm
+    wide, 100 mm high and ``protrusion_mm`` deep, tapering upwards; its steep lower edge (the
+    inframammary fold) casts the curved shadow over the lung bases that PA films of women
+    show. Only voxels in front of the skin are filled, so the chest wall and the organs are
+    untouched.
+    """
+    if protrusion_mm <= 0:
+        return []
+    h = anatomy.voxel_mm
+    size = len(axis_mm)
+    half_width, half_height = 60.0, 50.0
+    center_z = anatomy.sternum_z[1] - 15.0
+    parts = []
+    for side in ("right", "left"):
+        center_x = anatomy.midline_x + (80.0 if side == "left" else -80.0)
+        zs = slice(max(0, int((center_z - half_height) / h)), min(size, int(np.ceil((center_z + half_height) / h)) + 1))
+        xs = slice(max(0, int((center_x - half_width) / h)), min(size, int(np.ceil((center_x + half_width) / h)) + 1))
+        skin = anatomy.anterior_y[zs, xs]  # (z, x)
+        if zs.stop <= zs.start or xs.stop <= xs.start or not np.isfinite(skin).any():
+            continue
+        top = max(0, int((np.nanmin(skin) - protrusion_mm) / h) - 1)
+        ys = slice(top, min(size, int(np.ceil(np.nanmax(skin) / h)) + 1))
+        z, y, x = axis_mm[zs][:, None, None], axis_mm[ys][None, :, None], axis_mm[xs][None, None, :]
+        radial = ((x - center_x) / half_width) ** 2 + ((z - center_z) / half_height) ** 2
+        # steep below the nipple line (the fold's sharp edge), tapering gently above it
+        profile = 0.5 + 1.5 / (1.0 + np.exp((z - center_z) / 12.0))
+        depth = protrusion_mm * np.clip(1.0 - radial, 0.0, None) ** profile
+        ahead = np.nan_to_num(skin, nan=-1e3)[:, None, :] - y  # mm in front of the skin
+        weight = np.clip((depth - ahead) / h + 0.5, 0.0, 1.0) * (ahead >= 0.0) * (depth > 0.0)
+        parts.append(((zs, ys, xs), (weight * BREAST_MU).astype(np.float32)))
+    return parts

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from xrg.data.findings import Finding
 from xrg.data.phantom._numeric import _hat_weights, _resize, _rotation
-from xrg.data.phantom.anatomy import Anatomy
+from xrg.data.phantom.anatomy import Anatomy, breast_tissue
 from xrg.data.phantom.ct import FIELD_OF_VIEW_MM, SOFT_MASKS, cache_path, default_cache_dir, load_or_build
 from xrg.data.phantom.lesions import DRAW_ORDER, Drawer, _Skip, drawer_for, resize_heart
 from xrg.data.phantom.patients import PatientParams, RenderedPair, _rng, _Shape
@@ -29,6 +29,10 @@ from xrg.errors import ConfigError, EmptyReportError
 
 MIN_SIZE, MAX_SIZE = 32, 256
 MIN_VOLUME, MAX_VOLUME = 32, 320
+#: Nodes per axis of the smooth displacement field (the patient's elastic field and heart):
+#: 13 includes the 5 nodes of :attr:`PatientParams.elastic_mm`, 25 mm apart (finer costs
+#: render time in the interpolation; the heart's field is then within ~1 mm).
+FIELD_NODES = 13
 
 
 def volume_size_for(image_size: int) -> int:
@@ -104,8 +108,11 @@ class PhantomRenderer:
         self._axis_mm = ((np.arange(size) + 0.5) * self.voxel_mm).astype(np.float32)
         self._output_box = self._sampling_box()
         self._pad = int(np.ceil(40.0 / self.voxel_mm))  # spare slices above and below for the warp
-        # bilinear weights of the elastic control points at every voxel centre, per axis
-        self._elastic_weights = torch.from_numpy(_hat_weights(size, 5))
+        # linear weights of the displacement field's nodes at every voxel centre, per axis, and
+        # the refinement of the 5 elastic control points to those nodes (exact: nested knots)
+        self._field_weights = torch.from_numpy(_hat_weights(size, FIELD_NODES))
+        knots = np.arange(FIELD_NODES)[:, None] * 4.0 / (FIELD_NODES - 1)
+        self._refine = torch.from_numpy(np.maximum(0.0, 1.0 - np.abs(knots - np.arange(5)[None, :])).astype(np.float32))
         self._curves = {"frontal": _curve_table(FRONTAL_CURVE), "lateral": _curve_table(LATERAL_CURVE)}
 
     # -- cache -----------------------------------------------------------------------------
@@ -138,7 +145,7 @@ class PhantomRenderer:
             if not isinstance(finding, Finding):
                 raise ConfigError(f"render() takes Finding objects, got {finding!r}")
         params = PatientParams.sample(seed)
-        shape = self._patient_shape(params)
+        shape = params.shape()
         buffer, volume = self._patient_volume(params)
         drawn, skipped = self._draw_findings(volume, findings, seed, shape)
         warped = self._warp(buffer, params, shape)
@@ -156,22 +163,16 @@ class PhantomRenderer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Where structures of the organ mask show: path length (mm) through the voxels with
         these ``labels`` along the frontal and the lateral rays of patient ``seed``, at
-        ``size`` pixels, oriented as :meth:`render`'s images. Findings that move anatomy
-        (diaphragm, scoliosis) move the structures too; density changes are not followed."""
+        ``size`` pixels, oriented as :meth:`render`'s images. The patient's shape (its heart
+        size and position included) and findings that move anatomy (diaphragm, scoliosis)
+        move the structures too; density changes (a cardiomegaly among them) are not followed."""
         params = PatientParams.sample(seed)
-        shape = self._patient_shape(params)
+        shape = params.shape()
         self._draw_findings(self._patient_volume(params)[1], findings, seed, shape)  # for the shape only
         buffer, mask = self._new_volume()
         mask[...] = np.isin(self.labels, list(labels))
         frontal, lateral = self._project(self._warp(buffer, params, shape))
         return _resize(frontal, int(size)), _resize(lateral, int(size))
-
-    @staticmethod
-    def _patient_shape(params: PatientParams) -> _Shape:
-        return _Shape(
-            diaphragm_mm=params.inflation_mm,
-            heart_factor=1.0 + np.array([1.0, 0.6, 0.35]) * (params.heart_scale - 1.0),
-        )
 
     def _draw_findings(
         self, volume: np.ndarray, findings: Sequence[Finding], seed: int, shape: _Shape
@@ -205,14 +206,16 @@ class PhantomRenderer:
         return [findings[i] for i in sorted(drawn_positions)], skipped
 
     def _patient_volume(self, params: PatientParams) -> tuple[np.ndarray, np.ndarray]:
-        """Canonical attenuation with the patient's habitus and lung aeration, in a fresh
-        sampling buffer (see :meth:`_new_volume`)."""
+        """Canonical attenuation with the patient's habitus, breasts and lung aeration, in a
+        fresh sampling buffer (see :meth:`_new_volume`)."""
         lung_height = self._lung_height_mm
         lung_factor = lung_height / (lung_height + params.inflation_mm)
         buffer, volume = self._new_volume()
         np.multiply(self._mu_soft, np.float32(params.soft_tissue - 1.0), out=volume)
         volume += self._mu_lung * np.float32(lung_factor - 1.0)
         volume += self._mu
+        for box, breast in breast_tissue(self.anatomy, self._axis_mm, params.breast_mm):
+            np.maximum(volume[box], breast, out=volume[box])
         return buffer, volume
 
     def _new_volume(self) -> tuple[np.ndarray, np.ndarray]:
@@ -271,28 +274,83 @@ class PhantomRenderer:
         axis = torch.from_numpy(self._axis_mm)
         xo, yo, zo = axis[xs], axis[ys], axis[zs]
         nz, ny, nx = len(zo), len(yo), len(xo)
-        center = FIELD_OF_VIEW_MM / 2.0
+        center = self._thorax_center
         # global affine: p_canonical = c + S^-1 R^T (p - c - t), the body's position and size
         scale = np.array(params.scale) * np.array([1.0, shape.ap_scale, 1.0])
         matrix = np.diag(1.0 / scale) @ _rotation(params.rotation_deg).T
-        ux = (xo - center - params.shift_mm[0]).view(1, 1, nx)
-        uy = (yo - center - params.shift_mm[1]).view(1, ny, 1)
-        uz = (zo - center - params.shift_mm[2]).view(nz, 1, 1)
-        # smooth elastic field: control points interpolated separably (hat functions per axis)
-        weights = self._elastic_weights
-        control = torch.from_numpy(params.elastic_mm)
-        field_ = torch.einsum("kabc,xc->kabx", control, weights[xs])
-        field_ = torch.einsum("kabx,yb->kayx", field_, weights[ys])
-        field_ = torch.matmul(weights[zs], field_.reshape(3, 5, ny * nx)).reshape(3, nz, ny, nx)
+        ux = (xo - float(center[0]) - params.shift_mm[0]).view(1, 1, nx)
+        uy = (yo - float(center[1]) - params.shift_mm[1]).view(1, ny, 1)
+        uz = (zo - float(center[2]) - params.shift_mm[2]).view(nz, 1, 1)
+        # smooth displacement (elastic field and heart) on FIELD_NODES^3 nodes, interpolated
+        # separably (hat functions per axis; matmuls, which are faster than einsum here)
+        n, refine = FIELD_NODES, self._refine
+        control = torch.matmul(torch.from_numpy(params.elastic_mm), refine.T)  # (3, 5, 5, n) [z, y, x]
+        control = torch.matmul(refine, control)  # (3, 5, n, n)
+        control = torch.matmul(refine, control.reshape(3, 5, n * n)).reshape(3, n, n, n)
+        control += self._heart_step(control, center, matrix, params, shape)
+        weights = self._field_weights
+        field_ = torch.matmul(control, weights[xs].T)  # (3, n, n, nx)
+        field_ = torch.matmul(weights[ys], field_)  # (3, n, ny, nx)
+        field_ = torch.matmul(weights[zs], field_.reshape(3, n, ny * nx)).reshape(3, nz, ny, nx)
         for row in range(3):
             a = [float(v) for v in matrix[row]]
-            field_[row].add_(a[0] * ux + a[1] * uy).add_(a[2] * uz + center)
+            field_[row].add_(a[0] * ux + a[1] * uy).add_(a[2] * uz + float(center[row]))
         x, y, z = field_
         if shape.scoliosis_mm:
             bend = self._scoliosis_profile(zo, shape.scoliosis_mm).view(nz, 1, 1)
             x.add_(bend * torch.exp(-(((xo - self.anatomy.midline_x) / 140.0) ** 2)).view(1, 1, nx))
         self._move_diaphragm(z, yo, xo, shape)
         return x, y, z
+
+    @property
+    def _thorax_center(self) -> np.ndarray:
+        """Centre ``(x, y, z)`` mm the patient's thorax is scaled and rotated about: the
+        spine's x, the middle of the body's depth, the middle of the field (mid-lung)."""
+        ys = self.anatomy.body_box[1]
+        depth = (ys.start + ys.stop) / 2.0 * self.voxel_mm
+        return np.array([self.anatomy.midline_x, depth, FIELD_OF_VIEW_MM / 2.0])
+
+    def _heart_step(
+        self, elastic: torch.Tensor, center: np.ndarray, matrix: np.ndarray, params: PatientParams, shape: _Shape
+    ) -> torch.Tensor:
+        """The patient's heart size and position, as displacement (3, nodes, nodes, nodes)
+        of the field's nodes: the heart and the lower mediastinum are scaled by
+        ``shape.heart_scale_xyz`` about the heart's centre and moved by ``shape.heart_shift_mm``
+        in the CT's space. Inside the heart's ellipsoid (its half extents) that is exact;
+        outside, the edge's displacement fades to 0 at 2 heart radii (a smoothstep), so the
+        lung around gives way (stretched locally by ~1.15x for a typical heart, under 1.6x at
+        the ends of the ranges) and the chest wall
+        (~1.5 radii to the left) moves by half the heart edge's shift. The
+        organ masks move with it (unlike a cardiomegaly, drawn into the attenuation). Within
+        the sampled ranges the map stays one-to-one (tested)."""
+        shift = np.asarray(shape.heart_shift_mm, dtype=np.float64)
+        inverse = 1.0 / np.asarray(shape.heart_scale_xyz, dtype=np.float64) - 1.0
+        if not (np.any(np.abs(shift) > 1e-3) or np.any(np.abs(inverse) > 1e-4)):
+            return torch.zeros_like(elastic)
+        nodes = torch.arange(FIELD_NODES, dtype=torch.float32) * (FIELD_OF_VIEW_MM / (FIELD_NODES - 1))
+        u = [(nodes - float(center[i]) - params.shift_mm[i]).view(shape_) for i, shape_ in
+             enumerate(((1, 1, -1), (1, -1, 1), (-1, 1, 1)))]  # fmt: skip
+        # where each node samples the CT (the affine and the elastic field; the diaphragm and
+        # scoliosis, applied later, move the heart's surroundings little)
+        canonical = [
+            elastic[row] + float(matrix[row, 0]) * u[0] + float(matrix[row, 1]) * u[1] + float(matrix[row, 2]) * u[2]
+            + float(center[row])
+            for row in range(3)
+        ]  # fmt: skip
+        a = self.anatomy
+        moved = a.heart_center + shift
+        radius = a.heart_radius
+        distance = torch.sqrt(sum(((c - float(m)) / float(r)) ** 2 for c, m, r in zip(canonical, moved, radius)))
+        t = (distance - 1.0).clamp_(0.0, 1.0)
+        fade = 1.0 - t * t * (3.0 - 2.0 * t)
+        reach = fade / distance.clamp(min=1.0)  # the scaling stops growing at the heart's edge
+        # towards c_canonical = centre + (c - moved centre) / factor
+        return torch.stack(
+            [
+                reach * (c - float(m)) * float(k) - fade * float(d)
+                for c, m, d, k in zip(canonical, moved, shift, inverse)
+            ]
+        )
 
     def _scoliosis_profile(self, zo: torch.Tensor, amplitude: float) -> torch.Tensor:
         """Lateral shift (mm, added to the sampled x) along the spine: a thoracic curve and
