@@ -505,7 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     generate.set_defaults(func=_cmd_generate)
 
-    evaluate = commands.add_parser("eval", help="score a trained run (KID, FID, SSIM, VC, detection, controllability ...) → RUN/eval.json")
+    evaluate = commands.add_parser(
+        "eval", help="score a trained run (KID, FID, SSIM, VC, detection, controllability ...) → RUN/eval.json"
+    )
     evaluate.add_argument("--run", required=True, help="run directory (XRayGAN, an ablation or a baseline)")
     evaluate.add_argument("--data", required=True, help="the data directory the run was trained on")
     evaluate.add_argument(

@@ -2,10 +2,18 @@
 
 Table 1 compares XRayGAN with GAN-INT-CLS, StackGAN and AttnGAN, each with the same
 hierarchical report encoder; Table 2 removes one part of XRayGAN at a time (w/o VCN, w/o
-MSCGAN, w/o HAE). Every row is trained on the same data with the same budget, from the
-profile: the ``xraygan`` section with the ``experiment.xraygan`` overrides for the XRayGAN
-rows (so a profile can run its comparison at a smaller size than its showcase run), and the
-``baselines`` section with the ``experiment.baselines`` overrides for the baselines.
+MSCGAN, w/o HAE). Every row is trained on the same data, from the profile: the ``xraygan``
+section with the ``experiment.xraygan`` overrides for the XRayGAN rows (so a profile can run
+its comparison at a smaller size than its showcase run), and the ``baselines`` section with
+the ``experiment.baselines`` overrides for the baselines. With ``experiment.match_budget``
+(the default) every row gets the same number of generator updates at the final resolution
+as the XRayGAN row (:class:`Budget`: its last stage's epochs and batch size; w/o MSCGAN's L2
+pretraining at the final size counts, StackGAN's Stage I and XRayGAN's lower stages come on
+top). The rows are trained with ``experiment.seeds`` training seeds (1 for the rows in
+``experiment.single_seed_rows``), reported as mean ± sd with the per-seed values, and each
+ordering "XRayGAN is better than row R" is tested over the seeds
+(:func:`xrg.eval.seeds.ordering`); one that the seeds do not support is printed as "not
+significant". Each table also carries the controls of :func:`xrg.eval.run.evaluate_controls`.
 Runs go to ``OUT/<method>/``; a finished run is reused, a partial one resumed. The VCNs an
 XRayGAN row needs depend only on the data and the ``vcn`` section, so they are trained once
 in ``OUT/shared/`` and copied into each run.
@@ -39,6 +47,7 @@ from xrg.checkpoint import load_checkpoint
 from xrg.config import merge_settings
 from xrg.errors import ConfigError, XrgError
 from xrg.eval.run import EVAL_NAME, EvalConfig, evaluate_controls, evaluate_run
+from xrg.eval.seeds import aggregate_seeds, ordering
 from xrg.io import atomic_write_json, atomic_write_text, read_json_mapping
 from xrg.locks import directory_lock
 from xrg.profiles import Profile, load_profile
@@ -80,8 +89,11 @@ PUBLISHED: dict[str, dict[str, float]] = {
 }
 
 
-def xraygan_config(profile: Profile, method: str) -> XRayGANTrainConfig:
-    """The XRayGAN (or ablation) config of a table row."""
+def _experiment_setting(profile: Profile, name: str, default: Any) -> Any:
+    return profile.section("experiment").get(name, default)
+
+
+def _unmatched_xraygan_config(profile: Profile, method: str) -> XRayGANTrainConfig:
     if method not in ABLATIONS:
         raise ConfigError(f"unknown XRayGAN table row {method!r}; expected one of {tuple(ABLATIONS)}")
     experiment = profile.section("experiment").get("xraygan") or {}
@@ -93,12 +105,99 @@ def xraygan_config(profile: Profile, method: str) -> XRayGANTrainConfig:
     return XRayGANTrainConfig.from_profile(profile, overrides)
 
 
+@dataclass(frozen=True)
+class Budget:
+    """What every row of a comparison gets at the final resolution: epochs of updates at one batch size.
+
+    Set by the XRayGAN row (its last stage's adversarial epochs and batch size): the other
+    rows are given the same number of generator updates on final-resolution images, so a row
+    is not ahead because it saw the final size more often (:func:`final_resolution_epochs`).
+    Lower-resolution stages (XRayGAN's, StackGAN's Stage I) come on top, as each method has them.
+    """
+
+    image_size: int
+    epochs: int
+    batch_size: int
+
+
+def table_budget(profile: Profile) -> Budget:
+    """The final-resolution budget of the profile's comparison (from its XRayGAN row)."""
+    config = _unmatched_xraygan_config(profile, "xraygan")
+    return Budget(config.final_size, int(config.num_epochs[-1]), int(config.batch_size[-1]))
+
+
+def final_resolution_epochs(method: str, config: Any) -> tuple[int, int]:
+    """``(epochs, batch size)`` of generator updates at the final resolution of a row's run config."""
+    if method in BASELINES:
+        from xrg.train.baselines import training_phases as baseline_phases
+
+        final = config.model.image_size
+        return sum(p.num_epochs for p in baseline_phases(config) if p.image_size == final), int(config.batch_size)
+    from xrg.train.xraygan import training_phases
+
+    final = config.final_size
+    return sum(p.num_epochs for p in training_phases(config) if p.image_size == final), int(config.batch_size[-1])
+
+
+def _matched(method: str, config: Any, budget: Budget) -> Any:
+    """``config`` changed to spend ``budget`` at the final resolution (refused when it cannot)."""
+    if method in BASELINES:
+        if config.model.image_size != budget.image_size:
+            raise ConfigError(
+                f"{method}'s image_size {config.model.image_size} differs from the XRayGAN rows' final size "
+                f"{budget.image_size}: a comparison needs one final resolution (set baselines.model.image_size)"
+            )
+        from xrg.train.baselines import training_phases as baseline_phases
+
+        for epochs in range(budget.epochs, 4 * budget.epochs + 2):  # StackGAN splits its epochs over two stages
+            try:
+                candidate = dataclasses.replace(config, num_epochs=epochs, batch_size=budget.batch_size)
+            except ConfigError:  # e.g. StackGAN needs an epoch for each stage
+                continue
+            if final_resolution_epochs(method, candidate)[0] == budget.epochs and all(
+                p.num_epochs > 0 for p in baseline_phases(candidate)
+            ):
+                return candidate
+        raise ConfigError(f"no epoch count gives {method} {budget.epochs} final-resolution epochs")
+    if config.model.generator_kind == "single_shot":  # w/o MSCGAN: every epoch, L2 pretraining too, is final
+        pretrain = min(config.pretrain_epochs, budget.epochs - 1)
+        epochs = (*config.num_epochs[:-1], budget.epochs - pretrain)
+        return dataclasses.replace(config, pretrain_epochs=pretrain, num_epochs=epochs)
+    return config
+
+
+def xraygan_config(profile: Profile, method: str) -> XRayGANTrainConfig:
+    """The XRayGAN (or ablation) config of a table row, budget-matched unless ``experiment.match_budget`` is off."""
+    config = _unmatched_xraygan_config(profile, method)
+    if _experiment_setting(profile, "match_budget", True):
+        config = _matched(method, config, table_budget(profile))
+    return config
+
+
 def baseline_config(profile: Profile, method: str) -> Any:
+    """A baseline row's config, budget-matched to the XRayGAN rows unless ``experiment.match_budget`` is off."""
     from xrg.train.baselines import BaselineTrainConfig
 
     if method not in BASELINES:
         raise ConfigError(f"unknown baseline {method!r}; expected one of {BASELINES}")
-    return BaselineTrainConfig.from_profile(profile, method, profile.section("experiment").get("baselines", {}))
+    config = BaselineTrainConfig.from_profile(profile, method, profile.section("experiment").get("baselines", {}))
+    if _experiment_setting(profile, "match_budget", True):
+        config = _matched(method, config, table_budget(profile))
+    return config
+
+
+def row_seeds(profile: Profile, method: str) -> int:
+    """How many training seeds a row gets: ``experiment.seeds``, 1 for ``experiment.single_seed_rows``."""
+    seeds = _experiment_setting(profile, "seeds", 1)
+    single = _experiment_setting(profile, "single_seed_rows", [])
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"profile {profile.name!r}: experiment.seeds must be a positive integer, got {seeds!r}")
+    if not isinstance(single, list) or any(m not in LABELS for m in single):
+        raise ConfigError(
+            f"profile {profile.name!r}: experiment.single_seed_rows must list table rows of {tuple(LABELS)}, "
+            f"got {single!r}"
+        )
+    return 1 if method in single else seeds
 
 
 #: Written into a row's run directory when a finished run was copied in instead of trained.
@@ -188,8 +287,14 @@ class Experiment:
         loaded = profile if isinstance(profile, Profile) else load_profile(profile)
         return cls(loaded, Path(data_dir), Path(out_dir), torch.device(device), progress)
 
-    def run_dir(self, method: str) -> Path:
-        return self.out_dir / method
+    def run_dir(self, method: str, seed_index: int = 0) -> Path:
+        """``OUT/<method>`` for a row's first seed, ``OUT/<method>-seed<k>`` for its further seeds."""
+        return self.out_dir / (method if seed_index == 0 else f"{method}-seed{seed_index}")
+
+    def row_config(self, method: str, seed_index: int = 0) -> Any:
+        """The run config of a row's ``seed_index``-th training seed (the profile's seed plus the index)."""
+        config = baseline_config(self.profile, method) if method in BASELINES else xraygan_config(self.profile, method)
+        return config if seed_index == 0 else dataclasses.replace(config, seed=config.seed + seed_index)
 
     def reuse_candidates(self) -> list[Path]:
         if self.reuse_runs is not None:
@@ -206,20 +311,19 @@ class Experiment:
                 return candidate, why
         return None
 
-    def ensure_run(self, method: str) -> Path:
-        """The finished run of ``method``: reused, resumed or trained."""
-        run_dir = self.run_dir(method)
+    def ensure_run(self, method: str, seed_index: int = 0) -> Path:
+        """The finished run of ``method`` with its ``seed_index``-th seed: reused, resumed or trained."""
+        run_dir = self.run_dir(method, seed_index)
+        config = self.row_config(method, seed_index)
         if method in BASELINES:
             from xrg.train.baselines import BaselineTrainer
 
-            config = baseline_config(self.profile, method)
             if not _run_finished(run_dir, "baseline", config):
                 resume = (run_dir / CHECKPOINT_NAME).is_file()
                 BaselineTrainer(
                     config, self.data_dir, run_dir, device=self.device, resume=resume, progress=self.progress
                 ).train()
             return run_dir
-        config = xraygan_config(self.profile, method)
         if _run_finished(run_dir, "xraygan", config):
             return run_dir
         if not (run_dir / CHECKPOINT_NAME).is_file():  # a partial run of this row is resumed, never replaced
@@ -287,21 +391,32 @@ class Experiment:
         started = time.perf_counter()
         evaluators = self.evaluators()
         eval_config = EvalConfig.from_profile(self.profile)
-        rows = {}
+        rows: dict[str, dict[str, Any]] = {}
         for method in TABLES[table]:
-            method_started = time.perf_counter()
-            run_dir = self.ensure_run(method)
-            trained = time.perf_counter() - method_started
-            result = evaluate_run(
-                run_dir, self.data_dir, evaluators, eval_config, self.device, inception_weights, self.progress
-            )
+            seeds = []
+            for seed_index in range(row_seeds(self.profile, method)):
+                method_started = time.perf_counter()
+                run_dir = self.ensure_run(method, seed_index)
+                trained = time.perf_counter() - method_started
+                result = evaluate_run(
+                    run_dir, self.data_dir, evaluators, eval_config, self.device, inception_weights, self.progress
+                )
+                seeds.append({
+                    "seed": self.row_config(method, seed_index).seed, "run_dir": str(run_dir),
+                    "reused_from": reused_from(run_dir), "training_seconds": training_seconds(run_dir),
+                    "wall_seconds": trained, "eval": result,
+                })  # fmt: skip
             rows[method] = {
-                "run_dir": str(run_dir),
-                "reused_from": reused_from(run_dir),
-                "training_seconds": training_seconds(run_dir),
-                "wall_seconds": trained,
-                "eval": result,
-            }
+                "run_dir": seeds[0]["run_dir"],
+                "reused_from": seeds[0]["reused_from"],
+                "training_seconds": sum(seed["training_seconds"] for seed in seeds),
+                "wall_seconds": sum(seed["wall_seconds"] for seed in seeds),
+                "final_resolution": dict(zip(("epochs", "batch_size"),
+                                             final_resolution_epochs(method, self.row_config(method)))),
+                "seeds": [{k: v for k, v in seed.items() if k != "eval"} for seed in seeds],
+                "per_seed": [table_row(seed["eval"]) for seed in seeds],
+                "eval": seeds[0]["eval"],
+            }  # fmt: skip
         # the controls, read like the table's first row (every row has the same size and vocabulary)
         from xrg.eval.generators import load_generator
 
@@ -309,15 +424,17 @@ class Experiment:
         controls = evaluate_controls(
             like, self.data_dir, evaluators, eval_config, self.out_dir / "controls", progress=self.progress
         )
+        aggregated = {method: seed_row(row["per_seed"]) for method, row in rows.items()}
         summary = {
             "table": table,
             "profile": self.profile.name,
             "data_dir": str(self.data_dir),
-            "rows": {method: table_row(row["eval"]) for method, row in rows.items()},
+            "rows": aggregated,
+            "orderings": table_orderings(table, aggregated),
             "controls": {name: table_row(result) for name, result in controls.items()},
             "real": real_row(next(iter(rows.values()))["eval"]),
             "published": {m: PUBLISHED[m] for m in ("real", *TABLES[table])},
-            "runs": {m: {k: v for k, v in row.items() if k != "eval"} for m, row in rows.items()},
+            "runs": {m: {k: v for k, v in row.items() if k not in ("eval", "per_seed")} for m, row in rows.items()},
             "evaluators": next(iter(rows.values()))["eval"]["evaluators"],
             "wall_seconds": time.perf_counter() - started,
         }
@@ -379,9 +496,38 @@ def real_row(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def seed_row(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """A row's table entries over its training seeds (:func:`xrg.eval.seeds.aggregate_seeds`)."""
+    keys = dict.fromkeys(key for row in per_seed for key in row)
+    return {key: aggregate_seeds([row.get(key) for row in per_seed]) for key in keys}
+
+
+#: The row each table's claims are about: the paper says it beats every other row.
+CLAIMED_BEST = "xraygan"
+
+
+def table_orderings(table: str, rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For every other row and every column with a direction: do the seeds support "XRayGAN is better"?"""
+    if CLAIMED_BEST not in rows:
+        return {}
+    result: dict[str, dict[str, Any]] = {}
+    for method, row in rows.items():
+        if method == CLAIMED_BEST:
+            continue
+        result[method] = {
+            key: ordering(rows[CLAIMED_BEST].get(key), row.get(key), higher)
+            for key, higher in BETTER.items()
+            if higher is not None
+        }
+    return result
+
+
 def _fmt(estimate: dict[str, Any] | None, digits: int = 3) -> str:
     if not estimate or estimate.get("value") is None:
         return "–"
+    if (estimate.get("n_seeds") or 1) > 1:
+        seeds = ", ".join(f"{v:.{digits}f}" for v in estimate["per_seed"])
+        return f"{estimate['value']:.{digits}f} ± {estimate['sd']:.{digits}f} ({seeds})"
     low, high = estimate.get("ci", [None, None])
     text = f"{estimate['value']:.{digits}f}"
     if low is not None and high is not None:
@@ -424,6 +570,29 @@ def mean_image_wins(row: dict[str, Any], mean: dict[str, Any]) -> list[str]:
     return wins
 
 
+def ordering_lines(summary: dict[str, Any]) -> list[str]:
+    """What the seeds say of the table's claim "XRayGAN is better than each other row", column by column."""
+    orderings = summary.get("orderings") or {}
+    if not orderings:
+        return []
+    seeds = {m: (r.get("kid") or r.get("ssim") or {}).get("n_seeds") for m, r in summary["rows"].items()}
+    lines = ["", f"Orderings over training seeds (XRayGAN {seeds.get(CLAIMED_BEST) or 1} seed(s); exact one-sided "
+             "permutation test at 0.05; \"not significant\" orderings are not findings):"]  # fmt: skip
+    titles = {key: title for key, title, _ in COLUMNS}
+    for method, columns in orderings.items():
+        parts = []
+        for key, verdict in columns.items():
+            if verdict["verdict"] == "not scored":
+                continue
+            p_value = "" if verdict["p"] is None else f" (p = {verdict['p']:.2f})"
+            parts.append(f"{titles[key].rstrip(' ↑↓')}: {verdict['verdict']}{p_value}")
+        if parts:
+            lines.append(
+                f"- XRayGAN better than {LABELS[method]} ({seeds.get(method) or 1} seed(s)): " + "; ".join(parts)
+            )
+    return lines
+
+
 def table_markdown(summary: dict[str, Any]) -> str:
     """The table: KID, then the paper's FID, SSIM and VC (not IS), the new columns, with 95% intervals."""
     header = "| method | " + " | ".join(title for _, title, _ in COLUMNS) + " | paper (Open-i): IS / FID / SSIM / VC |"
@@ -455,6 +624,7 @@ def table_markdown(summary: dict[str, Any]) -> str:
         "and data build)."
         for method, source in reused.items()
     ]
+    lines += ordering_lines(summary)
     lines += [
         "",
         f"Profile `{summary['profile']}`, test split of `{summary['data_dir']}`; 95% intervals in brackets: KID's "
