@@ -422,11 +422,11 @@ def draw_nodule(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape
 
 
 def draw_granuloma(r: PhantomRenderer, volume, finding: Finding, rng, shape: _Shape) -> None:
-    """A small ball, :data:`MIN_VISIBLE_MM` to 1.15 times it across (14-16 mm), at
+    """A small ball, 1.1 to 1.25 times :data:`MIN_VISIBLE_MM` across (15-18 mm), at
     GRANULOMA_MU: denser than a nodule (partly calcified), smaller than any nodule."""
     for side in _sides(r, finding, rng):
         box, weight = _region(r, side, finding.zone)
-        diameter = MIN_VISIBLE_MM * rng.uniform(1.05, 1.2)
+        diameter = MIN_VISIBLE_MM * rng.uniform(1.1, 1.25)
         _ball(r, volume, _place(r, box, weight, diameter / 2, rng), diameter / 2, GRANULOMA_MU)
 
 
