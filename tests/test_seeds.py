@@ -30,7 +30,12 @@ def est(value: float) -> dict:
 
 def test_a_single_seed_keeps_its_interval_and_several_give_mean_and_sd():
     single = aggregate_seeds([est(0.4)])
-    assert single["value"] == 0.4 and single["ci"] == pytest.approx([0.3, 0.5]) and single["n_seeds"] == 1 and single["sd"] is None
+    assert (
+        single["value"] == 0.4
+        and single["ci"] == pytest.approx([0.3, 0.5])
+        and single["n_seeds"] == 1
+        and single["sd"] is None
+    )
     many = aggregate_seeds([est(1.0), est(2.0), None, est(3.0)])
     assert many["value"] == pytest.approx(2.0) and many["sd"] == pytest.approx(1.0)
     assert many["per_seed"] == [1.0, 2.0, 3.0] and many["n_seeds"] == 3 and many["ci"] == [None, None]
