@@ -173,7 +173,7 @@ def openi(tmp_path):
         5: ("Heart normal.", "Normal.", ["normal"]),
         6: ("", "", ["normal"]),
         7: ("Left effusion. Word charlie.", "Effusion.", ["Pleural Effusion/left/small"]),
-        8: ("Lungs clear. Word delta.", "Normal chest.", ["normal", "Aorta/tortuous"]),
+        8: ("Lungs clear. Median sternotomy wires. Word delta.", "Normal chest.", ["normal", "Aorta/tortuous"]),
     }
     views = {  # image id -> (View Position, how the file is made)
         1: [("PA", 10), ("LL", 20)],
@@ -235,6 +235,8 @@ def test_import_openi(tmp_path, openi):
     assert first.findings == "Mild cardiomegaly. Word alpha." and first.mesh == ["Cardiomegaly/mild"]
     assert Finding("cardiomegaly", severity="mild") in first.structured_findings
     assert any(f.kind == "pleural_effusion" and f.side == "left" for f in cases["openi-7"].structured_findings)
+    # the text's sternotomy wires join the MeSH findings, as in the phantom build
+    assert [f.kind for f in cases["openi-8"].structured_findings if not f.negated] == ["sternotomy"]
     # Pixel values show which file went where: report 2 fell back from the corrupt PA to the AP.
     expected = {"openi-1": (10, 20), "openi-2": (30, 40), "openi-7": (110, 120), "openi-8": (130, 140)}
     for case_id, (frontal, lateral) in expected.items():

@@ -507,7 +507,7 @@ def import_openi(
 def _import_openi(
     reports: str | os.PathLike, images: Path, out: Path, size: int, seed: int, metadata_csv: str | os.PathLike | None
 ) -> ImportSummary:
-    from xrg.data.findings import mesh_to_findings
+    from xrg.data.findings import label_text, mesh_to_findings, text_corrections
 
     if metadata_csv is None:
         from xrg.resources import openi_dicom_metadata_csv
@@ -544,6 +544,8 @@ def _import_openi(
                 summary.skipped[lateral] += 1
                 continue
             structured, unmapped = mesh_to_findings(report.mesh)
+            # as the phantom build does: the side the text names, sternotomy wires it mentions
+            structured, _ = text_corrections(structured, label_text(report_text(report.findings, report.impression)))
             summary.unmapped_terms.update(unmapped)
             case_id = f"openi-{report.report_id}"
             frontal_path, lateral_path = _save_pair(out, case_id, frontal, lateral)
