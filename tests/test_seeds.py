@@ -60,6 +60,7 @@ def test_orderings_say_holds_only_when_the_seeds_separate():
     overlapping = aggregate_seeds([est(0.55), est(0.7), est(0.4)])
     assert ordering(a, b, higher_is_better=True)["verdict"] == "holds"
     assert ordering(b, a, higher_is_better=True)["verdict"] == "reversed"
+    assert ordering(b, a, higher_is_better=True)["p"] == pytest.approx(1 / 20)  # the reverse ordering's p
     assert ordering(a, b, higher_is_better=False)["verdict"] == "reversed"  # lower is better: b wins
     assert ordering(a, overlapping, higher_is_better=True)["verdict"] == "not significant"
     assert ordering(aggregate_seeds([est(0.9)]), b, True)["verdict"] == "not significant"  # 1 seed never suffices

@@ -71,7 +71,8 @@ def ordering(
 ) -> dict[str, Any]:
     """Whether the seeds support "``claimed_better`` beats ``other``" on one metric.
 
-    Returns ``{"verdict", "p", "difference", "n_seeds"}``; ``verdict`` is ``"holds"`` (p ≤
+    Returns ``{"verdict", "p", "difference", "n_seeds"}`` (``p`` of the claim, or of the
+    reverse ordering when the other row is ahead); ``verdict`` is ``"holds"`` (p ≤
     :data:`SIGNIFICANCE`), ``"not significant"`` (the means agree with the claim, the seeds
     do not support it), ``"reversed, not significant"``, ``"reversed"`` (the other row is
     significantly better) or ``"not scored"``.
@@ -88,7 +89,7 @@ def ordering(
         verdict = "holds" if p <= SIGNIFICANCE else "not significant"
     elif difference == 0:
         verdict = "not significant"
-    else:
-        reversed_p = permutation_p_value(b, a, higher_is_better)
-        verdict = "reversed" if reversed_p <= SIGNIFICANCE else "reversed, not significant"
+    else:  # the other row is ahead: its p-value is the one that says how clearly
+        p = permutation_p_value(b, a, higher_is_better)
+        verdict = "reversed" if p <= SIGNIFICANCE else "reversed, not significant"
     return {"verdict": verdict, "p": p, "difference": difference, "n_seeds": [len(a), len(b)]}
