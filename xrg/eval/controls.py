@@ -80,14 +80,17 @@ def _train_split(
                            max_sentences=max_sentences, max_words=max_words)  # fmt: skip
 
 
-def _fitted_on(train: XRayPairDataset) -> dict[str, Any]:
+def _read_like(train: XRayPairDataset) -> dict[str, Any]:
+    """The :class:`_Control` settings of a control fitted on ``train``: how it reads reports, what it saw."""
     ids = [case.id for case in train.cases]
-    return {
+    fitted_on = {
         "data_dir": str(train.data_dir.resolve()),
         "split": "train",
         "num_cases": len(ids),
         "case_ids_sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest(),
     }
+    return {"image_size": train.image_size, "vocabulary": train.vocab, "max_sentences": train.max_sentences,
+            "max_words": train.max_words, "fitted_on": fitted_on}  # fmt: skip
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:
@@ -165,8 +168,7 @@ class MeanImageControl(_Control):
             for view in VIEWS:
                 total[view] += item[view].double()
         mean = {view: (total[view] / len(train)).float() for view in VIEWS}
-        return cls(mean, image_size=train.image_size, vocabulary=train.vocab, max_sentences=max_sentences,
-                   max_words=max_words, fitted_on=_fitted_on(train))  # fmt: skip
+        return cls(mean, **_read_like(train))
 
     def generate(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         size = _batch_size(batch)
@@ -212,8 +214,7 @@ class RetrievalControl(_Control):
         counts = torch.stack([cls._counts(pair, len(train.vocab)) for pair in sections])
         document_frequency = (counts > 0).sum(0).double()
         idf = torch.log((1.0 + len(train)) / (1.0 + document_frequency)) + 1.0
-        return cls(train, idf, _normalised(counts * idf), image_size=train.image_size, vocabulary=train.vocab,
-                   max_sentences=max_sentences, max_words=max_words, fitted_on=_fitted_on(train))  # fmt: skip
+        return cls(train, idf, _normalised(counts * idf), **_read_like(train))
 
     @staticmethod
     def _counts(sections: Sequence[EncodedSection], vocabulary_size: int) -> torch.Tensor:
@@ -356,8 +357,7 @@ class PhantomControl(_Control):
         if reference_seed is None:
             reference_seed = train.cases[0].seed
         build = {key: config[key] for key in ("image_size", "volume_size", "findings_source", "seed") if key in config}
-        return cls(cases, reference_seed, build, cache_dir, image_size=train.image_size, vocabulary=train.vocab,
-                   max_sentences=max_sentences, max_words=max_words, fitted_on=_fitted_on(train))  # fmt: skip
+        return cls(cases, reference_seed, build, cache_dir, **_read_like(train))
 
     def findings_for(self, text: str | None, case_id: str | None) -> tuple[list[Finding], int]:
         """The findings drawn for one report and the patient seed they are drawn into."""
