@@ -81,9 +81,8 @@ eval_config = EvalConfig.from_profile(loaded)
 result = evaluate_run(run_dir, data_dir, evaluators, eval_config, inception_weights=inception_weights or None)
 print(f"scored {result['num_reports']} test reports in {result['seconds']:.0f} s")
 # the controls, scored on the same test batches: one mean image for all, the nearest train report, the phantom
-controls = evaluate_controls(
-    load_generator(run_dir), data_dir, evaluators, eval_config, Path(experiment_dir) / "controls"
-)
+model = load_generator(run_dir)  # the scored run, for the controls and the figures below
+controls = evaluate_controls(model, data_dir, evaluators, eval_config, Path(experiment_dir) / "controls")
 
 # %% [markdown]
 # ## The evaluators
@@ -258,7 +257,6 @@ pd.DataFrame(
 # %% tags=["hide-input"]
 edits = result.get("controllability_edits", [])[:num_edit_examples]
 if edits:
-    model = load_generator(run_dir)
     test_cases = {c.id: c for c in XRayPairDataset(data_dir, "test").cases}
     rows = []
     for edit in edits:
@@ -291,7 +289,6 @@ print(
 )
 closest = memo["closest"][:4]
 if closest:
-    model = load_generator(run_dir)
     test_set = XRayPairDataset(data_dir, "test", image_size=model.image_size, vocab=model.vocabulary)
     train_set = XRayPairDataset(data_dir, "train", image_size=model.image_size, vocab=model.vocabulary)
     generated = [
