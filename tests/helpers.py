@@ -58,7 +58,12 @@ def replaced(config: Any, model: dict[str, Any] | None = None, **changes: Any) -
 
 
 def write_synthetic_data(
-    out: Path, num_patients: int = 20, image_size: int = 32, seed: int = 0, labelled: bool = False
+    out: Path,
+    num_patients: int = 20,
+    image_size: int = 32,
+    seed: int = 0,
+    labelled: bool = False,
+    canonical: bool = False,
 ) -> Path:
     """A data directory whose two views of a patient share a patient-specific brightness.
 
@@ -66,24 +71,37 @@ def write_synthetic_data(
     the report says whether the heart (the width) is enlarged and the lungs (the brightness)
     dense. Splits cycle train, train, train, val, test. With ``labelled`` an enlarged heart is
     also a structured ``cardiomegaly`` finding and dense lungs an ``opacity`` (labels to judge).
+    With ``canonical`` every train case also gets canonical-pose targets: the images the text
+    alone implies (brightness 0.3 or 0.7, width 0.15 or 0.25), without the patient's own values.
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:image_size, 0:image_size] / image_size
     cases = []
+
+    def draw(level: float, width: float) -> tuple[np.ndarray, np.ndarray]:
+        frontal = 0.7 * level + 0.3 * ((((xx - 0.5) / width) ** 2 + ((yy - 0.5) / 0.35) ** 2) < 1)
+        return frontal, 0.7 * level + 0.3 * (np.abs(xx - 0.5) < 0.8 * width)
+
     for i in range(num_patients):
         level, width = rng.uniform(0.15, 0.85), rng.uniform(0.1, 0.3)
-        frontal = 0.7 * level + 0.3 * ((((xx - 0.5) / width) ** 2 + ((yy - 0.5) / 0.35) ** 2) < 1)
-        lateral = 0.7 * level + 0.3 * (np.abs(xx - 0.5) < 0.8 * width)
         case_id = f"case{i:03d}"
-        for view, image in (("frontal", frontal), ("lateral", lateral)):
+        for view, image in zip(("frontal", "lateral"), draw(level, width)):
             save_png(out / "images" / f"{case_id}_{view}.png", np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1))
         heart = "enlarged" if width > 0.2 else "normal"
         lungs = "dense" if level > 0.5 else "clear"
+        split = ("train", "train", "train", "val", "test")[i % 5]
+        targets = {}
+        if canonical and split == "train":
+            for view, image in zip(
+                ("frontal", "lateral"), draw(0.7 if lungs == "dense" else 0.3, 0.25 if heart == "enlarged" else 0.15)
+            ):
+                targets[view] = f"images/{case_id}_{view}_canonical.png"
+                save_png(out / targets[view], image)
         cases.append(
             Case(
                 id=case_id,
                 patient_id=f"patient{i}",
-                split=("train", "train", "train", "val", "test")[i % 5],
+                split=split,
                 findings=f"The heart is {heart}. The lungs are {lungs}.",
                 impression="No effusion.",
                 structured_findings=[
@@ -93,6 +111,7 @@ def write_synthetic_data(
                 ],
                 frontal=f"images/{case_id}_frontal.png",
                 lateral=f"images/{case_id}_lateral.png",
+                canonical=targets,
             )  # fmt: skip
         )
     write_manifest(out, cases)

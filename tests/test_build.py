@@ -123,3 +123,60 @@ def test_bad_build_settings_are_refused():
 def test_missing_report_source_is_a_clear_error(tiny_config, tmp_path):
     with pytest.raises(DataDirError):
         build_dataset(tmp_path / "out", tiny_config, reports_source=tmp_path / "no-such-archive.tgz", progress=False)
+
+
+def test_canonical_targets_are_added_to_a_finished_build_and_show_only_the_findings(tiny_data, tiny_config, tmp_path):
+    import shutil
+
+    from xrg.data.build import canonical_paths
+    from xrg.data.datasets import XRayPairDataset
+    from xrg.data.phantom import PhantomRenderer
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    with pytest.raises(DataDirError, match="have no canonical-pose renders.*--canonical-targets"):
+        XRayPairDataset(copy, "train", canonical=True)
+    config = replace(tiny_config, canonical_targets=True)
+    summary = build_dataset(copy, config, progress=False)
+    cases = read_manifest(copy, check_images=True)
+    train = [c for c in cases if c.split == "train"]
+    assert summary.n_rendered == len(train) and summary.n_reused == len(cases)  # the posed renders are kept
+    assert all(c.canonical == canonical_paths(c.id) for c in train)
+    assert all(not c.canonical for c in cases if c.split != "train")
+    again = build_dataset(copy, config, progress=False)
+    assert again.n_rendered == 0 and again.n_reused == len(cases) + len(train)
+
+    # every canonical render is one patient in one pose: two normal reports give the same image
+    renderer = PhantomRenderer(volume_size=tiny_config.volume_size)
+    normal = [renderer.render([], seed=seed, size=32, canonical=True).frontal for seed in (1, 2)]
+    assert np.array_equal(normal[0], normal[1])
+    posed = [renderer.render([], seed=seed, size=32).frontal for seed in (1, 2)]
+    assert np.abs(posed[0] - posed[1]).mean() > 0.01  # the patients differ
+    # a case's canonical render differs from the normal canonical chest only where it has findings
+    dataset = XRayPairDataset(copy, "train", canonical=True)
+    with_findings = [i for i, c in enumerate(dataset.cases) if any(not f.negated for f in c.structured_findings)]
+    without = [i for i, c in enumerate(dataset.cases) if not c.structured_findings]
+    for index in without:
+        assert np.allclose(dataset[index]["frontal_canonical"][0].numpy(), normal[0], atol=1 / 255)
+    assert with_findings and any(
+        np.abs(dataset[i]["frontal_canonical"][0].numpy() - normal[0]).max() > 0.05 for i in with_findings
+    )
+    item = dataset[0]
+    assert item["frontal_canonical"].shape == item["frontal"].shape == (1, 32, 32)
+
+
+def test_a_manifest_with_bad_canonical_paths_is_refused(tiny_data, tmp_path):
+    import shutil
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    rows = [json.loads(line) for line in (copy / "manifest.jsonl").read_text().splitlines()]
+    for bad, message in (
+        ({"frontal": "images/x.png"}, "canonical must map each of"),
+        ({"frontal": "../x.png", "lateral": "images/y.png"}, "canonical frontal image path"),
+        ("images/x.png", "canonical must map each of"),
+    ):
+        rows[0]["canonical"] = bad
+        (copy / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        with pytest.raises(DataDirError, match=message):
+            read_manifest(copy)

@@ -199,6 +199,24 @@ def test_the_json_lines_and_eval_json_agree_and_a_fresh_result_is_reused(setting
     assert again == result and len(read_metric_lines(log)) == len(lines)  # nothing recomputed
 
 
+def test_the_validation_split_is_scored_into_its_own_file_and_never_replaces_the_tables(setting):
+    from xrg.data.manifest import read_manifest
+
+    out = setting["root"] / "constant"
+    before = (out / "eval.json").read_bytes()
+    config = EvalConfig(batch_size=8, num_resamples=10, metrics=["ssim", "memorisation"], split="val")
+    with torch_threads(1):
+        val = evaluate_generator(_Generator(setting["vocabulary"], False), setting["data"], setting["evaluators"],
+                                 config, out)  # fmt: skip
+    assert (out / "eval.json").read_bytes() == before
+    assert json.loads((out / "eval-val.json").read_text()) == val and val["split"] == "val"
+    assert val["metrics_log"] == "metrics-eval-val.jsonl" and (out / "metrics-eval-val.jsonl").is_file()
+    val_ids = {c.id for c in read_manifest(setting["data"]) if c.split == "val"}
+    assert set(val["memorisation_case_ids"]["test"]) == val_ids and val["num_reports"] == len(val_ids)
+    with pytest.raises(ConfigError, match="eval split must be 'val' or 'test'"):
+        EvalConfig(split="train")
+
+
 def test_the_context_exposes_what_the_judge_metrics_need(setting):
     ctx = EvalContext(_Generator(setting["vocabulary"], False), setting["data"], setting["evaluators"],
                       setting["config"])  # fmt: skip
@@ -267,7 +285,7 @@ def test_a_report_blind_generator_scores_at_chance_on_the_judged_metrics(setting
     evaluators = Evaluators(fixture.classifier, fixture.vcn, fixture.classifier_path, fixture.vcn_path, SIZE, {},
                             cohort)  # fmt: skip
     config = EvalConfig(batch_size=8, num_resamples=10, min_evaluator_auroc=0.0, min_test_positives=1,
-                        metrics=["detection", "vc_auroc", "controllability"])  # fmt: skip
+                        metrics=["detection", "vc_auroc", "controllability", "variation"])  # fmt: skip
     vocabulary = Vocabulary.load(data / "vocab.json")
     with torch_threads(1):
         blind = evaluate_generator(_Generator(vocabulary, False), data, evaluators, config, root / "blind")
@@ -282,3 +300,8 @@ def test_a_report_blind_generator_scores_at_chance_on_the_judged_metrics(setting
     assert controllability["n"] > 0 and controllability["margin"] == config.edit_margin
     assert controllability["value"] == 0.0 and controllability["method"] == "bootstrap percentile"
     assert controllability["any_direction"]["success_rate"]["value"] == 0.0  # no movement at all
+    for key in (*VIEWS, *(f"features_{view}" for view in VIEWS)):  # one image for every report: no variation
+        assert blind["variation"]["generated"][key]["value"] == pytest.approx(0.0, abs=1e-6)
+        assert blind["variation"]["real"][key]["value"] > 0.01
+        assert blind["variation"]["ratio"][key]["value"] == pytest.approx(0.0, abs=1e-4)
+        assert blind["variation"]["ratio"][key]["ci"] == [None, None] and "reason" in blind["variation"]["ratio"][key]

@@ -28,14 +28,15 @@ from xrg.checkpoint import load_checkpoint, save_checkpoint
 from xrg.config import config_from_mapping, config_to_dict, parse_overrides
 from xrg.data.images import load_grayscale
 from xrg.data.reports import Vocabulary
-from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
+from xrg.errors import CheckpointError, ConfigError, DataDirError, TrainingDiverged
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
 from xrg.pipelines import XRayGANPipeline
 from xrg.profiles import PROFILE_NAMES, PROFILES_DIR, load_profile
 from xrg.train.benchmarks import bench_train
+from xrg.train.loop import MONITOR_CASES, between_report_variation
 from xrg.train.vcn import VCNTrainConfig, load_vcn, negative_partners, train_vcn, vcn_path
-from xrg.train.xraygan import METRIC_KEYS, XRayGANTrainConfig, XRayGANTrainer, training_phases
+from xrg.train.xraygan import METRIC_KEYS, XRayGANTrainConfig, XRayGANTrainer, make_optimizers, training_phases
 
 
 def trainer(config, data_dir, run, **kwargs) -> XRayGANTrainer:
@@ -104,6 +105,9 @@ def test_losses_go_down_metrics_and_samples_are_written_and_the_vcn_stays_frozen
     stage0 = [row["rec_loss"] for row in rows if row["stage"] == 0]
     assert stage0[-1] < 0.65 * stage0[0], stage0
     assert all(0.0 <= row["vc_prob"] <= 1.0 for row in gan_rows)
+    # The epoch-end monitor: between-report variation of generated and real validation images.
+    assert all(0.0 <= row["variation"] <= 0.5 and 0.0 < row["variation_real"] <= 0.5 for row in rows)
+    assert len({row["variation_real"] for row in rows if row["image_size"] == 16}) == 1  # the same real cases
 
     for name, size in (("pretrain_16px", 16), ("stage0_16px", 16), ("stage1_32px", 32)):
         grid = load_grayscale(run / "samples" / f"{name}.png")
@@ -422,3 +426,104 @@ def test_batchnorm_recalibration_makes_eval_mode_match_batch_statistics():
         recalibrated = net(data)
     assert (recalibrated - batch_stats).abs().max() < 0.02
     assert recalibrate_batchnorm(nn.Linear(2, 2), lambda: iter(())) == 0
+
+
+# --------------------------------------------------------------------------------------
+# The epoch-end monitor and the critic's optimiser
+# --------------------------------------------------------------------------------------
+
+
+def test_between_report_variation_is_zero_for_one_image_whatever_the_report():
+    same = torch.full((MONITOR_CASES, 1, 8, 8), 0.3)
+    assert between_report_variation({"frontal": same, "lateral": same.clone()}) == 0.0
+    # two cases, all -1 and all +1: [0, 1] in image range, per-pixel std sqrt(0.5) in both views
+    two = torch.cat([-torch.ones(1, 1, 4, 4), torch.ones(1, 1, 4, 4)])
+    assert between_report_variation({"frontal": two, "lateral": two}) == pytest.approx(0.5**0.5)
+    assert between_report_variation({"frontal": two[:1]}) is None  # one case has no spread
+
+
+def test_the_critic_learning_rate_scale_and_betas_reach_the_optimiser_and_survive_the_lr_decay():
+    config = replaced(TINY, critic_lr_scale=4.0, critic_betas=(0.5, 0.9))
+    model = XRayGAN(config.model_for(40))
+    phases = training_phases(config)
+    gan = next(index for index, phase in enumerate(phases) if phase.name == "gan")
+    optimizers = make_optimizers(model, phases[gan], gan, config)
+    (g_group,), (d_group,) = optimizers.generator.param_groups, optimizers.discriminator.param_groups
+    assert d_group["lr"] == pytest.approx(4.0 * g_group["lr"]) and g_group["lr"] == phases[gan].lr
+    assert d_group["betas"] == (0.5, 0.9) and g_group["betas"] == tuple(TINY.betas)
+    optimizers.set_lr(1e-5)  # what the loop does at each epoch's start (the decayed rate)
+    assert g_group["lr"] == 1e-5 and d_group["lr"] == pytest.approx(4e-5)
+    pretrain = make_optimizers(model, phases[0], 0, config)
+    assert phases[0].name == "pretrain" and pretrain.discriminator is None
+    pretrain.set_lr(1e-5)
+    # --set values arrive as lists; bad values are refused with the setting's name
+    assert config_from_mapping(XRayGANTrainConfig, {"critic_betas": [0.0, 0.9]}).critic_betas == (0.0, 0.9)
+    with pytest.raises(ConfigError, match="critic_betas must be two numbers"):
+        replaced(TINY, critic_betas=(1.0, 0.9))
+    with pytest.raises(ConfigError, match="critic_lr_scale must be positive"):
+        replaced(TINY, critic_lr_scale=0.0)
+
+
+# --------------------------------------------------------------------------------------
+# The canonical-pose reconstruction target
+# --------------------------------------------------------------------------------------
+
+
+def test_the_canonical_target_is_what_the_l2_term_compares_with(tmp_path):
+    from xrg.data.datasets import XRayPairDataset, collate_pairs
+    from xrg.models.xraygan import to_model_range
+    from xrg.train.loop import Optimizers
+    from xrg.train.xraygan import pretrain_step
+
+    data = write_synthetic_data(tmp_path / "data", num_patients=10, image_size=16, canonical=True)
+    dataset = XRayPairDataset(data, "train", image_size=16, canonical=True)
+    batch = collate_pairs([dataset[i] for i in range(len(dataset))])
+    assert batch["frontal_canonical"].shape == batch["frontal"].shape
+    assert not torch.equal(batch["frontal_canonical"], batch["frontal"])
+    for rec_target, suffix in (("canonical", "_canonical"), ("posed", "")):
+        config = replaced(TINY, rec_target=rec_target)
+        torch.manual_seed(0)
+        model = XRayGAN(config.model_for(len(dataset.vocab)))
+        phase = training_phases(config)[0]
+        with torch.no_grad():
+            fake = model.generate(model.encode(batch).c, phase.stage)
+        expected = sum(
+            torch.nn.functional.mse_loss(fake[view], to_model_range(batch[f"{view}{suffix}"])) for view in fake
+        )
+        optimizers = Optimizers(0, torch.optim.Adam(model.generator_parameters(phase.stage), lr=1e-3), None)
+        losses = pretrain_step(model, batch, phase, optimizers, config)
+        assert losses["rec_loss"] == pytest.approx(float(expected), rel=1e-5), rec_target
+
+
+def test_with_the_canonical_target_the_generator_draws_what_held_out_reports_say(tmp_path):
+    from xrg.data.datasets import XRayPairDataset, collate_pairs
+    from xrg.models.xraygan import to_image_range
+
+    data = write_synthetic_data(tmp_path / "data", num_patients=40, image_size=16, canonical=True)
+    config = replaced(
+        TINY, model={"num_stages": 1}, lr=(5e-3,), batch_size=(6,), num_epochs=(1,), pretrain_epochs=12,
+        vc_weight=0.0, rec_target="canonical",
+    )  # fmt: skip
+    run_trainer = XRayGANTrainer(config, data, tmp_path / "run", progress=False)
+    assert run_trainer.train().finished
+    model = run_trainer.family.model.eval()
+    val = XRayPairDataset(data, "val", image_size=16, vocab=run_trainer.family.data.vocabulary)
+    batch = collate_pairs([val[i] for i in range(len(val))])
+    with torch.no_grad():
+        fake = model.generate(model.encode(batch).c, 0)
+    brightness = to_image_range(fake["frontal"]).mean(dim=(1, 2, 3))
+    dense = torch.tensor(["dense" in text for text in batch["report_text"]])
+    assert 0 < int(dense.sum()) < len(dense)
+    # the canonical targets differ by 0.7 x (0.7 - 0.3) = 0.28 in mean brightness; one image for
+    # every report (a collapsed generator) differs by 0
+    gap = float(brightness[dense].mean() - brightness[~dense].mean())
+    assert gap > 0.14, gap
+    with pytest.raises(ConfigError, match="rec_target must be one of"):
+        replaced(TINY, rec_target="fixed")
+
+
+def test_the_canonical_target_on_data_without_canonical_renders_is_refused(tmp_path, data_dir):
+    config = replaced(TINY, vc_weight=0.0, rec_target="canonical")
+    with pytest.raises(DataDirError, match="no canonical-pose renders"):
+        XRayGANTrainer(config, data_dir, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

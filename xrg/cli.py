@@ -94,6 +94,7 @@ def _cmd_data_build(args: argparse.Namespace) -> None:
         workers=args.workers,
         max_reports=args.max_reports,
         image_size=args.image_size,
+        canonical_targets=True if args.canonical_targets else None,
     )
     out = Path(args.out or f"data/{profile.name}")
     print(f"building the {profile.name} dataset into {out}: {config}")
@@ -286,7 +287,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from xrg.data.manifest import read_manifest
     from xrg.eval.evaluators import EvaluatorConfig
     from xrg.eval.generators import checkpoint_path
-    from xrg.eval.run import EvalConfig, evaluate_run
+    from xrg.eval.run import EvalConfig, eval_name, evaluate_run
     from xrg.experiments import table_row
     from xrg.locks import own_output_dir
     from xrg.profiles import load_profile
@@ -302,11 +303,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         evaluators_dir, "evaluators", force=args.force_evaluators, what="--evaluators"
     ) as evaluators_dir:
         evaluators = ensure_evaluators(EvaluatorConfig.from_profile(profile), args.data, evaluators_dir, args.device)
-    result = evaluate_run(args.run, args.data, evaluators, EvalConfig.from_profile(profile), args.device,
+    config = EvalConfig.from_profile(profile, {"split": args.split})
+    result = evaluate_run(args.run, args.data, evaluators, config, args.device,
                           args.inception_weights, force=args.force)  # fmt: skip
     for key, value in table_row(result).items():
         print(f"{key:>20}: {value}")
-    print(f"wrote {Path(args.run) / 'eval.json'}")
+    print(f"wrote {checkpoint_path(args.run).parent / eval_name(config.split)}")
 
 
 def _cmd_experiment(args: argparse.Namespace) -> None:
@@ -352,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--seed", type=bounded(0, SEED_MAX), help="anatomy, sample and split seed (default from the profile)"
+    )
+    build.add_argument(
+        "--canonical-targets",
+        action="store_true",
+        help="also render each train case into the average patient in a fixed pose (xraygan rec_target: canonical)",
     )
     build.add_argument("--force", action="store_true", help="write into --out even if another command made it")
     build.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -516,6 +523,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--evaluators", help="evaluator directory (default runs/<profile>/experiments/evaluators)")
     evaluate.add_argument(
         "--inception-weights", help="local file of the FID Inception weights (optional, never downloaded)"
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="split scored: test (the tables, RUN/eval.json) or val (decisions while developing, RUN/eval-val.json)",
     )
     evaluate.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     evaluate.add_argument("--force", action="store_true", help="recompute even when eval.json is up to date")

@@ -53,6 +53,10 @@ class DataBuildConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
     findings_source: str = "mesh"  # drawn: curated MeSH (sides from the text), the text labeller, or both
     min_word_freq: int = 1  # vocabulary cut-off (train split counts)
+    # also render every train case's findings into the average patient in a fixed pose
+    # (PhantomRenderer.render(canonical=True)): the text-predictable L2 target of
+    # ``xraygan.rec_target: canonical``; adding them to a finished build renders only them
+    canonical_targets: bool = False
 
     def __post_init__(self) -> None:
         if not 32 <= self.image_size <= 256:
@@ -157,16 +161,33 @@ def _init_worker(volume_size: int) -> None:
     _WORKER_RENDERER = PhantomRenderer(volume_size=volume_size)
 
 
-def _render_job(job: tuple[str, list[dict], int, int, str]) -> tuple[str, dict, dict[str, str]]:
-    case_id, findings_json, seed, size, out = job
+#: Suffix of a case's canonical-pose renders (``images/ID_VIEW_canonical.png``) and of its ledger id.
+CANONICAL = "canonical"
+
+RenderJob = tuple[str, list[dict], int, int, str] | tuple[str, list[dict], int, int, str, bool]
+
+
+def canonical_paths(case_id: str) -> dict[str, str]:
+    """The manifest paths of a case's canonical-pose renders, by view."""
+    return {view: f"images/{case_id}_{view}_{CANONICAL}.png" for view in VIEWS}
+
+
+def _render_job(job: RenderJob) -> tuple[str, dict, dict[str, str]]:
+    case_id, findings_json, seed, size, out, *rest = job
+    canonical = bool(rest and rest[0])
     findings = [Finding.from_dict(d) for d in findings_json]
-    pair = _WORKER_RENDERER.render(findings, seed=seed, size=size)
+    pair = _WORKER_RENDERER.render(findings, seed=seed, size=size, canonical=canonical)
     digests = {}
     for view in VIEWS:
         data = png_bytes(getattr(pair, view))
-        atomic_write_bytes(Path(out) / "images" / f"{case_id}_{view}.png", data)
+        name = f"{case_id}_{view}_{CANONICAL}.png" if canonical else f"{case_id}_{view}.png"
+        atomic_write_bytes(Path(out) / "images" / name, data)
         digests[view] = hashlib.sha256(data).hexdigest()
     return case_id, dict(pair.skipped), digests
+
+
+def _ledger_id(job: RenderJob) -> str:
+    return f"{job[0]}/{CANONICAL}" if len(job) > 5 and job[5] else job[0]
 
 
 def _key_digest(key: dict[str, Any]) -> str:
@@ -176,11 +197,10 @@ def _key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({**key, "renderer": RENDERER_VERSION}, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _job_digest(findings: Sequence[dict[str, Any]], seed: int) -> str:
-    """The digest of what one pair shows: its findings and its patient."""
-    return hashlib.sha256(
-        json.dumps([list(findings), None if seed is None else int(seed)], sort_keys=True).encode("utf-8")
-    ).hexdigest()
+def _job_digest(findings: Sequence[dict[str, Any]], seed: int, canonical: bool = False) -> str:
+    """The digest of what one pair shows: its findings and its patient (or the canonical one)."""
+    shown = [list(findings), None if seed is None else int(seed)] + ([CANONICAL] if canonical else [])
+    return hashlib.sha256(json.dumps(shown, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def _file_sha256(path: Path) -> str | None:
@@ -190,8 +210,11 @@ def _file_sha256(path: Path) -> str | None:
         return None
 
 
-def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[str, Any]) -> set[str]:
-    """Ids of ``cases`` whose two images in ``out`` are this build's renders, by :data:`RENDERS_NAME`.
+def reusable_renders(
+    out: str | os.PathLike, cases: Sequence[Case], key: dict[str, Any], canonical: bool = False
+) -> set[str]:
+    """Ids of ``cases`` whose two images in ``out`` are this build's renders, by :data:`RENDERS_NAME`
+    (with ``canonical``: whose two canonical-pose renders, :func:`canonical_paths`, are).
 
     A case is reused only when the ledger recorded it with the same rendering settings and
     renderer version, the same findings and patient seed, and both files still have the
@@ -212,23 +235,32 @@ def reusable_renders(out: str | os.PathLike, cases: Sequence[Case], key: dict[st
                 continue
             if isinstance(row, dict) and row.get("key") == wanted and isinstance(row.get("id"), str):
                 recorded[row["id"]] = row
+
+    def ledger_id(case: Case) -> str:
+        return f"{case.id}/{CANONICAL}" if canonical else case.id
+
+    def path(case: Case, view: str) -> str:
+        return canonical_paths(case.id)[view] if canonical else getattr(case, view)
+
     return {
         case.id for case in cases
-        if case.id in recorded
-        and recorded[case.id].get("job") == _job_digest([f.to_dict() for f in case.structured_findings], case.seed)
-        and all(_file_sha256(out / getattr(case, view)) == recorded[case.id].get(view) for view in VIEWS)
+        if ledger_id(case) in recorded
+        and recorded[ledger_id(case)].get("job")
+        == _job_digest([f.to_dict() for f in case.structured_findings], case.seed, canonical)
+        and all(_file_sha256(out / path(case, view)) == recorded[ledger_id(case)].get(view) for view in VIEWS)
     }  # fmt: skip
 
 
 def render_pairs(
-    jobs: Sequence[tuple[str, list[dict], int, int, str]],
+    jobs: Sequence[RenderJob],
     volume_size: int,
     workers: int,
     progress: bool = True,
     desc: str = "rendering pairs",
     key: dict[str, Any] | None = None,
 ) -> Counter:
-    """Render ``(case_id, findings_json, seed, size, out)`` jobs into ``out/images`` with worker processes.
+    """Render ``(case_id, findings_json, seed, size, out[, canonical])`` jobs into ``out/images`` with
+    worker processes (``canonical``: into the average patient, :func:`canonical_paths`).
 
     Each finished pair is recorded in ``out/``:data:`RENDERS_NAME` with the SHA-256 of its
     two files and the digest of the rendering settings ``key`` (see :func:`reusable_renders`).
@@ -241,10 +273,12 @@ def render_pairs(
     workers = min(workers, len(jobs))
     bar = tqdm(total=len(jobs), desc=desc, unit="pair", disable=not progress)
 
-    def record(result: tuple[str, dict, dict[str, str]], job: tuple[str, list[dict], int, int, str]) -> None:
-        case_id, skipped, digests = result
-        not_drawn.update(skipped)
-        row = {"id": case_id, "key": key_digest, "job": _job_digest(job[1], job[2]), **digests}
+    def record(result: tuple[str, dict, dict[str, str]], job: RenderJob) -> None:
+        _, skipped, digests = result
+        canonical = len(job) > 5 and bool(job[5])
+        if not canonical:  # the canonical renders draw the same findings: count them once
+            not_drawn.update(skipped)
+        row = {"id": _ledger_id(job), "key": key_digest, "job": _job_digest(job[1], job[2], canonical), **digests}
         append_jsonl(Path(job[4]) / RENDERS_NAME, row)
         bar.update()
 
@@ -331,12 +365,20 @@ def _build_dataset(
                 seed=patient_seed(config.seed, report.report_id),
             )
         )
+        if config.canonical_targets and cases[-1].split == "train":
+            cases[-1].canonical = canonical_paths(case_id)
 
     reused = reusable_renders(out, cases, config.rendering_key())
     todo = [
         (c.id, [f.to_dict() for f in c.structured_findings], c.seed, config.image_size, str(out))
         for c in cases
         if c.id not in reused
+    ]
+    canonical_reused = reusable_renders(out, [c for c in cases if c.canonical], config.rendering_key(), True)
+    todo += [
+        (c.id, [f.to_dict() for f in c.structured_findings], c.seed, config.image_size, str(out), True)
+        for c in cases
+        if c.canonical and c.id not in canonical_reused
     ]
     not_drawn = render_pairs(
         todo, config.volume_size, config.workers, progress, f"rendering {config.image_size}px pairs",
@@ -367,7 +409,7 @@ def _build_dataset(
         out=out,
         n_cases=len(cases),
         n_rendered=len(todo),
-        n_reused=len(cases) - len(todo),
+        n_reused=len(cases) + sum(1 for c in cases if c.canonical) - len(todo),  # pairs, canonical ones too
         per_split={s: per_split.get(s, 0) for s in ("train", "val", "test")},
         skipped_reports=Counter(collection.skipped),
         unmapped_mesh=unmapped,

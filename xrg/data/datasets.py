@@ -70,6 +70,7 @@ class XRayPairDataset(Dataset):
         vocab: Vocabulary | None = None,
         max_sentences: int = MAX_SENTENCES,
         max_words: int = MAX_WORDS,
+        canonical: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         if split is not None and split not in SPLITS:
@@ -85,6 +86,15 @@ class XRayPairDataset(Dataset):
             if not vocab_path.is_file():
                 raise DataDirError(f"{self.data_dir} has no {VOCAB_NAME}; pass a vocabulary or rebuild the dataset")
             vocab = Vocabulary.load(vocab_path)
+        if canonical:
+            missing = [c.id for c in self.cases if not c.canonical]
+            if missing:
+                raise DataDirError(
+                    f"{self.data_dir}: {len(missing)} of the {len(self.cases)} {split or 'all'} cases (e.g. {missing[0]}) "
+                    "have no canonical-pose renders; build the data again with `xrg data build --canonical-targets` "
+                    "(or canonical_targets: true in the profile's data settings; only the new renders are drawn)"
+                )
+        self.canonical = canonical
         self.vocab = vocab
         self.split = split
         self.image_size = image_size
@@ -96,10 +106,12 @@ class XRayPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.cases)
 
-    def _image(self, index: int, view: str) -> torch.Tensor:
-        key = (index, view)
+    def _image(self, index: int, view: str, canonical: bool = False) -> torch.Tensor:
+        key = (index, f"{view}_canonical" if canonical else view)
         if key not in self._images:
-            path = path_inside(self.data_dir, getattr(self.cases[index], view), f"{self.data_dir}: {view} image")
+            case = self.cases[index]
+            relative = case.canonical[view] if canonical else getattr(case, view)
+            path = path_inside(self.data_dir, relative, f"{self.data_dir}: {key[1]} image")
             array = load_grayscale(path)
             self._images[key] = torch.from_numpy(np.round(array * 255).astype(np.uint8))
         image = self._images[key].float().div_(255.0).unsqueeze(0)
@@ -130,6 +142,7 @@ class XRayPairDataset(Dataset):
             "frontal": self._image(index, "frontal"),
             "lateral": self._image(index, "lateral"),
             "labels": torch.from_numpy(multi_hot(case.structured_findings)),
+            **{f"{view}_canonical": self._image(index, view, True) for view in VIEWS if self.canonical},
         }
 
     @property
@@ -153,4 +166,9 @@ def collate_pairs(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "frontal": torch.stack([item["frontal"] for item in batch]),
         "lateral": torch.stack([item["lateral"] for item in batch]),
         "labels": torch.stack([item["labels"] for item in batch]),
+        **{
+            f"{view}_canonical": torch.stack([item[f"{view}_canonical"] for item in batch])
+            for view in VIEWS
+            if f"{view}_canonical" in batch[0]
+        },
     }

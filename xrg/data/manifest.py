@@ -44,6 +44,10 @@ class Case:
     source: str = "phantom"  # phantom | openi | mimic
     mesh: list[str] = field(default_factory=list)
     seed: int | None = None  # phantom patient seed
+    # the case's findings rendered into the average patient in a fixed pose, by view (phantom
+    # train cases of a build with ``canonical_targets``; empty otherwise): the text-predictable
+    # reconstruction target (``XRayPairDataset(canonical=True)``)
+    canonical: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -66,6 +70,16 @@ class Case:
                 )
         for view in VIEWS:
             check_relative(data[view], f"{where}: case {data['id']!r}: {view} image path", "the data directory")
+        canonical = data.get("canonical", {})
+        if not isinstance(canonical, dict) or (canonical and set(canonical) != set(VIEWS)):
+            raise DataDirError(
+                f"{where}: case {data['id']!r}: canonical must map each of {list(VIEWS)} to an image path, "
+                f"got {canonical!r}"
+            )
+        for view, value in canonical.items():
+            if not isinstance(value, str):
+                raise DataDirError(f"{where}: case {data['id']!r}: canonical {view} image path must be a string")
+            check_relative(value, f"{where}: case {data['id']!r}: canonical {view} image path", "the data directory")
         if data.get("seed") is not None and (not isinstance(data["seed"], int) or isinstance(data["seed"], bool)):
             raise DataDirError(f"{where}: case {data['id']!r}: seed must be an integer or null, got {data['seed']!r}")
         known = {f for f in cls.__dataclass_fields__}
@@ -115,7 +129,7 @@ def read_manifest(directory: str | os.PathLike, check_images: bool = False) -> l
     if len(set(ids)) != len(ids):
         raise DataDirError(f"{path} lists duplicate case ids")
     for case in cases:  # no image path may lead out of the directory, through a link either
-        for view in (case.frontal, case.lateral):
+        for view in (case.frontal, case.lateral, *case.canonical.values()):
             image = path_inside(directory, view, f"{path}: case {case.id!r}: image")
             if check_images and not image.is_file():
                 raise DataDirError(f"{path}: case {case.id!r} points to missing image {view}")

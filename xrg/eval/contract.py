@@ -249,7 +249,7 @@ class EvalContext:
 
     @functools.cached_property
     def test(self) -> XRayPairDataset:
-        return model_dataset(self.generator, self.data_dir, "test")
+        return model_dataset(self.generator, self.data_dir, self.config.split)
 
     @functools.cached_property
     def indices(self) -> list[int]:
@@ -289,7 +289,7 @@ class EvalContext:
         if (source, view) not in self._features:
             images = self.images(source)[view]
             if source == "real":
-                key = ("test", str(self.data_dir), self.generator.image_size, self.count, view)
+                key = (self.config.split, str(self.data_dir), self.generator.image_size, self.count, view)
                 if key not in self.cache:
                     self.cache[key] = _classify(self.evaluators.classifier, images, self.eval_size)
                 self._features[source, view] = self.cache[key]
@@ -554,6 +554,36 @@ def _vc_auroc(ctx: EvalContext) -> dict[str, Any]:
         ))
         for source in SOURCES
     }  # fmt: skip
+
+
+@metric("variation")
+def _variation(ctx: EvalContext) -> dict[str, Any]:
+    """How much the images change from report to report, generated beside real: the per-pixel
+    standard deviation across the scored reports (image range [0, 1], averaged over pixels) per
+    view, and the spread of the classifier's features (per-dimension standard deviation, averaged;
+    a view's features each). ``ratio`` is generated over real: 0 for a generator that draws one
+    image for every report. Point values: a resample with replacement repeats images and shrinks
+    a spread, so no interval is made (the training seeds give the spread of a model's value)."""
+    if ctx.count < 2:
+        reason = "a spread across reports needs at least 2 test reports"
+        return {source: Estimate.not_applicable(reason, n=ctx.count) for source in (*SOURCES, "ratio")}
+    note = {"reason": "no interval: resampling with replacement shrinks a spread"}
+    spread: dict[str, dict[str, float]] = {}
+    for source in SOURCES:
+        images = ctx.images(source)
+        spread[source] = {view: float(images[view].float().std(dim=0).mean()) for view in VIEWS}
+        spread[source].update({
+            f"features_{view}": float(ctx.features(source, view).float().std(dim=0).mean()) for view in VIEWS
+        })  # fmt: skip
+    result: dict[str, Any] = {
+        source: {key: Estimate(value, None, ctx.count, "none", dict(note)) for key, value in values.items()}
+        for source, values in spread.items()
+    }
+    result["ratio"] = {
+        key: Estimate(spread["generated"][key] / real if real > 0 else None, None, ctx.count, "none", dict(note))
+        for key, real in spread["real"].items()
+    }
+    return result
 
 
 @metric("cross_view_agreement")

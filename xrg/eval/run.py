@@ -56,6 +56,17 @@ from xrg.io import atomic_write_json
 from xrg.profiles import Profile
 
 EVAL_NAME = "eval.json"
+
+
+def eval_name(split: str = "test", name: str = EVAL_NAME) -> str:
+    """The file a split's results go to: ``eval.json`` for the test split, ``eval-val.json`` for
+    validation (and the same suffix for the metrics log), so a validation run never replaces the table's."""
+    if split == "test":
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}-{split}{dot}{suffix}"
+
+
 EVAL_FORMAT = "xrg-eval-2"
 #: What makes an existing ``eval.json`` current: the same checkpoints (or control), data and Inception file.
 FRESHNESS_KEYS: tuple[str, ...] = (
@@ -90,6 +101,9 @@ class EvalConfig:
     min_test_positives: int = 20  # ... and the test split has this many positive reports
     edit_margin: float = 0.1  # an edit succeeds when the edited finding's probability moves at least this
     metrics: list[str] = field(default_factory=lambda: registered_metrics())  # metrics run (default: all)
+    # the split scored: "test" for the tables; "val" for the decisions made while developing a
+    # model (settings, tricks, thresholds), which must never look at the test split
+    split: str = "test"
 
     def __post_init__(self) -> None:
         from xrg.eval.contract import check_metric_names
@@ -107,6 +121,8 @@ class EvalConfig:
             raise ConfigError(f"eval min_evaluator_auroc must be in [0, 1], got {self.min_evaluator_auroc}")
         if self.min_test_positives < 1:
             raise ConfigError(f"eval min_test_positives must be >= 1, got {self.min_test_positives}")
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"eval split must be 'val' or 'test' (the held-out splits), got {self.split!r}")
         if not 0.0 < self.edit_margin < 1.0:
             raise ConfigError(f"eval edit_margin must be in (0, 1), got {self.edit_margin}")
 
@@ -294,7 +310,8 @@ def evaluate_generator(
     progress: bool = False,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Score any :class:`PairGenerator` on the test split of ``data_dir``; writes ``OUT/eval.json``.
+    """Score any :class:`PairGenerator` on the test split of ``data_dir`` (``config.split``); writes
+    ``OUT/eval.json`` (validation: ``OUT/eval-val.json``, :func:`eval_name`).
 
     The metrics ``config.metrics`` names (:mod:`xrg.eval.contract`) run on one
     :class:`~xrg.eval.contract.EvalContext`; each result is appended to
@@ -311,19 +328,20 @@ def evaluate_generator(
         raise ConfigError("evaluate_generator needs out_dir, the directory eval.json is written to")
     out = Path(out_dir)
     record = _sources(sources or {"generator": {"method": generator.method}}, evaluators, data_dir, inception_weights)
-    previous = None if force else _up_to_date(out / EVAL_NAME, record, config)
+    previous = None if force else _up_to_date(out / eval_name(config.split), record, config)
     if previous is not None:
         return previous
     context = EvalContext(generator, data_dir, evaluators, config, inception_weights, progress)
-    evaluation, sections = run_metrics(context, list(config.metrics), out / METRICS_LOG_NAME)
+    log_name = eval_name(config.split, METRICS_LOG_NAME)
+    evaluation, sections = run_metrics(context, list(config.metrics), out / log_name)
     result: dict[str, Any] = {
         "format": EVAL_FORMAT, "method": generator.method, "num_reports": context.count,
         "takes_noise": context.takes_noise, **sections, **context.records,
         "evaluators": {"image_size": evaluators.image_size, "test_metrics": getattr(evaluators, "metrics", None)},
         "config": dataclasses.asdict(config), "sources": record, "evaluation": evaluation,
-        "metrics_log": METRICS_LOG_NAME, "seconds": time.perf_counter() - started,
+        "metrics_log": log_name, "split": config.split, "seconds": time.perf_counter() - started,
     }  # fmt: skip
-    atomic_write_json(out / EVAL_NAME, result)
+    atomic_write_json(out / eval_name(config.split), result)
     return result
 
 
@@ -347,7 +365,9 @@ def evaluate_run(
     sources = {"run_checkpoint": str(run_path), "run_sha256": file_sha256(run_path)}
     if not force:
         previous = _up_to_date(
-            run_path.parent / EVAL_NAME, _sources(sources, evaluators, data_dir, inception_weights), config
+            run_path.parent / eval_name(config.split),
+            _sources(sources, evaluators, data_dir, inception_weights),
+            config,
         )
         if previous is not None:
             return previous

@@ -79,6 +79,7 @@ from xrg.models.baselines import (
 from xrg.models.encoder import EncoderConfig
 from xrg.profiles import Profile
 from xrg.train.loop import (
+    MONITOR_KEYS,
     Optimizers,
     PhasedTrainer,
     Position,
@@ -90,7 +91,6 @@ from xrg.train.loop import (
     real_images,
     recalibrate_generators,
     require_finite,
-    write_sample_grid,
 )
 from xrg.train.vcn import negative_partners
 
@@ -102,7 +102,7 @@ __all__ = [
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses a method lacks are null).
 METRIC_KEYS: tuple[str, ...] = (
     "kind", "method", "phase", "stage", "image_size", "epoch", "step", "d_loss", "d_wrong", "g_loss", "adv_loss",
-    "kl_loss", "rec_loss", "lr", "seconds", "images_per_s",
+    "kl_loss", "rec_loss", "lr", "seconds", "images_per_s", *MONITOR_KEYS,
 )  # fmt: skip
 LOSS_KEYS: tuple[str, ...] = ("d_loss", "d_wrong", "g_loss", "adv_loss", "kl_loss", "rec_loss")
 INTERPOLATION_BETA = 0.5  # GAN-INT's β (Reed et al. §4.3)
@@ -421,17 +421,14 @@ class BaselineStep(Step):
             self.model.train_mode(phase)
 
     @torch.no_grad()
-    def write_samples(self, phase: BaselinePhase) -> Path | None:
-        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
-        if self.config.num_samples == 0:
-            return None
-        batch = self.data.sample_batch(phase.image_size, self.config.num_samples)
+    def sample_images(self, phase: BaselinePhase, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``phase``'s final images of ``batch`` in eval mode (noise seeded with the run's seed)."""
         self.model.eval()
         try:
             _, output = self.model.generate_for(phase, batch, torch.Generator().manual_seed(self.config.seed))
         finally:
             self.model.train_mode(phase)
-        return write_sample_grid(self, f"stage{phase.stage}_{phase.image_size}px.png", batch, output.images[-1])
+        return output.images[-1]
 
     def phase_label(self, phase: BaselinePhase) -> str:
         return f"{self.config.method}, {phase.name} phase"

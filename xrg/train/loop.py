@@ -65,6 +65,11 @@ from xrg.train.runtime import StopRequests, epoch_batches, recalibrate_batchnorm
 
 METRICS_NAME = "metrics.jsonl"
 SAMPLES_DIR = "samples"
+#: Validation cases (train cases without a val split) generated at every epoch end to measure
+#: how much the images vary between reports (:meth:`Step.monitor`).
+MONITOR_CASES = 32
+#: The keys :meth:`Step.monitor` adds to every metrics row of a GAN run.
+MONITOR_KEYS: tuple[str, ...] = ("variation", "variation_real")
 
 
 @dataclass
@@ -140,11 +145,19 @@ class Optimizers:
     phase_index: int
     generator: torch.optim.Optimizer
     discriminator: torch.optim.Optimizer | None
+    #: the discriminator's learning rate over the generator's (two time-scale updates; 1: one rate)
+    critic_lr_scale: float = 1.0
 
     def all(self) -> Iterator[torch.optim.Optimizer]:
         yield self.generator
         if self.discriminator is not None:
             yield self.discriminator
+
+    def set_lr(self, lr: float) -> None:
+        """The generator's learning rate ``lr``, the discriminator's ``critic_lr_scale × lr``."""
+        set_lr(self.generator, lr)
+        if self.discriminator is not None:
+            set_lr(self.discriminator, lr * self.critic_lr_scale)
 
 
 # --------------------------------------------------------------------------------------
@@ -155,28 +168,45 @@ class Optimizers:
 class TrainData:
     """The train split at every image size a run's phases need, its vocabulary and the sample-grid cases."""
 
-    def __init__(self, data_dir: str | os.PathLike, image_sizes: Any, max_sentences: int, max_words: int) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike, image_sizes: Any, max_sentences: int, max_words: int, canonical: bool = False
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.max_sentences, self.max_words = max_sentences, max_words
         self.train_sets = {
             size: XRayPairDataset(
-                self.data_dir, "train", image_size=size, max_sentences=max_sentences, max_words=max_words
-            )
+                self.data_dir,
+                "train",
+                image_size=size,
+                max_sentences=max_sentences,
+                max_words=max_words,
+                canonical=canonical,
+            )  # fmt: skip
             for size in sorted(set(image_sizes))
         }
         self.vocabulary = next(iter(self.train_sets.values())).vocab
         self._sample_batches: dict[int, dict[str, Any]] = {}
 
     def sample_batch(self, image_size: int, count: int) -> dict[str, Any]:
-        """The cases of the sample grids at ``image_size``: validation cases, or train cases if there is no val split."""
-        if image_size not in self._sample_batches:
+        """The first ``count`` validation cases at ``image_size`` (train cases if there is no val split):
+        the cases of the sample grids and of the epoch-end monitor."""
+        key = (image_size, count)
+        if key not in self._sample_batches:
             has_val = any(case.split == "val" for case in read_manifest(self.data_dir))
             dataset = XRayPairDataset(
                 self.data_dir, "val" if has_val else "train", image_size=image_size, vocab=self.vocabulary,
                 max_sentences=self.max_sentences, max_words=self.max_words,
             )  # fmt: skip
-            self._sample_batches[image_size] = collate_pairs([dataset[i] for i in range(min(count, len(dataset)))])
-        return self._sample_batches[image_size]
+            self._sample_batches[key] = collate_pairs([dataset[i] for i in range(min(count, len(dataset)))])
+        return self._sample_batches[key]
+
+
+def between_report_variation(images: dict[str, torch.Tensor]) -> float | None:
+    """How much a batch's images differ between its cases: the per-pixel standard deviation
+    across the cases, averaged over pixels and views, in the image range [0, 1]. A generator
+    that draws one image whatever the report scores 0; None for fewer than two cases."""
+    values = [to_image_range(x.detach().float()).std(dim=0).mean() for x in images.values() if x.shape[0] > 1]
+    return float(torch.stack(values).mean()) if values else None
 
 
 class Step:
@@ -221,18 +251,42 @@ class Step:
 
     # ---- at an epoch end ----------------------------------------------------------------
 
-    def end_epoch(self, phase: Any, position: Position) -> None:
-        """Work at the end of an epoch, before its checkpoint: BatchNorm statistics, then the sample grid."""
+    def end_epoch(self, phase: Any, position: Position) -> dict[str, float | None]:
+        """Work at the end of an epoch, before its checkpoint: BatchNorm statistics, the sample
+        grid, then the monitor, whose values go into the epoch's metrics row."""
         self.recalibrate(phase, position)
         self.write_samples(phase)
+        return self.monitor(phase)
 
     def recalibrate(self, phase: Any, position: Position) -> int:
         """Re-estimate the BatchNorm statistics of the generators ``phase`` trains (:func:`recalibrate_generators`)."""
         raise NotImplementedError
 
-    def write_samples(self, phase: Any) -> Path | None:
-        """Write the sample grid of ``phase`` (:func:`write_sample_grid`)."""
+    def sample_images(self, phase: Any, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The images of ``phase``'s stage for ``batch``, as the run would generate them: generators in
+        eval mode, noise from a generator seeded with the run's seed; ``{view: [B, 1, s, s]}`` in [-1, 1]."""
         raise NotImplementedError
+
+    def sample_name(self, phase: Any) -> str:
+        """The file name of ``phase``'s sample grid in ``RUN/samples/``."""
+        return f"stage{phase.stage}_{phase.image_size}px.png"
+
+    def write_samples(self, phase: Any) -> Path | None:
+        """Write the sample grid of ``phase`` (:func:`write_sample_grid`) over ``config.num_samples`` cases."""
+        if self.config.num_samples == 0:
+            return None
+        batch = self.data.sample_batch(phase.image_size, self.config.num_samples)
+        return write_sample_grid(self, self.sample_name(phase), batch, self.sample_images(phase, batch))
+
+    def monitor(self, phase: Any) -> dict[str, float | None]:
+        """What the evaluation would see, measured while training: the between-report variation
+        (:func:`between_report_variation`) of the images of :data:`MONITOR_CASES` validation cases,
+        and of their real images. A run collapsing to one mean image shows ``variation`` ≪ ``variation_real``."""
+        batch = self.data.sample_batch(phase.image_size, MONITOR_CASES)
+        with torch.random.fork_rng(devices=[]):  # the training's random stream stays as it was
+            fake = self.sample_images(phase, batch)
+        real = real_images(batch, tuple(fake), self.device)
+        return {"variation": between_report_variation(fake), "variation_real": between_report_variation(real)}
 
     # ---- what is logged, and the checkpoint -----------------------------------------------
 
@@ -284,6 +338,21 @@ def recalibrate_generators(
 
 def real_images(batch: dict[str, Any], views: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
     return {view: to_model_range(batch[view].to(device)) for view in views}
+
+
+#: What the L2 reconstruction loss compares a generated image with: the case's own render
+#: (``posed``, the paper's objective: a randomly posed patient, mostly unpredictable from the
+#: text) or the same findings in the average patient in a fixed pose (``canonical``).
+REC_TARGETS = ("posed", "canonical")
+
+
+def reconstruction_targets(
+    batch: dict[str, Any], views: tuple[str, ...], device: torch.device, rec_target: str
+) -> dict[str, torch.Tensor]:
+    """The L2 targets of ``batch`` in model range (see :data:`REC_TARGETS`)."""
+    if rec_target == "posed":
+        return real_images(batch, views, device)
+    return {view: to_model_range(batch[f"{view}_canonical"].to(device)) for view in views}
 
 
 def sample_grid(real: dict[str, torch.Tensor], fake: dict[str, torch.Tensor], border: int = 2) -> np.ndarray:
@@ -622,8 +691,7 @@ class PhasedTrainer:
                     return "max_steps"
                 batches = state.epoch_batches(len(train_set), batch_size)
                 lr = phase.lr_at(position.epoch, self.config)
-                for optimizer in self.optimizers.all():
-                    set_lr(optimizer, lr)
+                self.optimizers.set_lr(lr)
                 family.train_mode(phase)
                 for indices in batches[position.batch :]:
                     started = time.perf_counter()
@@ -656,8 +724,8 @@ class PhasedTrainer:
             images_per_s=totals.get("images", 0) / seconds if seconds > 0 else None, **self.family.extras,
         )  # fmt: skip
         row.update({name: totals[name] / batches for name in self.family.loss_keys if name in totals})
+        row.update(self.family.end_epoch(phase, position))
         append_jsonl(self.metrics_path, row)
-        self.family.end_epoch(phase, position)
         self.state.next_epoch()
         self.save()
 

@@ -7,11 +7,15 @@ phase per stage, 32² → 64² → 128² → 256² in the paper. In the phase of
 
 * what trains: the encoder and both views' generators of stages ``0..n`` with the stage-``n``
   learning rate (Adam, β = (0.9, 0.999)), and the stage-``n`` discriminators of both views with
-  the same rate. Earlier stages keep training, as in the official code; later stages are not
-  used yet. Optimizers start fresh in every phase; the learning rate is multiplied by
+  the same rate (``critic_lr_scale`` times it and Adam betas ``critic_betas``, when set: two
+  time-scale updates). Earlier stages keep training, as in the official code; later stages are
+  not used yet. Optimizers start fresh in every phase; the learning rate is multiplied by
   ``lr_decay`` (0.2) every ``lr_decay_every`` (20) epochs of the phase.
 * targets: the real images downsampled to the stage size by area averaging (the dataset's
-  ``image_size``), mapped to the models' [-1, 1].
+  ``image_size``), mapped to the models' [-1, 1]; the critics always see these. The L2 term
+  compares with them too (``rec_target: posed``, the paper), or with the same findings drawn
+  into the average patient in a fixed pose (``rec_target: canonical``), a target the text
+  predicts: a posed render is mostly patient and pose, which the best L2 answer averages away.
 * critic loss, per view (WGAN-GP, Gulrajani et al.):
   ``D(fake) − D(real) + λ·GP`` with λ = ``gp_weight`` (10), ``n_critic`` (1) critic updates per
   generator update on the same batch; the critic sees the condition ``c`` detached.
@@ -67,6 +71,8 @@ from xrg.profiles import Profile
 from xrg.train.loop import (  # noqa: F401 (CHECKPOINT_NAME, METRICS_NAME, SAMPLES_DIR, sample_grid: re-exported)
     CHECKPOINT_NAME,
     METRICS_NAME,
+    MONITOR_KEYS,
+    REC_TARGETS,
     SAMPLES_DIR,
     Optimizers,
     PhasedTrainer,
@@ -78,16 +84,16 @@ from xrg.train.loop import (  # noqa: F401 (CHECKPOINT_NAME, METRICS_NAME, SAMPL
     generator_update,
     real_images,
     recalibrate_generators,
+    reconstruction_targets,
     require_finite,
     sample_grid,
-    write_sample_grid,
 )
 from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
 METRIC_KEYS: tuple[str, ...] = (
     "kind", "phase", "stage", "image_size", "epoch", "step", "d_loss", "g_loss", "adv_loss", "rec_loss",
-    "vc_loss", "vc_prob", "gp", "lr", "seconds", "images_per_s",
+    "vc_loss", "vc_prob", "gp", "lr", "seconds", "images_per_s", *MONITOR_KEYS,
 )  # fmt: skip
 LOSS_KEYS: tuple[str, ...] = ("d_loss", "g_loss", "adv_loss", "rec_loss", "vc_loss", "vc_prob", "gp")
 
@@ -117,6 +123,13 @@ class XRayGANTrainConfig:
     lr_decay: float = 0.2
     lr_decay_every: int = 20  # epochs
     betas: tuple[float, float] = (0.9, 0.999)
+    # the critics' optimiser (the paper's: the generators'): a learning rate ``critic_lr_scale``
+    # times the stage's (TTUR, Heusel et al. 2017) and Adam betas ``critic_betas`` (None: ``betas``)
+    critic_lr_scale: float = 1.0
+    critic_betas: tuple[float, float] | None = None
+    # the L2 target (xrg.train.loop.REC_TARGETS): the case's posed render (the paper) or its
+    # findings in the average patient in a fixed pose (needs `xrg data build --canonical-targets`)
+    rec_target: str = "posed"
     # run
     seed: int = 0
     num_samples: int = 4  # validation cases in each sample grid
@@ -149,8 +162,16 @@ class XRayGANTrainConfig:
                 "need n_critic >= 1, lr_decay_every >= 1, 0 < lr_decay <= 1 and num_samples >= 0, got "
                 f"{self.n_critic}, {self.lr_decay_every}, {self.lr_decay}, {self.num_samples}"
             )
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        for name in ("betas", "critic_betas"):
+            betas = getattr(self, name)
+            if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+                raise ConfigError(f"{name} must be two numbers in [0, 1), got {betas}")
+        if self.betas is None:
+            raise ConfigError("betas must be two numbers in [0, 1), got None")
+        if self.rec_target not in REC_TARGETS:
+            raise ConfigError(f"rec_target must be one of {REC_TARGETS}, got {self.rec_target!r}")
+        if self.critic_lr_scale <= 0:
+            raise ConfigError(f"critic_lr_scale must be positive, got {self.critic_lr_scale}")
 
     @classmethod
     def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> XRayGANTrainConfig:
@@ -227,17 +248,22 @@ def make_optimizers(model: XRayGAN, phase: Phase, phase_index: int, config: XRay
     generator = torch.optim.Adam(model.generator_parameters(phase.stage), lr=phase.lr, betas=betas)
     discriminator = None
     if phase.name == "gan":
-        discriminator = torch.optim.Adam(model.discriminator_parameters(phase.stage), lr=phase.lr, betas=betas)
-    return Optimizers(phase_index, generator, discriminator)
+        critic_betas = tuple(config.critic_betas) if config.critic_betas is not None else betas
+        discriminator = torch.optim.Adam(
+            model.discriminator_parameters(phase.stage), lr=phase.lr * config.critic_lr_scale, betas=critic_betas
+        )
+    return Optimizers(phase_index, generator, discriminator, config.critic_lr_scale)
 
 
 def pretrain_step(
     model: XRayGAN, batch: dict[str, Any], phase: Phase, optimizers: Optimizers, config: XRayGANTrainConfig
 ) -> dict[str, float]:
     """Plain L2 reconstruction of both views at the phase's stage (no critic, no VCN)."""
-    real = real_images(batch, tuple(model.generator.views), next(model.parameters()).device)
+    target = reconstruction_targets(
+        batch, tuple(model.generator.views), next(model.parameters()).device, config.rec_target
+    )
     fake = model.generate(model.encode(batch).c, phase.stage)
-    rec_loss = sum(F.mse_loss(fake[view], real[view]) for view in real)
+    rec_loss = sum(F.mse_loss(fake[view], target[view]) for view in target)
     g_loss = config.rec_weight * rec_loss
     require_finite({"g_loss": g_loss, "rec_loss": rec_loss}, "generator loss")
     optimizers.generator.zero_grad(set_to_none=True)
@@ -261,7 +287,11 @@ def gan_step(
     assert optimizers.discriminator is not None
     stage_key = str(phase.stage)
     critics = {view: model.discriminators[view][stage_key] for view in model.discriminators}
-    real = real_images(batch, tuple(critics), next(model.parameters()).device)
+    device = next(model.parameters()).device
+    real = real_images(batch, tuple(critics), device)
+    target = (
+        real if config.rec_target == "posed" else reconstruction_targets(batch, tuple(critics), device, "canonical")
+    )
     c = model.encode(batch).c
     fake = model.generate(c, phase.stage)
     condition = c.detach()
@@ -281,7 +311,7 @@ def gan_step(
 
     with frozen(critics.values()):
         adv_loss = sum(-critic(fake[view], c).mean() for view, critic in critics.items())
-        rec_loss = sum(F.mse_loss(fake[view], real[view]) for view in critics)
+        rec_loss = sum(F.mse_loss(fake[view], target[view]) for view in critics)
         g_loss = config.adv_weight * adv_loss + config.rec_weight * rec_loss
         losses = {"d_loss": d_loss, "gp": gp_total, "adv_loss": adv_loss, "rec_loss": rec_loss}
         if vcn is not None:
@@ -347,28 +377,26 @@ class XRayGANStep(Step):
         return recalibrate_generators(self.model.generator, self, phase, position, forward)
 
     @torch.no_grad()
-    def write_samples(self, phase: Phase) -> Path | None:
-        """Write the sample grid of ``phase`` (validation cases, or train cases if there is no val split)."""
-        if self.config.num_samples == 0:
-            return None
-        batch = self.data.sample_batch(phase.image_size, self.config.num_samples)
-        count = len(batch["case_id"])
+    def sample_images(self, phase: Phase, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """``phase``'s stage images of ``batch`` in eval mode (noise seeded with the run's seed)."""
         self.model.eval()
-        c = self.model.encode(batch).c
-        noise = None
-        if self.config.model.noise_dim:
-            noise = torch.randn(
-                count, self.config.model.noise_dim, generator=torch.Generator().manual_seed(self.config.seed)
-            )
-            noise = noise.to(self.device)
-        fake = self.model.generate(c, phase.stage, noise)
-        self.model.train()
-        name = (
+        try:
+            c = self.model.encode(batch).c
+            noise = None
+            if self.config.model.noise_dim:
+                source = torch.Generator().manual_seed(self.config.seed)
+                noise = torch.randn(len(batch["case_id"]), self.config.model.noise_dim, generator=source)
+                noise = noise.to(self.device)
+            return self.model.generate(c, phase.stage, noise)
+        finally:
+            self.model.train()
+
+    def sample_name(self, phase: Phase) -> str:
+        return (
             f"stage{phase.stage}_{phase.image_size}px.png"
             if phase.name == "gan"
             else f"pretrain_{phase.image_size}px.png"
         )
-        return write_sample_grid(self, name, batch, fake)
 
     def checkpoint_extras(self) -> dict[str, Any]:
         return {"vcns": self.vcn_hashes}
@@ -405,8 +433,9 @@ class XRayGANTrainer(PhasedTrainer):
         device = torch.device(device)
         phases = training_phases(config)
         data = TrainData(
-            data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words
-        )
+            data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words,
+            canonical=config.rec_target == "canonical",
+        )  # fmt: skip
         files = RunFiles.check(run_dir, XRayGANStep.kind, resume, tidy=(SAMPLES_DIR, "vcn"))
         vcns: dict[int, VCNResult] = {}
         if config.vc_weight > 0:

@@ -136,6 +136,20 @@ class PatientParams:
             noise_std=float(rng.uniform(*r["noise_std"])),
         )
 
+    @classmethod
+    def canonical(cls) -> PatientParams:
+        """The population's average patient in a fixed pose: every anatomical parameter at the
+        mean :meth:`sample` draws it around (breasts at the mean over both sexes), no rotation,
+        shift or elastic warp, neutral exposure and no detector noise. Findings rendered into it
+        form a reconstruction target the report's text predicts (``xrg data build`` with
+        ``canonical_targets``): the same for every patient, so only the findings vary."""
+        return cls(
+            body_size=1.0, thorax_width=1.0, thorax_depth=1.0, lung_height=1.0,
+            rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0),
+            elastic_mm=np.zeros((3, 5, 5, 5), dtype=np.float32),
+            heart_scale=0.92, breast_mm=0.5 * (22.0 + 3.0), exposure_gain=1.0, exposure_gamma=1.0, noise_std=0.0,
+        )  # fmt: skip
+
     @property
     def scale(self) -> tuple[float, float, float]:
         """Size factors of the thorax ``(x, y, z)`` about its centre."""

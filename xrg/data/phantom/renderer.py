@@ -133,18 +133,20 @@ class PhantomRenderer:
 
     # -- rendering -------------------------------------------------------------------------
 
-    def render(self, findings: Sequence[Finding], seed: int, size: int = 128) -> RenderedPair:
+    def render(self, findings: Sequence[Finding], seed: int, size: int = 128, canonical: bool = False) -> RenderedPair:
         """Frontal and lateral radiographs of patient ``seed`` with ``findings`` drawn in.
 
         Negated findings are not drawn; they and anything that cannot be drawn are counted
-        by reason in ``skipped``. The same arguments give bit-identical images.
+        by reason in ``skipped``. The same arguments give bit-identical images. ``canonical``
+        draws the same findings (placed by ``seed`` as in the patient's render) into the
+        average patient in a fixed pose instead (:meth:`PatientParams.canonical`).
         """
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
             raise ConfigError(f"image size must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
         for finding in findings:
             if not isinstance(finding, Finding):
                 raise ConfigError(f"render() takes Finding objects, got {finding!r}")
-        params = PatientParams.sample(seed)
+        params = PatientParams.canonical() if canonical else PatientParams.sample(seed)
         shape = params.shape()
         buffer, volume = self._patient_volume(params)
         drawn, skipped = self._draw_findings(volume, findings, seed, shape)
