@@ -14,7 +14,7 @@ from helpers import metric_rows, stop_at, torch_threads
 from xrg.checkpoint import load_checkpoint
 from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS
-from xrg.data.manifest import read_manifest
+from xrg.data.manifest import read_manifest, write_manifest
 from xrg.errors import CheckpointError, ConfigError, DataDirError, TrainingStopped
 from xrg.eval.classifier import classifier_auroc
 from xrg.eval.evaluators import (
@@ -161,6 +161,28 @@ def test_another_config_or_data_directory_is_refused(evaluators_dir, tiny_data, 
     manifest.write_text("\n".join(manifest.read_text().splitlines()[:-1]) + "\n")
     with pytest.raises(DataDirError, match="another data directory"):
         ensure_cohort(other, TINY, evaluators_dir / "cohort", progress=False)
+
+
+def test_the_cohort_depends_on_the_train_findings_only(evaluators_dir, tiny_data, tmp_path):
+    # a --canonical-targets build of the same cases (new image fields) reuses the cohort;
+    # another train case's findings do not
+    cases = read_manifest(tiny_data)
+    canonical = tmp_path / "canonical-data"
+    shutil.copytree(tiny_data, canonical)
+    with_targets = [
+        dataclasses.replace(c, canonical={"frontal": c.frontal, "lateral": c.lateral}) if c.split == "train" else c
+        for c in cases
+    ]
+    write_manifest(canonical, with_targets)
+    assert ensure_cohort(canonical, TINY, evaluators_dir / "cohort", progress=False) == evaluators_dir / "cohort"
+    edited = tmp_path / "edited-data"
+    shutil.copytree(tiny_data, edited)
+    first = next(i for i, c in enumerate(cases) if c.split == "train")
+    changed = list(cases)
+    changed[first] = dataclasses.replace(cases[first], findings=cases[first].findings + " Small left effusion.")
+    write_manifest(edited, changed)
+    with pytest.raises(DataDirError, match="another data directory"):
+        ensure_cohort(edited, TINY, evaluators_dir / "cohort", progress=False)
 
 
 def test_an_interrupted_cohort_render_is_finished(tiny_data, tmp_path):

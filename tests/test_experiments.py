@@ -77,3 +77,23 @@ def test_the_xraygan_row_copies_the_same_run_instead_of_training_it(finished_run
     assert experiment.reusable_source(dataclasses.replace(CONFIG, seed=5)) is None  # a different run is trained
     other = Experiment.create(load_profile("tiny"), data_dir, tmp_path / "elsewhere" / "experiments", progress=False)
     assert other.reuse_candidates() == [tmp_path / "elsewhere" / "xraygan"]  # the book's layout by default
+
+
+def test_the_improved_row_needs_canonical_targets_and_is_left_out_with_the_reason_without_them(tmp_path):
+    plain = write_synthetic_data(tmp_path / "plain", num_patients=10)
+    canonical = write_synthetic_data(tmp_path / "canonical", num_patients=10, canonical=True)
+    for table in experiments.TABLES:
+        methods, left_out = Experiment.create("tiny", canonical, tmp_path / "out").table_methods(table)
+        assert methods == experiments.TABLES[table] and left_out == {}
+        methods, left_out = Experiment.create("tiny", plain, tmp_path / "out").table_methods(table)
+        assert "xraygan_improved" not in methods and "xraygan" in methods
+        assert set(left_out) == {"xraygan_improved"} and "--canonical-targets" in left_out["xraygan_improved"]
+    config = experiments.xraygan_config(load_profile("cpu"), "xraygan_improved")
+    paper = experiments.xraygan_config(load_profile("cpu"), "xraygan")
+    assert config.rec_target == "canonical" and dataclasses.replace(config, rec_target="posed") == paper
+    from xrg.config import config_to_dict
+    from xrg.eval.generators import xraygan_method
+
+    assert xraygan_method(config_to_dict(config)) == "xraygan_improved"
+    with pytest.raises(experiments.ConfigError, match="unknown table"):
+        Experiment.create("tiny", plain, tmp_path / "out").table_methods("table3")

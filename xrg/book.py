@@ -364,7 +364,7 @@ NOTEBOOK_NEEDS: dict[str, tuple[str, ...]] = {
     "01_data": (),  # the data directory only
     "02_encoder": (),  # trains the profile's XRayGAN run (ensure_xraygan_run) when it is missing
     "03_vcn": ("02_encoder",),
-    "04_xraygan": ("02_encoder",),
+    "04_xraygan": ("02_encoder", "06_baselines_ablations"),  # 06 trains the canonical-target row 04 shows
     # 05 and 06 both train the evaluators under experiment_dir when they are missing, so they
     # must not run at once; 06, the longest, goes first, beside 02, and 05 then finds them.
     "05_evaluation": ("02_encoder", "06_baselines_ablations"),

@@ -27,6 +27,7 @@ interrupted cohort render and trains what is missing) is the training package's
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ import torch
 from xrg.checkpoint import checkpoint_config, load_checkpoint
 from xrg.config import config_from_mapping
 from xrg.data.build import BUILD_NAME, render_pairs, reusable_renders
-from xrg.data.manifest import MANIFEST_NAME, VOCAB_NAME, Case, read_manifest, stable_hash, write_manifest
+from xrg.data.findings.schema import findings_to_json
+from xrg.data.manifest import VOCAB_NAME, Case, read_manifest, stable_hash, write_manifest
 from xrg.data.phantom import volume_size_for
 from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError, DataDirError
@@ -145,8 +147,21 @@ class Evaluators:
 # --------------------------------------------------------------------------------------
 
 
-def _manifest_sha256(data_dir: Path) -> str:
-    return hashlib.sha256((data_dir / MANIFEST_NAME).read_bytes()).hexdigest()
+def cohort_source_sha256(data_dir: Path, data_cases: list[Case]) -> str:
+    """A digest of what the cohort is drawn from: the train cases' findings, every patient seed, the vocabulary.
+
+    Only these decide the cohort (``cohort_cases``), so fields that do not — the image paths, the
+    canonical-pose targets of a ``--canonical-targets`` build — leave evaluators reusable.
+    """
+    templates = sorted((c for c in data_cases if c.split == "train"), key=lambda c: c.id)
+    source = {
+        "templates": [
+            [c.id, c.findings, c.impression, findings_to_json(c.structured_findings), list(c.mesh)] for c in templates
+        ],
+        "seeds": sorted(int(c.seed) for c in data_cases if c.seed is not None),
+        "vocabulary_sha256": hashlib.sha256((data_dir / VOCAB_NAME).read_bytes()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def cohort_seed(base_seed: int, number: int, taken: set[int]) -> int:
@@ -211,7 +226,7 @@ def _ensure_cohort(data_dir: Path, config: EvaluatorConfig, cohort_dir: Path, pr
     data_cases = read_manifest(data_dir)
     size, volume_size = _render_settings(data_dir, config)
     stamp = {
-        "data_manifest_sha256": _manifest_sha256(data_dir),
+        "data_source_sha256": cohort_source_sha256(data_dir, data_cases),
         "cohort_size": config.cohort_size,
         "cohort_test_fraction": config.cohort_test_fraction,
         "seed": config.seed,

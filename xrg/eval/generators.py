@@ -158,7 +158,10 @@ def xraygan_method(run_config: Mapping[str, Any]) -> str:
         removed.append("mscgan")
     if model.get("encoder_kind") == "flat":
         removed.append("hae")
-    return "xraygan" + "".join(f"_no_{part}" for part in removed)
+    name = "xraygan" + "".join(f"_no_{part}" for part in removed)
+    if run_config.get("rec_target") == "canonical":  # the improved objective (issue 15)
+        return "xraygan_improved" if not removed else name + "_canonical"
+    return name
 
 
 def load_generator(run: str | os.PathLike, device: str | torch.device = "cpu") -> PairGenerator:
