@@ -25,8 +25,10 @@ from xrg.data.images import save_png
 from xrg.data.manifest import Case, write_manifest
 from xrg.data.reports import Vocabulary
 from xrg.models.baselines import BaselineModelConfig
+from xrg.models.pggan import PGGANModelConfig
 from xrg.models.xraygan import XRayGANModelConfig
 from xrg.train.baselines import BaselineTrainConfig
+from xrg.train.pggan import PGGANTrainConfig
 from xrg.train.vcn import VCNTrainConfig
 from xrg.train.xraygan import XRayGANTrainConfig
 
@@ -46,6 +48,11 @@ BASELINE_TINY = BaselineTrainConfig(
         max_channels=32,
     ),
     lr=1e-3, batch_size=6, num_epochs=2, num_samples=2, bn_recalibration_batches=2,
+)  # fmt: skip
+#: 4² → 16², 16-d latent, 16 channels; 18 train cases in batches of 6 make 3 steps an epoch.
+PGGAN_TINY = PGGANTrainConfig(
+    model=PGGANModelConfig(final_size=16, latent_dim=16, channel_base=256, max_channels=16),
+    batch_size=(6, 6, 6), num_epochs=(1, 2, 1), num_samples=2,
 )  # fmt: skip
 UNTIMED = ("seconds", "images_per_s")
 

@@ -56,6 +56,25 @@ def test_train_baseline_stops_and_resumes_from_the_command_line(tiny_data, tmp_p
     assert (out / "checkpoint.pt").is_file() and (out / "metrics.jsonl").is_file()
 
 
+def test_train_pggan_stops_resumes_and_takes_dotted_settings(tiny_data, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "pggan"
+    common = ["train", "pggan", "--profile", "tiny", "--data", str(tiny_data), "--out", str(out), "--quiet",
+              "--set", "model.latent_dim=24"]  # fmt: skip
+    assert main(common + ["--max-steps", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "stopped (max_steps) after step 2" in printed
+    assert "resume with: xrg train pggan --profile tiny" in printed and "--set model.latent_dim=24 --resume" in printed
+    assert main(common + ["--resume"]) == 0
+    assert "finished after" in capsys.readouterr().out
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert payload["kind"] == "pggan" and payload["model_config"]["latent_dim"] == 24
+    assert payload["model_config"]["final_size"] == 32 and payload["progress"]["finished"] is True
+    assert main(common[:-2] + ["--set", "model.width=3", "--force"]) == 2
+    assert "unknown settings ['pggan.model.width']" in capsys.readouterr().err
+
+
 def test_train_set_takes_dotted_model_keys_and_refuses_unknown_ones(data_dir, tmp_path, capsys):
     import torch
 

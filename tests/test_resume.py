@@ -29,6 +29,7 @@ import xrg.train.evaluators
 import xrg.train.vcn
 from helpers import (
     BASELINE_TINY,
+    PGGAN_TINY,
     UNTIMED,
     VCN_TINY,
     XRAYGAN_TINY,
@@ -45,6 +46,7 @@ from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig
 from xrg.train.baselines import BASELINE_METHODS, BaselineTrainer
 from xrg.train.evaluators import train_classifier
 from xrg.train.loop import PhasedTrainer, partial_path
+from xrg.train.pggan import PGGANTrainer
 from xrg.train.vcn import VCN_DIR, train_vcn, vcn_path
 from xrg.train.xraygan import XRayGANTrainer
 
@@ -166,6 +168,12 @@ CASES = {
         )
         for method in BASELINE_METHODS
     },
+    # 12 steps: 4² 0-3, 8² 3-9 (α fades in over 3-6), 16² 9-12. Stops mid-epoch (2), mid-fade (4),
+    # at the end of the fade-in (6) and at the end of the 8² stage (9): α is a function of the position.
+    "pggan": Phased(
+        "pggan", lambda data, run, resume: PGGANTrainer(PGGAN_TINY, data, run, progress=False, resume=resume),
+        total_steps=12, stops=(2, 4, 6, 9),
+    ),
     # 6 steps in 2 epochs. Stops mid-epoch (2), at the last step of epoch 0 (3) and at the first of epoch 1 (4).
     "vcn": Stoppable(
         "vcn", lambda data, run: train_vcn(data, VCN, run, progress=False), lambda run: vcn_path(run, VCN.image_size),

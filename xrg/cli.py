@@ -8,6 +8,7 @@
     xrg bench variety [--patients 16 --size 64]         # how different the normal patients are
     xrg train xraygan --profile cpu --data data/cpu --out runs/cpu [--resume]
     xrg train vcn --profile cpu --data data/cpu --out runs/cpu
+    xrg train pggan --profile cpu --data data/cpu --out runs/cpu/pggan [--resume]
     xrg train baseline --method stackgan --profile cpu --data data/cpu --out runs/cpu/stackgan
     xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # KID, FID, SSIM, VC, detection ... → eval.json
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
@@ -209,6 +210,20 @@ def _run_directory(args: argparse.Namespace, attribute: str = "out"):
     if getattr(args, "data", None):
         read_manifest(args.data)  # a bad --data fails before --out is touched
     return own_output_dir(getattr(args, attribute), "run", force=args.force, what=f"--{attribute}")
+
+
+def _cmd_train_pggan(args: argparse.Namespace) -> int:
+    from xrg.config import parse_overrides
+    from xrg.profiles import load_profile
+    from xrg.train.pggan import PGGANTrainConfig, PGGANTrainer
+
+    config = PGGANTrainConfig.from_profile(load_profile(args.profile), parse_overrides(args.set))
+    with _run_directory(args):
+        print(f"PGGAN run {args.out} on {args.data}: {config}")
+        trainer = PGGANTrainer(
+            config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet
+        )
+        return _train_to_the_end(trainer, args)
 
 
 def _cmd_train_baseline(args: argparse.Namespace) -> int:
@@ -448,12 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_explorer.set_defaults(func=_cmd_bench_explorer)
 
     train = commands.add_parser(
-        "train", help="train XRayGAN, a Table-1 baseline or the view-consistency networks"
+        "train", help="train XRayGAN, a Table-1 baseline, the view-consistency networks or PGGAN"
     ).add_subparsers(dest="train_command", required=True)
     xraygan = train.add_parser("xraygan", help="train XRayGAN stage by stage (trains missing VCNs first)")
     baseline = train.add_parser("baseline", help="train GAN-INT-CLS, StackGAN or AttnGAN with XRayGAN's report encoder")
     vcn = train.add_parser("vcn", help="train the view-consistency networks of every stage size")
-    for sub in (xraygan, baseline, vcn):
+    pggan = train.add_parser("pggan", help="train the unconditional progressive GAN, 4² up to its final size")
+    for sub in (xraygan, baseline, vcn, pggan):
         sub.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
         sub.add_argument("--data", required=True, help="data directory (xrg data build / import)")
         sub.add_argument("--out", required=True, help="run directory")
@@ -488,6 +504,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
     )
     baseline.set_defaults(func=_cmd_train_baseline)
+    pggan.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a pggan setting, e.g. --set view=lateral or --set model.latent_dim=128 (repeatable)",
+    )
+    pggan.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    pggan.add_argument(
+        "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
+    )
+    pggan.set_defaults(func=_cmd_train_pggan)
     vcn.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a vcn setting, e.g. lr=0.01 (repeatable)"
     )

@@ -267,6 +267,7 @@ NUMBER_OPTIONS = [
     (["train", "xraygan"], "--max-steps", 1, 10**9, ["--data", "d", "--out", "o"]),
     (["train", "baseline"], "--max-steps", 1, 10**9, ["--method", "stackgan", "--data", "d", "--out", "o"]),
     (["train", "vcn"], "--sizes", 8, 1024, ["--data", "d", "--out", "o"]),
+    (["train", "pggan"], "--max-steps", 1, 10**9, ["--data", "d", "--out", "o"]),
     (["generate"], "--seed", 0, 2**32 - 1, ["--checkpoint", "c", "--report", "x"]),
 ]
 

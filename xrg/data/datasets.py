@@ -117,6 +117,11 @@ class XRayPairDataset(Dataset):
         image = self._images[key].float().div_(255.0).unsqueeze(0)
         return resize_image(image, self.image_size) if self.image_size else image
 
+    def stored_size(self, view: str = "frontal") -> int:
+        """The side of the first case's stored ``view`` image (before any resizing)."""
+        self._image(0, view)  # decoded once and kept
+        return int(self._images[(0, view)].shape[-1])
+
     def _encoded(self, index: int) -> tuple[EncodedSection, EncodedSection]:
         if index not in self._sections:
             case = self.cases[index]

@@ -224,6 +224,11 @@ class Step:
     kind: str
     metric_keys: tuple[str, ...]
     loss_keys: tuple[str, ...]
+    #: Real images one case gives a step (both views; 1 for a one-view family), for ``images_per_s``.
+    images_per_case: int = 2
+    #: The run's resumable state (its position), bound by :class:`PhasedTrainer`: a step whose
+    #: schedule depends on where the run is (PGGAN's fade-in) reads it, so a resume repeats it.
+    run_state: RunState
 
     def __init__(
         self, config: Any, phases: list[Any], data: TrainData, model: Any, device: torch.device, run_dir: Path
@@ -244,6 +249,10 @@ class Step:
 
     def batch_size(self, phase: Any) -> int:
         raise NotImplementedError
+
+    def train_set(self, phase: Any) -> Any:
+        """The train cases of ``phase`` (by default the train split at its image size)."""
+        return self.data.train_sets[phase.image_size]
 
     def update(self, phase: Any, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
         """One optimisation step on ``batch``; its float losses. Raises :class:`NonFinite` before stepping on a bad loss."""
@@ -574,6 +583,7 @@ class PhasedTrainer:
     ) -> None:
         self.family, self.files, self.device, self.progress = family, files, device, progress
         self.state = RunState(seed, device, phased=True)
+        family.run_state = self.state
         self.optimizers: Optimizers | None = None
         self._last_saved_step = 0
         #: Whether the checkpoint file, if there is one, is this trainer's (resumed from or written by it).
@@ -675,7 +685,7 @@ class PhasedTrainer:
         family, state, position = self.family, self.state, self.position
         if self.optimizers is None:
             self.optimizers = family.optimizers(phase, position.phase)
-        train_set = self.train_sets[phase.image_size]
+        train_set = family.train_set(phase)
         batch_size = family.batch_size(phase)
         per_epoch = len(epoch_batches(len(train_set), batch_size, torch.Generator().manual_seed(0)))
         bar = tqdm(
@@ -700,7 +710,7 @@ class PhasedTrainer:
                         losses = family.update(phase, batch, self.optimizers)
                     except NonFinite as error:
                         raise self._diverged(error, phase) from None
-                    state.count_step({**losses, "batches": 1, "images": 2 * len(indices)}, started)  # both views
+                    state.count_step({**losses, "batches": 1, "images": family.images_per_case * len(indices)}, started)
                     bar.update()
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("d_loss", "g_loss", "rec_loss")})
                     if stop.requested:
