@@ -1,0 +1,1 @@
+"""Latent-space tools of the unconditional PGGAN: class optimisation (:mod:`xrg.latent.search`)."""
