@@ -26,6 +26,7 @@ import pytest
 import torch
 
 import xrg.train.evaluators
+import xrg.train.pathology
 import xrg.train.vcn
 from helpers import (
     BASELINE_TINY,
@@ -46,6 +47,7 @@ from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig
 from xrg.train.baselines import BASELINE_METHODS, BaselineTrainer
 from xrg.train.evaluators import train_classifier
 from xrg.train.loop import PhasedTrainer, partial_path
+from xrg.train.pathology import PathologyTrainConfig, classifier_name, train_pathology_classifier
 from xrg.train.pggan import PGGANTrainer
 from xrg.train.vcn import VCN_DIR, train_vcn, vcn_path
 from xrg.train.xraygan import XRayGANTrainer
@@ -148,6 +150,8 @@ XRAYGAN = replaced(XRAYGAN_TINY, model={"encoder_dropout": 0.2, "noise_dim": 3},
 BASELINE = replaced(BASELINE_TINY, model={"encoder_dropout": 0.2}, lr_decay_every=1, num_epochs=4)
 VCN = dataclasses.replace(VCN_TINY, image_size=16, num_epochs=2, batch_size=6)
 CLASSIFIER = ClassifierTrainConfig(image_size=32, num_epochs=2, batch_size=6, seed=3)
+# patience 0: the plateau scheduler may cut the rate after the first epoch, so its state must resume too
+SEARCH = PathologyTrainConfig(image_size=32, num_epochs=2, batch_size=6, seed=3, plateau_patience=0)
 
 CASES = {
     # 12 steps: pretraining 0-3, stage 0 3-6, stage 1 6-12. Stops mid-epoch (2, 4), at the end
@@ -183,6 +187,12 @@ CASES = {
     "classifier": Stoppable(
         "classifier", lambda data, out: train_classifier(data, CLASSIFIER, out, progress=False),
         lambda out: out / CLASSIFIER_NAME, lambda out: out, xrg.train.evaluators, "weighted_bce",
+        total_steps=6, stops=(2, 4),
+    ),
+    # 6 steps in 2 epochs; stops mid-epoch (2) and after the epoch end that stepped the scheduler (4).
+    "search-classifier": Stoppable(
+        "classifier", lambda data, out: train_pathology_classifier(data, SEARCH, out, progress=False),
+        lambda out: out / classifier_name("densenet"), lambda out: out, xrg.train.pathology, "weighted_bce",
         total_steps=6, stops=(2, 4),
     ),
 }  # fmt: skip

@@ -9,6 +9,8 @@
     xrg train xraygan --profile cpu --data data/cpu --out runs/cpu [--resume]
     xrg train vcn --profile cpu --data data/cpu --out runs/cpu
     xrg train pggan --profile cpu --data data/cpu --out runs/cpu/pggan [--resume]
+    xrg train pathology --backbone densenet|critic [--pggan runs/cpu/pggan] --profile cpu --data data/cpu --out runs/cpu/search
+    xrg pggan sample --checkpoint runs/cpu/pggan --classifier runs/cpu/search/search_densenet.pt --class cardiomegaly --n 8 --out out/
     xrg train baseline --method stackgan --profile cpu --data data/cpu --out runs/cpu/stackgan
     xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # KID, FID, SSIM, VC, detection ... → eval.json
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
@@ -59,6 +61,22 @@ def bounded(low: int, high: int) -> Callable[[str], int]:
         return value
 
     parse.__name__ = f"integer in {low}..{high}"
+    return parse
+
+
+def open_interval(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number strictly between ``low`` and ``high`` (the range is said in the error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in ({low:g}, {high:g}), got {text[:40]!r}") from None
+        if not low < value < high:
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}), got {text[:40]}")
+        return value
+
+    parse.__name__ = f"number in ({low:g}, {high:g})"
     return parse
 
 
@@ -224,6 +242,51 @@ def _cmd_train_pggan(args: argparse.Namespace) -> int:
             config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet
         )
         return _train_to_the_end(trainer, args)
+
+
+def _cmd_train_pathology(args: argparse.Namespace) -> None:
+    from xrg.config import parse_overrides
+    from xrg.profiles import load_profile
+    from xrg.train.pathology import PathologyTrainConfig, train_pathology_classifier
+
+    config = PathologyTrainConfig.from_profile(load_profile(args.profile), args.backbone, parse_overrides(args.set))
+    pggan = None
+    if args.backbone == "critic":
+        from xrg.eval.generators import checkpoint_path
+
+        if not args.pggan:
+            raise XrgError("--backbone critic starts from a trained PGGAN's critic: give its run with --pggan RUN")
+        pggan = checkpoint_path(args.pggan)
+    with _run_directory(args):
+        print(f"search classifier ({args.backbone}) in {args.out} on {args.data}: {config}")
+        _, metrics, path = train_pathology_classifier(
+            args.data, config, args.out, pggan_checkpoint=pggan, device=args.device, progress=not args.quiet
+        )
+    print(f"wrote {path}; validation macro AUROC {metrics['val_auroc']['macro']}")
+    for name, threshold in metrics["thresholds"].items():
+        auroc = metrics["val_auroc"].get(name)
+        shown = "no threshold (no validation positives)" if threshold is None else f"threshold p >= {threshold:.3f}"
+        print(f"{name:>22}: {shown}, validation AUROC {auroc if auroc is None else round(auroc, 3)}")
+
+
+def _cmd_pggan_sample(args: argparse.Namespace) -> None:
+    from xrg.eval.generators import checkpoint_path
+    from xrg.latent.sample import MANIFEST_NAME, confirming_classifier, sample_pathology, summary
+    from xrg.models.pggan import PGGAN
+    from xrg.train.pathology import load_search_classifier
+
+    model = PGGAN.from_checkpoint(checkpoint_path(args.checkpoint), map_location=args.device)
+    classifier = load_search_classifier(args.classifier, map_location=args.device)
+    classifier.class_index(args.class_name)  # an unknown class is refused before anything is written
+    evaluator = confirming_classifier(args.evaluators) if args.evaluators else None
+    target = args.severity
+    out = _claim(args, "samples")
+    records = sample_pathology(
+        model, classifier, args.class_name, out, n=args.n, seed=args.seed, target=target, evaluator=evaluator,
+        max_steps=args.max_steps, lr=args.lr, regulariser=args.regulariser,
+    )  # fmt: skip
+    figures = summary(records, evaluated=evaluator is not None)
+    print(f"wrote {sum(r.success for r in records)} images and {out / MANIFEST_NAME}: {figures}")
 
 
 def _cmd_train_baseline(args: argparse.Namespace) -> int:
@@ -469,7 +532,10 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = train.add_parser("baseline", help="train GAN-INT-CLS, StackGAN or AttnGAN with XRayGAN's report encoder")
     vcn = train.add_parser("vcn", help="train the view-consistency networks of every stage size")
     pggan = train.add_parser("pggan", help="train the unconditional progressive GAN, 4² up to its final size")
-    for sub in (xraygan, baseline, vcn, pggan):
+    pathology = train.add_parser(
+        "pathology", help="train the search classifier of latent class optimisation (DenseNet-121 or the PGGAN critic)"
+    )
+    for sub in (xraygan, baseline, vcn, pggan, pathology):
         sub.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
         sub.add_argument("--data", required=True, help="data directory (xrg data build / import)")
         sub.add_argument("--out", required=True, help="run directory")
@@ -515,6 +581,47 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
     )
     pggan.set_defaults(func=_cmd_train_pggan)
+    pathology.add_argument("--backbone", choices=("densenet", "critic"), default="densenet", help="default densenet")
+    pathology.add_argument("--pggan", help="the trained PGGAN run whose critic the critic backbone starts from")
+    pathology.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a pathology setting, e.g. --set num_epochs=2"
+    )
+    pathology.set_defaults(func=_cmd_train_pathology)
+
+    pggan_commands = commands.add_parser("pggan", help="pathology images from a trained PGGAN").add_subparsers(
+        dest="pggan_command", required=True
+    )
+    sample = pggan_commands.add_parser(
+        "sample",
+        help="search the latent space for images of a finding; PNGs and a manifest of both classifiers' logits",
+    )
+    sample.add_argument("--checkpoint", required=True, help="a PGGAN run directory or its checkpoint file")
+    sample.add_argument(
+        "--classifier", required=True, help="the search classifier (xrg train pathology: OUT/search_*.pt)"
+    )
+    sample.add_argument("--class", dest="class_name", required=True, help="the finding, e.g. cardiomegaly")
+    sample.add_argument(
+        "--severity",
+        type=open_interval(0, 1),
+        help="a probability the class must reach (default: the classifier's threshold)",
+    )
+    sample.add_argument("--n", type=bounded(1, 10_000), default=8, help="searches (default 8)")
+    sample.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="search i starts from seed + i")
+    sample.add_argument(
+        "--max-steps", type=bounded(0, 100_000), default=200, help="step budget per search (default 200)"
+    )
+    sample.add_argument("--lr", type=open_interval(0, 100), default=0.05, help="gradient step size (default 0.05)")
+    sample.add_argument(
+        "--regulariser",
+        choices=("none", "norm", "truncate"),
+        default="none",
+        help="keep z near the prior (default none)",
+    )
+    sample.add_argument("--evaluators", help="evaluators directory whose independent classifier confirms each image")
+    sample.add_argument("--out", required=True, help="output directory")
+    sample.add_argument("--force", action="store_true", help="write into --out even if something else made it")
+    sample.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
+    sample.set_defaults(func=_cmd_pggan_sample)
     vcn.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a vcn setting, e.g. lr=0.01 (repeatable)"
     )

@@ -268,6 +268,21 @@ NUMBER_OPTIONS = [
     (["train", "baseline"], "--max-steps", 1, 10**9, ["--method", "stackgan", "--data", "d", "--out", "o"]),
     (["train", "vcn"], "--sizes", 8, 1024, ["--data", "d", "--out", "o"]),
     (["train", "pggan"], "--max-steps", 1, 10**9, ["--data", "d", "--out", "o"]),
+    (["pggan", "sample"], "--n", 1, 10_000, ["--checkpoint", "c", "--classifier", "k", "--class", "x", "--out", "o"]),
+    (
+        ["pggan", "sample"],
+        "--seed",
+        0,
+        2**32 - 1,
+        ["--checkpoint", "c", "--classifier", "k", "--class", "x", "--out", "o"],
+    ),
+    (
+        ["pggan", "sample"],
+        "--max-steps",
+        0,
+        100_000,
+        ["--checkpoint", "c", "--classifier", "k", "--class", "x", "--out", "o"],
+    ),
     (["generate"], "--seed", 0, 2**32 - 1, ["--checkpoint", "c", "--report", "x"]),
 ]
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -348,3 +348,52 @@ class PGGAN(CheckpointedModel):
         """``count`` latents of the seeded prior (truncated at ``truncation``), on the model's device."""
         z = truncated_normal((count, self.config.latent_dim), truncation, torch.Generator().manual_seed(seed))
         return z.to(self.images_seen.device)
+
+
+# --------------------------------------------------------------------------------------
+# The critic as a pathology classifier (the dissertation's §3.4)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CriticClassifierConfig:
+    """The architecture of a critic-backbone classifier: the PGGAN critic of ``pggan`` and one logit per class."""
+
+    pggan: PGGANModelConfig = field(default_factory=PGGANModelConfig)
+    num_classes: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pggan, PGGANModelConfig):
+            raise ConfigError(f"pggan must be a PGGANModelConfig, got {self.pggan!r}")
+        if self.num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {self.num_classes}")
+
+
+class CriticClassifier(CheckpointedModel):
+    """The trained PGGAN critic with its scoring layer replaced by a linear layer of ``num_classes``
+    logits, trained end to end (§3.4). Takes images ``[B, 1, s, s]`` in [0, 1] at the PGGAN's final size."""
+
+    kind = "critic_classifier"
+    config_class = CriticClassifierConfig
+    unfinished_hint = "train it again with the same settings (xrg train pathology ... --backbone critic) to finish it"
+
+    def __init__(self, config: CriticClassifierConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.critic = Critic(config.pggan)
+        self.head = nn.Linear(self.critic.num_features, config.num_classes)
+        del self.critic.score  # the real/fake score is replaced by the head
+
+    @classmethod
+    def from_critic(cls, critic: Critic, num_classes: int) -> CriticClassifier:
+        """A classifier whose backbone starts as a copy of ``critic``'s weights."""
+        model = cls(CriticClassifierConfig(pggan=critic.config, num_classes=num_classes))
+        state = {k: v for k, v in critic.state_dict().items() if not k.startswith("score.")}
+        model.critic.load_state_dict(state)
+        return model
+
+    def for_inference(self) -> CriticClassifier:
+        return self.eval().requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.critic.features(images * 2.0 - 1.0))

@@ -789,11 +789,13 @@ class EpochLoop:
         self, *, kind: str, label: str, final_path: Path, config: Any, vocabulary: Vocabulary, model: torch.nn.Module,
         optimizer: torch.optim.Optimizer, num_items: int, batch_size: int, num_epochs: int, seed: int,
         device: torch.device, metrics_path: Path, metric_match: Mapping[str, Any], data_key: str, resume: str,
-        progress: bool = True,
+        progress: bool = True, scheduler: Any = None,
     ) -> None:  # fmt: skip
         self.kind, self.label, self.config, self.vocabulary = kind, label, config, vocabulary
         self.final_path, self.path = Path(final_path), partial_path(final_path)
         self.model, self.optimizer, self.device = model, optimizer, device
+        #: a learning-rate scheduler stepped by the caller (e.g. at epoch ends); its state is resumed too
+        self.scheduler = scheduler
         self.num_items, self.batch_size, self.num_epochs = num_items, batch_size, num_epochs
         self.metrics_path, self.metric_match, self.data_key = Path(metrics_path), dict(metric_match), data_key
         self.resume_hint, self.progress = resume, progress
@@ -814,6 +816,7 @@ class EpochLoop:
             self.path, run_config=self.config, vocabulary=self.vocabulary,
             optimizer=self.optimizer.state_dict(), rng=self.state.rng(), epoch_totals=dict(self.state.totals),
             data=self.data_key, progress=self.state.progress(finished=False),
+            **({} if self.scheduler is None else {"scheduler": self.scheduler.state_dict()}),
         )  # fmt: skip
         self._last_save = time.perf_counter()
         return self.path
@@ -829,6 +832,8 @@ class EpochLoop:
         try:
             self.model.load_state_dict(payload["state"])
             self.optimizer.load_state_dict(payload["optimizer"])
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(payload["scheduler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"{self.path} does not match the model its config describes: {exc}; {keep}") from exc
         self.state.restore(payload)

@@ -1,0 +1,155 @@
+"""Pathology samples from a trained PGGAN: search, then let an independent evaluator judge.
+
+:func:`sample_pathology` runs latent class optimisation (:func:`xrg.latent.search.search`) for
+one class with the search classifier, writes every found image as a PNG and one manifest line
+per search (JSON lines, ``OUT/manifest.jsonl``): the seed, whether the search passed and after
+how many steps, the achieved logits of the search classifier, and — when the evaluators of
+:mod:`xrg.eval.evaluators` are given — the independent evaluator's probabilities, its
+threshold and whether it **confirms** the class. A search classifier can be fooled by an
+adversarial pattern; the evaluator (trained on the independent phantom cohort, never used
+by the search) is the check, and the gap between the two rates is reported, not hidden.
+
+:func:`confirming_classifier` is that evaluator as a thresholded classifier: the evaluation
+finding classifier with per-finding thresholds at the Youden J of the cohort's held-out part,
+the same thresholds the honest evaluation of XRayGAN uses (:mod:`xrg.eval.judge`), on the
+frontal view (PGGAN draws frontals unless trained on laterals: ``view``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xrg.checkpoint import load_checkpoint
+from xrg.data.datasets import XRayPairDataset
+from xrg.data.findings import FINDING_KINDS
+from xrg.data.images import save_png
+from xrg.errors import ConfigError, DataDirError
+from xrg.eval.classifier import predict
+from xrg.eval.evaluators import CLASSIFIER_NAME, COHORT_DIR, load_classifier
+from xrg.eval.judge import youden_thresholds
+from xrg.io import atomic_write_jsonl
+from xrg.latent.search import TRUNCATION, SearchClassifier, SearchResult, search
+from xrg.models.pggan import PGGAN
+from xrg.models.xraygan import to_image_range
+
+MANIFEST_NAME = "manifest.jsonl"
+
+
+def _logit(probability: float | None) -> float:
+    """A threshold probability as a logit, kept finite; a finding without one gets +20 (never confirmed)."""
+    if probability is None:
+        return 20.0
+    p = min(max(float(probability), 1e-9), 1 - 1e-9)
+    return max(-20.0, min(20.0, float(torch.logit(torch.tensor(p)))))
+
+
+def confirming_classifier(evaluators_dir: str | os.PathLike, view: str = "frontal") -> SearchClassifier:
+    """The evaluation classifier of ``evaluators_dir`` with thresholds at the cohort's held-out Youden J (module docstring)."""
+    evaluators_dir = Path(evaluators_dir)
+    path = evaluators_dir / CLASSIFIER_NAME
+    if not path.is_file():
+        raise DataDirError(
+            f"{evaluators_dir} holds no evaluation classifier ({CLASSIFIER_NAME}); train the evaluators first "
+            "(xrg eval, or the book's chapter 05)"
+        )
+    classifier, _ = load_classifier(path)
+    size = int(load_checkpoint(path, "classifier")["config"]["image_size"])
+    cohort = XRayPairDataset(evaluators_dir / COHORT_DIR, "test", image_size=size, max_sentences=1, max_words=1)
+    images = torch.stack([cohort[i][view] for i in range(len(cohort))])
+    labels = torch.stack([cohort[i]["labels"] for i in range(len(cohort))]).long()
+    thresholds = youden_thresholds(predict(classifier, images, size), labels, FINDING_KINDS)
+    return SearchClassifier(classifier, FINDING_KINDS, [_logit(thresholds[name]) for name in FINDING_KINDS], size)
+
+
+@dataclass
+class SampleRecord:
+    """One search of :func:`sample_pathology`, as its manifest line says it."""
+
+    index: int
+    seed: int
+    class_name: str
+    success: bool
+    steps: int
+    search_threshold: float
+    search_logits: dict[str, float]
+    image: str | None = None
+    confirmed: bool | None = None
+    evaluator_probability: float | None = None
+    evaluator_threshold: float | None = None
+    evaluator_probabilities: dict[str, float] | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def sample_pathology(
+    model: PGGAN,
+    search_classifier: SearchClassifier,
+    class_name: str,
+    out_dir: str | os.PathLike,
+    *,
+    n: int = 8,
+    seed: int = 0,
+    target: float | None = None,
+    evaluator: SearchClassifier | None = None,
+    max_steps: int = 200,
+    lr: float = 0.05,
+    regulariser: str = "none",
+    truncation: float | None = TRUNCATION,
+) -> list[SampleRecord]:
+    """``n`` searches for ``class_name`` (search ``i`` seeded with ``seed + i``); PNGs of the found
+    images and ``OUT/manifest.jsonl`` (module docstring). A failed search writes no image; its line says so."""
+    search_classifier.class_index(class_name)  # an unknown class is refused before any work
+    if evaluator is not None:
+        evaluator.class_index(class_name)
+    if n < 1:
+        raise ConfigError(f"n must be at least 1, got {n}")
+    out_dir = Path(out_dir)
+    records: list[SampleRecord] = []
+    for i in range(n):
+        result: SearchResult = search(
+            model.generate, model.config.latent_dim, search_classifier, class_name, n=1, seed=seed + i, target=target,
+            max_steps=max_steps, lr=lr, regulariser=regulariser, truncation=truncation, record_images=False,
+        )[0]  # fmt: skip
+        record = SampleRecord(
+            index=i, seed=seed + i, class_name=class_name, success=result.success, steps=result.steps,
+            search_threshold=result.threshold,
+            search_logits={name: float(v) for name, v in zip(FINDING_KINDS, result.final_logits, strict=False)},
+        )  # fmt: skip
+        if result.success:
+            with torch.no_grad():
+                image = model.generate(result.z.unsqueeze(0))
+            name = f"{class_name}_{i:04d}.png"
+            save_png(out_dir / name, to_image_range(image)[0, 0].cpu().numpy())
+            record.image = name
+            if evaluator is not None:
+                with torch.no_grad():
+                    logits = evaluator.logits(image)[0]
+                probabilities = torch.sigmoid(logits)
+                k = evaluator.class_index(class_name)
+                record.evaluator_probabilities = {n_: float(p) for n_, p in zip(evaluator.class_names, probabilities)}
+                record.evaluator_probability = float(probabilities[k])
+                record.evaluator_threshold = float(torch.sigmoid(evaluator.thresholds[k]))
+                record.confirmed = bool(logits[k] >= evaluator.thresholds[k])
+        records.append(record)
+    atomic_write_jsonl(out_dir / MANIFEST_NAME, [record.as_row() for record in records])
+    return records
+
+
+def summary(records: list[SampleRecord], evaluated: bool) -> dict[str, Any]:
+    """Search success rate and, when an evaluator judged the found images (``evaluated``), the
+    confirmed rate — both over all searches — and the median steps of the successful searches."""
+    passed = [r for r in records if r.success]
+    return {
+        "searches": len(records),
+        "search_success_rate": len(passed) / len(records) if records else None,
+        "confirmed_rate": sum(bool(r.confirmed) for r in passed) / len(records) if evaluated and records else None,
+        "median_steps": statistics.median(r.steps for r in passed) if passed else None,
+    }
