@@ -5,7 +5,7 @@ PROFILE ?= cpu
 PYTHON  := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: venv test test-fast lint book data notebooks html lab clean
+.PHONY: venv test test-fast lint book data notebooks html clean
 
 venv: $(STAMP)
 
@@ -36,11 +36,6 @@ lint: venv
 book: venv
 	$(PYTHON) -m xrg.cli book run --profile $(PROFILE)
 	$(PYTHON) -m xrg.cli book build
-
-# JupyterLab on this machine only (127.0.0.1), at the project root, for the live widgets of the
-# explorers (notebooks/09_report_explorer, 07_pggan_latent) over the runs `make book` trained.
-lab: venv
-	$(PYTHON) -m jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir=$(CURDIR)
 
 data: venv
 	$(PYTHON) -m xrg.cli data build --profile $(PROFILE) --out data/$(PROFILE)

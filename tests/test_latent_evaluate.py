@@ -44,9 +44,10 @@ def test_a_findings_fid_grows_with_its_shift_and_is_judged_against_its_floor():
     table = group_fids(features, labels, NAMES, patients, generated=features[::2] + 0.0, min_group=20)
     groups = table["groups"]
     assert groups[NO_FINDING]["fid"] == 0.0 and groups[NO_FINDING]["n"] == 294
-    assert groups["near"]["fid"] == pytest.approx(0.25, abs=0.2)  # the squared mean shift 0.5²
-    assert groups["far"]["fid"] == pytest.approx(9.0, rel=0.15)  # 3²
-    assert groups["far"]["fid"] > 10 * groups["far"]["floor"] and groups["near"]["fid"] > groups["near"]["floor"]
+    assert groups["far"]["fid"] == pytest.approx(9.0, rel=0.15)  # the squared mean shift 3²
+    assert groups["far"]["fid"] > 10 * groups["far"]["floor"]
+    # a shift of 0.5 (0.25 in FID) is drowned by the small-sample bias at 150 images: the floor says so
+    assert groups["near"]["floor"] > 0.25 and groups["near"]["fid"] < 2 * groups["near"]["floor"]
     assert table["stratified"] < 0.3  # two halves of the same images: near 0
     assert "rare" in table["left_out"] and "6 images < 20" in table["left_out"]["rare"]
     assert table["synthetic"] < 0.5  # a subset of the same images

@@ -101,7 +101,9 @@ def test_the_command_line_trains_a_search_classifier_and_samples_a_finding(label
     error = capsys.readouterr().err
     assert "unknown class 'effusion'; the classes are: cardiomegaly, pleural_effusion" in error
     assert not out.exists()  # refused before anything was written
-    assert main(common + ["--class", "cardiomegaly", "--severity", "1.5", "--out", str(out)]) == 2
+    with pytest.raises(SystemExit) as refused:
+        main(common + ["--class", "cardiomegaly", "--severity", "1.5", "--out", str(out)])
+    assert refused.value.code == 2
     assert "must be in (0, 1)" in capsys.readouterr().err
     assert main(common + ["--class", "cardiomegaly", "--out", str(out)]) == 0
     assert "search_success_rate" in capsys.readouterr().out

@@ -280,7 +280,7 @@ def _cmd_pggan_sample(args: argparse.Namespace) -> None:
     classifier.class_index(args.class_name)  # an unknown class is refused before anything is written
     evaluator = confirming_classifier(args.evaluators) if args.evaluators else None
     target = args.severity
-    out = _claim(args, "samples")
+    out = _claim(args, "generated")
     records = sample_pathology(
         model, classifier, args.class_name, out, n=args.n, seed=args.seed, target=target, evaluator=evaluator,
         max_steps=args.max_steps, lr=args.lr, regulariser=args.regulariser,

@@ -136,7 +136,8 @@ def fid_matrix(
     for i in range(size):
         for j in range(i + 1, size):
             distances[i, j] = distances[j, i] = frechet(features[kept[i][1]], features[kept[j][1]])
-    embedding = MDS(n_components=2, dissimilarity="precomputed", random_state=seed, n_init=4).fit_transform(distances)
+    mds = MDS(n_components=2, metric="precomputed", metric_mds=True, init="random", n_init=4, random_state=seed)
+    embedding = mds.fit_transform(distances)
     return {
         "names": [name for name, _ in kept],
         "distances": distances,

@@ -121,7 +121,7 @@ def sample_pathology(
         record = SampleRecord(
             index=i, seed=seed + i, class_name=class_name, success=result.success, steps=result.steps,
             search_threshold=result.threshold,
-            search_logits={name: float(v) for name, v in zip(FINDING_KINDS, result.final_logits, strict=False)},
+            search_logits={name: float(v) for name, v in zip(search_classifier.class_names, result.final_logits)},
         )  # fmt: skip
         if result.success:
             with torch.no_grad():
