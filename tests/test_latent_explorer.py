@@ -87,3 +87,32 @@ def test_moves_search_series_and_undo(model):
         explorer.move((1.0,))
     with pytest.raises(ConfigError, match="seed must be"):
         explorer.new_patient(-1)
+
+
+def test_the_widget_app_shows_every_action_and_refuses_an_unknown_class(model):
+    from xrg.latent.app import LatentApp
+
+    explorer = LatentExplorer(model, classifier(), evaluator=classifier((0.5, 0.5)), num_directions=3,
+                              search_steps=20, search_lr=0.5)  # fmt: skip
+    app = LatentApp(explorer, classes=["bright"], strip_count=4)
+    first = app.new_patient(3)
+    shown = app.image.value
+    assert shown and "xrg-logits" in app.logits.value and "bright" in app.logits.value and "top" not in app.logits.value
+    assert app.undo_button.disabled and app.seed.value == 3
+    app.sliders[0].value = 2.0  # the slider's callback moves the patient
+    assert explorer.view.offsets[0] == 2.0 and app.image.value != shown and not app.undo_button.disabled
+    view = app.find("bright", severity=0.9)
+    assert view.search is not None and "Search trajectory" in app.strip_title.value
+    assert all(s.value == 0.0 for s in app.sliders)  # directions are measured from the found latent
+    assert sum(bool(image.value) for image in app.strip) >= 1
+    app.series(count=4)
+    assert "Patient series" in app.strip_title.value and all(image.value for image in app.strip)
+    app.undo()
+    app.undo()
+    assert explorer.view.offsets[0] == 2.0 and app.sliders[0].value == 2.0
+    with pytest.raises(ConfigError, match="the app offers: bright"):
+        app.find("top")
+    assert "could not" not in app.status.value  # refused before the app did anything
+    with pytest.raises(ConfigError, match="classes must be some of"):
+        LatentApp(explorer, classes=["effusion"])
+    assert first.image.shape == (16, 16)

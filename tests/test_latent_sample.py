@@ -4,6 +4,7 @@ evaluator's confirmation, and the command line (train pathology, pggan sample)."
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,9 +15,10 @@ from helpers import PGGAN_TINY, torch_threads, write_synthetic_data
 from test_latent_search import toy_network
 from xrg.cli import main
 from xrg.data.findings import FINDING_KINDS
-from xrg.errors import DataDirError
+from xrg.errors import ConfigError, DataDirError
 from xrg.eval.evaluators import COHORT_DIR, ClassifierTrainConfig
-from xrg.latent.sample import MANIFEST_NAME, confirming_classifier, sample_pathology, summary
+from xrg.latent.evaluate import search_rates
+from xrg.latent.sample import MANIFEST_NAME, confirming_classifier, judged_searches, sample_pathology, summary
 from xrg.latent.search import SearchClassifier
 from xrg.models.pggan import PGGAN
 from xrg.train.evaluators import train_classifier
@@ -114,3 +116,24 @@ def test_the_command_line_trains_a_search_classifier_and_samples_a_finding(label
     assert main(["train", "pathology", "--backbone", "critic", "--profile", "tiny", "--data", str(labelled),
                  "--out", str(tmp_path / "critic")]) == 2  # fmt: skip
     assert "--pggan RUN" in capsys.readouterr().err
+    # the explorer benchmark over the same run and classifier prints median and p90 per response
+    assert main(["bench", "pggan-explorer", "--run-dir", str(pggan_run), "--classifier", str(search / "search_densenet.pt"),
+                 "--repeats", "1", "--max-steps", "2"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "PGGAN latent explorer" in printed and "at 16²" in printed
+    for response in ("new patient", "move", "undo", "series", "find"):
+        assert re.search(rf"^{response}\s+1\s+\d+\.\d{{3}}\s+\d+\.\d{{3}}$", printed, flags=re.M), response
+
+
+def test_judged_searches_count_what_the_evaluator_confirms(pggan_run):
+    model = PGGAN.from_checkpoint(pggan_run / "checkpoint.pt")
+    always, never = toy((-20.0, -20.0)), toy((20.0, 20.0))  # a search passes at step 0 / never passes
+    lines = judged_searches(model, always, ["bright"], evaluator=always, n=3, max_steps=2, batch=2)
+    assert [line["index"] for line in lines["bright"]] == [0, 1, 2]
+    assert all(line["success"] and line["steps"] == 0 and line["confirmed"] for line in lines["bright"])
+    rates = search_rates(judged_searches(model, always, ["bright"], evaluator=never, n=3, max_steps=2))
+    assert rates["bright"] == {"searches": 3, "success_rate": 1.0, "confirmed_rate": 0.0, "median_steps": 0}
+    failed = search_rates(judged_searches(model, never, ["top"], evaluator=always, n=2, max_steps=2))
+    assert failed["top"]["success_rate"] == 0.0 and failed["top"]["median_steps"] is None
+    with pytest.raises(ConfigError, match="unknown class"):
+        judged_searches(model, always, ["effusion"], n=1)

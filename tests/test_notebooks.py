@@ -50,6 +50,7 @@ SMOKE_TESTED = {
     "04_xraygan",
     "05_evaluation",
     "06_baselines_ablations",
+    "07_pggan_latent",
     "09_report_explorer",
     "99_provenance",
 }
@@ -160,6 +161,23 @@ def test_09_report_explorer_runs_with_tiny_parameters(tiny_book):
     state = nbformat.read(path, as_version=4).metadata["widgets"]["application/vnd.jupyter.widget-state+json"]
     models = {model["model_name"] for model in state["state"].values()}
     assert {"ImageModel", "TextareaModel", "ButtonModel"} <= models, f"saved widget models: {sorted(models)}"
+
+
+@pytest.mark.slow
+def test_07_pggan_latent_runs_with_tiny_parameters(tiny_book):
+    path = executed(tiny_book, "07_pggan_latent")
+    values = glued(path)
+    assert int(values["pggan_final_size"]) == 32
+    assert float(values["pggan_train_min"]) > 0.0
+    assert int(values["latent_num_offered"]) >= 1  # the tiny profile offers every finding with a test positive
+    for key in ("latent_success_densenet121_none", "latent_confirmed_densenet121_none", "latent_success_pggan_norm"):
+        assert 0.0 <= float(values[key]) <= 1.0, key
+    assert float(values["latent_fid_stratified"]) >= 0.0 and float(values["latent_fid_synthetic"]) > 0.0
+    assert int(values["latent_archive_size"]) >= 8  # the uncurated samples at least
+    assert 0.0 < float(values["latent_response_s"]) < 30.0
+    state = nbformat.read(path, as_version=4).metadata["widgets"]["application/vnd.jupyter.widget-state+json"]
+    models = {model["model_name"] for model in state["state"].values()}
+    assert {"ImageModel", "FloatSliderModel", "DropdownModel", "ButtonModel"} <= models, sorted(models)
 
 
 @pytest.mark.slow

@@ -243,3 +243,32 @@ def test_every_profile_builds_its_pggan_config():
         name: PGGANTrainConfig.from_profile(load_profile(name)).model.final_size for name in ("tiny", "cpu", "paper")
     }
     assert sizes == {"tiny": 32, "cpu": 128, "paper": 256}
+
+
+def test_stage_cases_cap_an_epoch_of_a_stage_to_a_seeded_subset(pggan_data, tmp_path):
+    config = replaced(PGGAN_TINY, stage_cases=(0, 6, 12))
+    trainer = PGGANTrainer(config, pggan_data, tmp_path / "run", progress=False)
+    phases = training_phases(config)
+    step = trainer.family
+    full = len(step.train_set(phases[0]))
+    assert full > 12 and len(step.train_set(phases[1])) == 6 and len(step.train_set(phases[2])) == 12
+    assert step.steps_per_epoch(phases[1]) == 1 and step.steps_per_epoch(phases[2]) == 2
+    again = PGGANTrainer(config, pggan_data, tmp_path / "again", progress=False).family
+    assert again.train_set(phases[1]).indices == step.train_set(phases[1]).indices  # seeded
+    assert step.train_set(phases[1]).indices != step.train_set(phases[2]).indices[:6]  # another subset per stage
+    result = trainer.train()
+    assert result.finished and result.step == step.steps_per_epoch(phases[0]) + 2 * 1 + 2  # epochs (1, 2, 1)
+    with pytest.raises(ConfigError, match="stage_cases needs one non-negative integer"):
+        replaced(PGGAN_TINY, stage_cases=(0, 6))
+    with pytest.raises(ConfigError, match="stage_cases needs one non-negative integer"):
+        replaced(PGGAN_TINY, stage_cases=(0, -1, 6))
+
+
+def test_the_training_benchmark_times_every_stage_of_a_profile():
+    from xrg.train.benchmarks import bench_train_pggan
+
+    lines: list[str] = []
+    rows = bench_train_pggan("tiny", steps=1, warmup=0, device="cpu", train_cases=40, print_fn=lines.append)
+    assert [row["image_size"] for row in rows] == [4, 8, 16, 32]
+    assert all(row["images_per_s"] > 0 and row["phase_seconds"] > 0 for row in rows)
+    assert "estimated PGGAN training time for 40 train cases" in lines[-1]

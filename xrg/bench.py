@@ -168,6 +168,52 @@ def bench_explorer(
     return {"image_size": size, "init_s": init_s, "failed": failed, "rows": rows}
 
 
+def bench_pggan_explorer(
+    run_dir: str,
+    classifier: str,
+    evaluators: str | None = None,
+    class_name: str | None = None,
+    repeats: int = 5,
+    seed: int = 0,
+    search_steps: int = 100,
+    print_fn=print,
+) -> dict[str, Any]:
+    """Response times of the PGGAN latent explorer (:mod:`xrg.latent.explorer`) over a trained run and
+    search classifier (and, with ``evaluators``, the independent evaluator beside it): a new patient,
+    a direction move, undo, a patient series and a class search (up to ``search_steps``), each
+    ``repeats`` times. Prints median and p90 seconds per response; returns ``{"image_size", "rows"}``."""
+    from xrg.eval.generators import checkpoint_path
+    from xrg.latent.explorer import LatentExplorer
+    from xrg.latent.sample import confirming_classifier
+    from xrg.latent.timing import time_latent_responses
+    from xrg.models.pggan import PGGAN
+    from xrg.train.pathology import load_search_classifier
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats must be a positive integer, got {repeats!r}")
+    start = time.perf_counter()
+    model = PGGAN.from_checkpoint(checkpoint_path(run_dir))
+    search_classifier = load_search_classifier(classifier)
+    judge = confirming_classifier(evaluators) if evaluators else None
+    explorer = LatentExplorer(model, search_classifier, evaluator=judge, direction_seed=seed, search_steps=search_steps)
+    init_s = time.perf_counter() - start
+    name = class_name or search_classifier.class_names[0]
+    search_classifier.class_index(name)
+    times = time_latent_responses(explorer, name, repeats=repeats, seed=seed)
+    rows = [
+        {"response": response, "n": len(values), "median_s": float(np.median(values)),
+         "p90_s": float(np.percentile(values, 90))}
+        for response, values in times.items() if values
+    ]  # fmt: skip
+    size = model.config.final_size
+    print_fn(f"PGGAN latent explorer over {run_dir} at {size}², class {name}, "
+             f"{'with' if judge else 'without'} the evaluator; start-up {init_s:.2f} s")  # fmt: skip
+    print_fn(f"{'response':<12} {'n':>4} {'median s':>9} {'p90 s':>7}")
+    for row in rows:
+        print_fn(f"{row['response']:<12} {row['n']:>4} {row['median_s']:>9.3f} {row['p90_s']:>7.3f}")
+    return {"image_size": size, "init_s": init_s, "rows": rows}
+
+
 def _extent(mask: np.ndarray, axis: int) -> int:
     """Pixels from the first to the last row (``axis`` 0) or column (1) that ``mask`` touches."""
     hit = np.flatnonzero(mask.any(axis=1 - axis))

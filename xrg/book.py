@@ -369,6 +369,9 @@ NOTEBOOK_NEEDS: dict[str, tuple[str, ...]] = {
     # must not run at once; 06, the longest, goes first, beside 02, and 05 then finds them.
     "05_evaluation": ("02_encoder", "06_baselines_ablations"),
     "06_baselines_ablations": (),  # its own runs under experiment_dir
+    # 07 trains its own PGGAN and search classifiers, and the evaluators under experiment_dir
+    # when they are missing: after 05 and 06, which make them.
+    "07_pggan_latent": ("05_evaluation", "06_baselines_ablations"),
     "09_report_explorer": ("02_encoder",),
 }
 

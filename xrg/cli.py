@@ -15,9 +15,10 @@
     xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # KID, FID, SSIM, VC, detection ... → eval.json
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
-    xrg bench train --profile cpu                       # training images/s per stage
+    xrg bench train --profile cpu [--family pggan]      # training images/s per stage
     xrg bench generate --profile cpu [--checkpoint runs/cpu]
     xrg bench explorer --run-dir runs/cpu/xraygan [--data-dir data/cpu]   # report explorer response times
+    xrg bench pggan-explorer --run-dir runs/cpu/pggan --classifier runs/cpu/search/search_densenet.pt
     xrg book run --profile cpu                          # data + notebooks (papermill)
     xrg book build                                      # Jupyter Book HTML
 
@@ -344,15 +345,23 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
-    from xrg.train.benchmarks import bench_train
+    from xrg.train.benchmarks import bench_train, bench_train_pggan
 
-    bench_train(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases)
+    bench = bench_train_pggan if args.family == "pggan" else bench_train
+    bench(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases)
 
 
 def _cmd_bench_generate(args: argparse.Namespace) -> None:
     from xrg.train.benchmarks import bench_generate
 
     bench_generate(args.profile, checkpoint=args.checkpoint, n=args.n)
+
+
+def _cmd_bench_pggan_explorer(args: argparse.Namespace) -> None:
+    from xrg.bench import bench_pggan_explorer
+
+    bench_pggan_explorer(args.run_dir, args.classifier, evaluators=args.evaluators, class_name=args.class_name,
+                         repeats=args.repeats, seed=args.seed, search_steps=args.max_steps)  # fmt: skip
 
 
 def _cmd_bench_explorer(args: argparse.Namespace) -> None:
@@ -494,8 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-seed", type=bounded(0, SEED_MAX), default=0, help="first patient seed (default 0)"
     )
     bench_variety.set_defaults(func=_cmd_bench_variety)
-    bench_train = bench.add_parser("train", help="XRayGAN training images/s per stage (synthetic batches)")
+    bench_train = bench.add_parser("train", help="training images/s per stage, XRayGAN or PGGAN (synthetic batches)")
     bench_train.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
+    bench_train.add_argument(
+        "--family", choices=("xraygan", "pggan"), default="xraygan", help="the model family timed (default xraygan)"
+    )
     bench_train.add_argument(
         "--steps", type=bounded(1, 1000), default=3, help="timed steps per phase, 1..1000 (default 3)"
     )
@@ -524,6 +536,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=bounded(0, SEED_MAX), default=0, help="noise seed and default phantom patient"
     )
     bench_explorer.set_defaults(func=_cmd_bench_explorer)
+    bench_latent = bench.add_parser("pggan-explorer", help="PGGAN latent explorer response seconds")
+    bench_latent.add_argument("--run-dir", required=True, help="a PGGAN run directory or checkpoint file")
+    bench_latent.add_argument("--classifier", required=True, help="its search classifier (OUT/search_*.pt)")
+    bench_latent.add_argument("--evaluators", help="evaluators directory: time the evaluator's logits too")
+    bench_latent.add_argument("--class", dest="class_name", help="the class searched for (default: the first)")
+    bench_latent.add_argument("--repeats", type=bounded(1, 1000), default=5, help="times per response (default 5)")
+    bench_latent.add_argument("--max-steps", type=bounded(1, 10_000), default=100, help="search budget (default 100)")
+    bench_latent.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="first patient seed (default 0)")
+    bench_latent.set_defaults(func=_cmd_bench_pggan_explorer)
 
     train = commands.add_parser(
         "train", help="train XRayGAN, a Table-1 baseline, the view-consistency networks or PGGAN"

@@ -184,3 +184,18 @@ def search_rates(manifests: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
             "median_steps": statistics.median(line["steps"] for line in passed) if passed else None,
         }
     return rates
+
+
+@torch.no_grad()
+def evaluator_features(classifier: Any, images: torch.Tensor, size: int, batch_size: int = 64) -> torch.Tensor:
+    """Pooled features ``[N, 1024]`` of the evaluation classifier for ``images [N, 1, H, W]`` in [0, 1] at ``size``."""
+    import torch.nn.functional as F
+
+    classifier = classifier.eval()
+    parts = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size].float()
+        if x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear")
+        parts.append(classifier.features(x).cpu())
+    return torch.cat(parts) if parts else torch.zeros(0, 1024)

@@ -50,8 +50,13 @@ def _logit(probability: float | None) -> float:
     return max(-20.0, min(20.0, float(torch.logit(torch.tensor(p)))))
 
 
-def confirming_classifier(evaluators_dir: str | os.PathLike, view: str = "frontal") -> SearchClassifier:
-    """The evaluation classifier of ``evaluators_dir`` with thresholds at the cohort's held-out Youden J (module docstring)."""
+def evaluator_judge(
+    evaluators_dir: str | os.PathLike, view: str = "frontal"
+) -> tuple[SearchClassifier, dict[str, float | None]]:
+    """The evaluator as a thresholded classifier (:func:`confirming_classifier`) and its AUROC per
+    finding on the cohort's held-out part (None where undefined): which findings it can tell apart."""
+    from torchmetrics.functional.classification import binary_auroc
+
     evaluators_dir = Path(evaluators_dir)
     path = evaluators_dir / CLASSIFIER_NAME
     if not path.is_file():
@@ -64,8 +69,62 @@ def confirming_classifier(evaluators_dir: str | os.PathLike, view: str = "fronta
     cohort = XRayPairDataset(evaluators_dir / COHORT_DIR, "test", image_size=size, max_sentences=1, max_words=1)
     images = torch.stack([cohort[i][view] for i in range(len(cohort))])
     labels = torch.stack([cohort[i]["labels"] for i in range(len(cohort))]).long()
-    thresholds = youden_thresholds(predict(classifier, images, size), labels, FINDING_KINDS)
-    return SearchClassifier(classifier, FINDING_KINDS, [_logit(thresholds[name]) for name in FINDING_KINDS], size)
+    probabilities = predict(classifier, images, size)
+    thresholds = youden_thresholds(probabilities, labels, FINDING_KINDS)
+    auroc: dict[str, float | None] = {}
+    for k, name in enumerate(FINDING_KINDS):
+        defined = 0 < int(labels[:, k].sum()) < len(labels)
+        auroc[name] = float(binary_auroc(probabilities[:, k], labels[:, k])) if defined else None
+    judge = SearchClassifier(classifier, FINDING_KINDS, [_logit(thresholds[name]) for name in FINDING_KINDS], size)
+    return judge, auroc
+
+
+def confirming_classifier(evaluators_dir: str | os.PathLike, view: str = "frontal") -> SearchClassifier:
+    """The evaluation classifier of ``evaluators_dir`` with thresholds at the cohort's held-out Youden J (module docstring)."""
+    return evaluator_judge(evaluators_dir, view)[0]
+
+
+def judged_searches(
+    model: PGGAN,
+    search_classifier: SearchClassifier,
+    classes: list[str] | tuple[str, ...],
+    evaluator: SearchClassifier | None = None,
+    *,
+    n: int = 16,
+    seed: int = 0,
+    target: float | None = None,
+    max_steps: int = 100,
+    lr: float = 0.05,
+    regulariser: str = "none",
+    batch: int = 16,
+) -> dict[str, list[dict[str, Any]]]:
+    """``n`` searches per class in batches (search ``i`` from the latent of ``seed + i``'s batch), each
+    judged by ``evaluator``: per class, manifest-like lines for :func:`xrg.latent.evaluate.search_rates`
+    (``success``, ``steps``, ``confirmed``, the evaluator's probability of the class)."""
+    if n < 1 or batch < 1:
+        raise ConfigError(f"need n >= 1 and batch >= 1, got {n} and {batch}")
+    model = model.for_inference()
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for name in classes:
+        search_classifier.class_index(name)
+        k = evaluator.class_index(name) if evaluator is not None else None
+        lines[name] = []
+        for start in range(0, n, batch):
+            results = search(
+                model.generate, model.config.latent_dim, search_classifier, name, n=min(batch, n - start),
+                seed=seed + start, target=target, max_steps=max_steps, lr=lr, regulariser=regulariser,
+                record_images=True,
+            )  # fmt: skip
+            for offset, result in enumerate(results):
+                line: dict[str, Any] = {"seed": seed + start, "index": start + offset, "success": result.success,
+                                        "steps": result.steps, "target_logit": result.target_logit, "confirmed": None}  # fmt: skip
+                if result.success and evaluator is not None:
+                    with torch.no_grad():
+                        logit = evaluator.logits(result.image.unsqueeze(0))[0, k]
+                    line["confirmed"] = bool(logit >= evaluator.thresholds[k])
+                    line["evaluator_probability"] = float(torch.sigmoid(logit))
+                lines[name].append(line)
+    return lines
 
 
 @dataclass

@@ -170,6 +170,73 @@ def bench_train(
     return rows
 
 
+def _pggan_bench_step(model: Any, config: Any, phase: Any, optimizers: Any, alpha: float, batch: dict) -> Any:
+    from xrg.train.pggan import pggan_step
+
+    return pggan_step(model, config, phase, batch["images"], optimizers, alpha)
+
+
+def bench_train_pggan(
+    profile: str | Profile = "cpu",
+    steps: int = 3,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    train_cases: int | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Time ``steps`` PGGAN training steps (after ``warmup``) of every stage of ``profile``'s ``pggan:`` run.
+
+    Synthetic real images at the final size (the trainer area-averages them to each stage),
+    α = ½ in every stage after the first (the fade-in path, the slower one). ``images_per_s``
+    counts real images per second. With ``train_cases`` the rows also estimate seconds per
+    epoch (over the stage's ``stage_cases`` where the profile caps them) and per stage, and the total.
+    """
+    from xrg.models.pggan import PGGAN
+    from xrg.train.pggan import PGGANTrainConfig, make_pggan_optimizers, training_phases as pggan_phases
+
+    profile = _profile(profile)
+    device = _device(device)
+    config = PGGANTrainConfig.from_profile(profile)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    model = PGGAN(config.model).to(device)
+    final = config.model.final_size
+    print_fn(
+        f"PGGAN training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per stage"
+    )
+    header = f"{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}"
+    print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'stage s':>9}" if train_cases else ""))
+    rows = []
+    for index, phase in enumerate(pggan_phases(config)):
+        optimizers = make_pggan_optimizers(model, phase, index, config)
+        model.train()
+        model.generator_ema.eval()
+        batch_size = phase.batch_size if train_cases is None else min(phase.batch_size, train_cases)
+        alpha = 0.5 if phase.stage else 1.0
+        batches = [
+            {"images": torch.rand(batch_size, 1, final, final, generator=generator)} for _ in range(warmup + steps)
+        ]
+        step = functools.partial(_pggan_bench_step, model, config, phase, optimizers, alpha)
+        seconds = _timed_steps(step, batches, warmup, device)
+        row = {
+            "family": "pggan", "stage": phase.stage, "image_size": phase.image_size, "batch_size": batch_size,
+            "seconds_per_step": seconds, "images_per_s": batch_size / seconds, "device": str(device),
+        }  # fmt: skip
+        line = f"{phase.stage:>5}{phase.image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
+        if train_cases:
+            cap = config.stage_cases[phase.stage] if config.stage_cases else 0
+            cases = min(train_cases, cap) if cap else train_cases
+            row.update(epoch_seconds=max(1, cases // batch_size) * seconds, num_epochs=phase.num_epochs)
+            row["phase_seconds"] = row["epoch_seconds"] * phase.num_epochs
+            line += f"{row['epoch_seconds']:>9.0f}{phase.num_epochs:>7}{row['phase_seconds']:>9.0f}"
+        rows.append(row)
+        print_fn(line)
+    if train_cases:
+        total = sum(row["phase_seconds"] for row in rows)
+        print_fn(f"estimated PGGAN training time for {train_cases} train cases: {total / 60:.1f} min")
+    return rows
+
+
 def _latencies(pipe: Any, n: int, warmup: int) -> list[float]:
     device = pipe.device
     for number in range(warmup):

@@ -85,6 +85,10 @@ class PGGANTrainConfig:
     betas: tuple[float, float] = (0.0, 0.99)
     batch_size: tuple[int, ...] = (16, 16, 16, 16, 16, 16, 14)  # per stage (official: 16 up to 128², 14 at 256²)
     num_epochs: tuple[int, ...] = (40, 40, 40, 40, 40, 40, 40)  # per stage
+    # per stage, the train cases an epoch of that stage goes over (a seeded subset, another per
+    # stage); 0 or null: the whole train split. The official schedule counts images, not epochs:
+    # this is how a CPU profile spends fewer images on the expensive high resolutions.
+    stage_cases: tuple[int, ...] | None = None
     fade_fraction: float = 0.5  # of each stage after the first: α ramps 0 → 1 over this share of its steps
     # the generator's moving average (stylegan2-ada's ema_kimg / ema_rampup, in images)
     ema_half_life_images: float = 10_000.0
@@ -107,6 +111,14 @@ class PGGANTrainConfig:
                 )
             if not all(isinstance(v, int) and v > 0 for v in values):
                 raise ConfigError(f"{name} values must be positive integers, got {list(values)}")
+        if self.stage_cases is not None:
+            cases = tuple(0 if v is None else v for v in self.stage_cases)
+            if len(cases) != num_stages or not all(isinstance(v, int) and v >= 0 for v in cases):
+                raise ConfigError(
+                    f"stage_cases needs one non-negative integer (0: all) per stage ({num_stages}), "
+                    f"got {list(self.stage_cases)}"
+                )
+            self.stage_cases = cases
         if min(self.batch_size) < 2:
             raise ConfigError(
                 f"batch sizes must be at least 2 (minibatch standard deviation), got {list(self.batch_size)}"
@@ -182,6 +194,53 @@ def stage_reals(images: torch.Tensor, stage_size: int, alpha: float) -> torch.Te
     return x
 
 
+def pggan_step(
+    model: PGGAN, config: PGGANTrainConfig, phase: Phase, images: torch.Tensor, optimizers: Optimizers, alpha: float
+) -> dict[str, float]:
+    """``n_critic`` critic updates on fresh latents, one generator update, then the moving average.
+
+    ``images``: the real images ``[B, 1, S, S]`` in [0, 1] at the stored size (:func:`stage_reals`
+    brings them to the phase's resolution and α).
+    """
+    assert optimizers.discriminator is not None
+    stage, device = phase.stage, images.device
+    real = stage_reals(images, phase.image_size, alpha)
+    count, latent_dim = real.shape[0], config.model.latent_dim
+
+    def critic(x: torch.Tensor, _condition: Any = None) -> torch.Tensor:
+        return model.critic(x, stage, alpha).unsqueeze(1)
+
+    for _ in range(config.n_critic):
+        with torch.no_grad():
+            fake = model.generator(torch.randn(count, latent_dim, device=device), stage, alpha)
+        real_score = critic(real)
+        wasserstein = critic(fake).mean() - real_score.mean()
+        gp = gradient_penalty(critic, real, fake, None)
+        drift = real_score.pow(2).mean()
+        d_loss = wasserstein + config.gp_weight * gp + config.drift_weight * drift
+        require_finite({"d_loss": d_loss, "gp": gp}, "critic loss")
+        optimizers.discriminator.zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers.discriminator.step()
+
+    fake = model.generator(torch.randn(count, latent_dim, device=device), stage, alpha)
+    with frozen([model.critic]):
+        g_loss = -critic(fake).mean()
+        losses = {"d_loss": d_loss, "wasserstein": wasserstein, "gp": gp, "drift": drift}
+        result = generator_update(optimizers.generator, losses, g_loss)
+    result["ema_beta"] = model.update_ema(count, config.ema_half_life_images, config.ema_rampup)
+    result["alpha"] = alpha
+    return result
+
+
+def make_pggan_optimizers(model: PGGAN, phase: Phase, phase_index: int, config: PGGANTrainConfig) -> Optimizers:
+    """Fresh Adam optimizers of the generator and the critic for ``phase`` (reset at every resolution)."""
+    betas = tuple(config.betas)
+    generator = torch.optim.Adam(model.generator.parameters(), lr=phase.lr, betas=betas, eps=1e-8)
+    critic = torch.optim.Adam(model.critic.parameters(), lr=phase.lr, betas=betas, eps=1e-8)
+    return Optimizers(phase_index, generator, critic)
+
+
 class PGGANStep(Step):
     """PGGAN in the shared loop: WGAN-GP with drift at the phase's resolution, α from the run's position."""
 
@@ -194,10 +253,19 @@ class PGGANStep(Step):
                  device: torch.device, run_dir: Path) -> None:  # fmt: skip
         super().__init__(config, phases, data, model, device, run_dir)
         self.extras = {"view": config.view}
+        self._subsets: dict[int, Any] = {}
 
     def train_set(self, phase: Phase) -> Any:
-        """The train split at the final size (every stage area-averages it, :func:`stage_reals`)."""
-        return self.data.train_sets[self.config.model.final_size]
+        """The train split at the final size (every stage area-averages it, :func:`stage_reals`);
+        with ``stage_cases``, the stage's seeded subset of it."""
+        full = self.data.train_sets[self.config.model.final_size]
+        cap = self.config.stage_cases[phase.stage] if self.config.stage_cases else 0
+        if not cap or cap >= len(full):
+            return full
+        if phase.stage not in self._subsets:
+            order = torch.randperm(len(full), generator=torch.Generator().manual_seed(self.config.seed + phase.stage))
+            self._subsets[phase.stage] = torch.utils.data.Subset(full, sorted(order[:cap].tolist()))
+        return self._subsets[phase.stage]
 
     def steps_per_epoch(self, phase: Phase) -> int:
         return len(epoch_batches(len(self.train_set(phase)), phase.batch_size, torch.Generator().manual_seed(0)))
@@ -206,10 +274,7 @@ class PGGANStep(Step):
         return fade_alpha(phase, self.run_state.position, self.steps_per_epoch(phase))
 
     def optimizers(self, phase: Phase, phase_index: int) -> Optimizers:
-        betas = tuple(self.config.betas)
-        generator = torch.optim.Adam(self.model.generator.parameters(), lr=phase.lr, betas=betas, eps=1e-8)
-        critic = torch.optim.Adam(self.model.critic.parameters(), lr=phase.lr, betas=betas, eps=1e-8)
-        return Optimizers(phase_index, generator, critic)
+        return make_pggan_optimizers(self.model, phase, phase_index, self.config)
 
     def train_mode(self, phase: Phase) -> None:
         self.model.train()
@@ -219,37 +284,9 @@ class PGGANStep(Step):
         return phase.batch_size
 
     def update(self, phase: Phase, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
-        """``n_critic`` critic updates on fresh latents, one generator update, then the moving average."""
-        assert optimizers.discriminator is not None
-        config, model, stage = self.config, self.model, phase.stage
-        alpha = self.alpha(phase)
-        real = stage_reals(batch[config.view].to(self.device), phase.image_size, alpha)
-        count, latent_dim = real.shape[0], config.model.latent_dim
-
-        def critic(x: torch.Tensor, _condition: Any = None) -> torch.Tensor:
-            return model.critic(x, stage, alpha).unsqueeze(1)
-
-        for _ in range(config.n_critic):
-            with torch.no_grad():
-                fake = model.generator(torch.randn(count, latent_dim, device=self.device), stage, alpha)
-            real_score = critic(real)
-            wasserstein = critic(fake).mean() - real_score.mean()
-            gp = gradient_penalty(critic, real, fake, None)
-            drift = real_score.pow(2).mean()
-            d_loss = wasserstein + config.gp_weight * gp + config.drift_weight * drift
-            require_finite({"d_loss": d_loss, "gp": gp}, "critic loss")
-            optimizers.discriminator.zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers.discriminator.step()
-
-        fake = model.generator(torch.randn(count, latent_dim, device=self.device), stage, alpha)
-        with frozen([model.critic]):
-            g_loss = -critic(fake).mean()
-            losses = {"d_loss": d_loss, "wasserstein": wasserstein, "gp": gp, "drift": drift}
-            result = generator_update(optimizers.generator, losses, g_loss)
-        result["ema_beta"] = model.update_ema(count, config.ema_half_life_images, config.ema_rampup)
-        result["alpha"] = alpha
-        return result
+        """One :func:`pggan_step` on ``batch``'s ``view`` images at the run's α."""
+        return pggan_step(self.model, self.config, phase, batch[self.config.view].to(self.device), optimizers,
+                          self.alpha(phase))  # fmt: skip
 
     def recalibrate(self, phase: Phase, position: Position) -> int:
         """Nothing to re-estimate: PGGAN has no BatchNorm (pixel normalisation instead)."""

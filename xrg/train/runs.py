@@ -149,3 +149,58 @@ def ensure_run(
     checkpoint = trainer.train().checkpoint
     write_data_record(run_dir, data_dir)
     return checkpoint
+
+
+def ensure_pggan_run(
+    profile: str,
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """The checkpoint of the profile's PGGAN run (``pggan:`` section) in ``run_dir``: loaded, resumed or trained.
+
+    A run directory holding a PGGAN run with other settings is refused (the checkpoint says
+    which fields differ).
+    """
+    from xrg.train.pggan import PGGANTrainConfig, PGGANTrainer
+
+    run_dir = Path(run_dir)
+    config = PGGANTrainConfig.from_profile(load_profile(profile))
+    path = run_dir / CHECKPOINT_NAME
+    if path.is_file():
+        payload = load_checkpoint(path, "pggan", config=config)
+        if payload.get("progress", {}).get("finished"):
+            return path
+    trainer = PGGANTrainer(config, data_dir, run_dir, device=device, resume=path.is_file(), progress=progress)
+    checkpoint = trainer.train().checkpoint
+    write_data_record(run_dir, data_dir)
+    return checkpoint
+
+
+def ensure_search_classifier(
+    profile: str,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    backbone: str = "densenet",
+    pggan_checkpoint: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Path:
+    """The profile's search classifier of ``backbone`` in ``out_dir`` (``search_<backbone>.pt``): loaded or trained.
+
+    A stopped training is resumed (:func:`~xrg.train.pathology.train_pathology_classifier`); a
+    classifier trained with other settings is refused.
+    """
+    from xrg.train.pathology import PathologyTrainConfig, classifier_name, train_pathology_classifier
+
+    config = PathologyTrainConfig.from_profile(load_profile(profile), backbone)
+    path = Path(out_dir) / classifier_name(backbone)
+    if path.is_file():
+        kind = "critic_classifier" if backbone == "critic" else "classifier"
+        load_checkpoint(path, kind, config=config)
+        return path
+    _, _, path = train_pathology_classifier(
+        data_dir, config, out_dir, pggan_checkpoint=pggan_checkpoint, device=device, progress=progress
+    )
+    return path
