@@ -132,8 +132,11 @@ def test_judged_searches_count_what_the_evaluator_confirms(pggan_run):
     assert [line["index"] for line in lines["bright"]] == [0, 1, 2]
     assert all(line["success"] and line["steps"] == 0 and line["confirmed"] for line in lines["bright"])
     rates = search_rates(judged_searches(model, always, ["bright"], evaluator=never, n=3, max_steps=2))
-    assert rates["bright"] == {"searches": 3, "success_rate": 1.0, "confirmed_rate": 0.0, "median_steps": 0}
+    assert rates["bright"] == {"searches": 3, "success_rate": 1.0, "confirmed_rate": 0.0, "median_steps": 0,
+                               "passed_at_start_rate": 1.0, "confirmed_at_start_rate": 0.0}  # fmt: skip
     failed = search_rates(judged_searches(model, never, ["top"], evaluator=always, n=2, max_steps=2))
     assert failed["top"]["success_rate"] == 0.0 and failed["top"]["median_steps"] is None
+    # the controls: the starting images, judged before any step
+    assert failed["top"]["passed_at_start_rate"] == 0.0 and failed["top"]["confirmed_at_start_rate"] == 1.0
     with pytest.raises(ConfigError, match="unknown class"):
         judged_searches(model, always, ["effusion"], n=1)

@@ -177,6 +177,8 @@ def notebook_parameters(
         "profile": profile.name,
         "data_dir": str(Path(data_root) / profile.name),
         "run_dir": str(runs / "xraygan"),
+        "pggan_dir": str(runs / "pggan"),
+        "search_dir": str(runs / "search"),
         "experiment_dir": str(runs / "experiments"),
         "executed_dir": str(executed_dir),
         "seed": profile.seed,

@@ -170,7 +170,9 @@ def label_prevalence(
 
 def search_rates(manifests: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per class, from its manifest lines: searches, success rate, confirmed rate (None when no
-    evaluator judged) and the median steps of the successful searches."""
+    evaluator judged) and the median steps of the successful searches; with lines from
+    :func:`~xrg.latent.sample.judged_searches`, also the controls ``passed_at_start_rate`` and
+    ``confirmed_at_start_rate`` (the starting images, before any step)."""
     rates = {}
     for name, lines in manifests.items():
         passed = [line for line in lines if line["success"]]
@@ -183,6 +185,9 @@ def search_rates(manifests: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
             else None,
             "median_steps": statistics.median(line["steps"] for line in passed) if passed else None,
         }
+        for key in ("passed_at_start", "confirmed_at_start"):  # the controls, where the lines carry them
+            if lines and all(line.get(key) is not None for line in lines):
+                rates[name][f"{key}_rate"] = sum(bool(line[key]) for line in lines) / len(lines)
     return rates
 
 

@@ -100,7 +100,10 @@ def judged_searches(
 ) -> dict[str, list[dict[str, Any]]]:
     """``n`` searches per class in batches (search ``i`` from the latent of ``seed + i``'s batch), each
     judged by ``evaluator``: per class, manifest-like lines for :func:`xrg.latent.evaluate.search_rates`
-    (``success``, ``steps``, ``confirmed``, the evaluator's probability of the class)."""
+    (``success``, ``steps``, ``confirmed``, the evaluator's probability of the class) and the control
+    of each line — whether the search classifier (``passed_at_start``) and the evaluator
+    (``confirmed_at_start``) already called the **starting** image positive: a search deserves
+    credit only for what it adds to that."""
     if n < 1 or batch < 1:
         raise ConfigError(f"need n >= 1 and batch >= 1, got {n} and {batch}")
     model = model.for_inference()
@@ -115,14 +118,19 @@ def judged_searches(
                 seed=seed + start, target=target, max_steps=max_steps, lr=lr, regulariser=regulariser,
                 record_images=True,
             )  # fmt: skip
+            column = search_classifier.class_index(name)
             for offset, result in enumerate(results):
                 line: dict[str, Any] = {"seed": seed + start, "index": start + offset, "success": result.success,
-                                        "steps": result.steps, "target_logit": result.target_logit, "confirmed": None}  # fmt: skip
-                if result.success and evaluator is not None:
+                                        "steps": result.steps, "target_logit": result.target_logit, "confirmed": None,
+                                        "passed_at_start": bool(result.logits[0, column] >= result.threshold)}  # fmt: skip
+                if evaluator is not None:
                     with torch.no_grad():
-                        logit = evaluator.logits(result.image.unsqueeze(0))[0, k]
-                    line["confirmed"] = bool(logit >= evaluator.thresholds[k])
-                    line["evaluator_probability"] = float(torch.sigmoid(logit))
+                        first, last = evaluator.logits(torch.stack([result.images[0], result.image]))[:, k]
+                    # the control: what the evaluator says of the image the search started from
+                    line["confirmed_at_start"] = bool(first >= evaluator.thresholds[k])
+                    if result.success:
+                        line["confirmed"] = bool(last >= evaluator.thresholds[k])
+                        line["evaluator_probability"] = float(torch.sigmoid(last))
                 lines[name].append(line)
     return lines
 
