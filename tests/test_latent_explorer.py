@@ -103,6 +103,7 @@ def test_the_widget_app_shows_every_action_and_refuses_an_unknown_class(model):
     assert explorer.view.offsets[0] == 2.0 and app.image.value != shown and not app.undo_button.disabled
     view = app.find("bright", severity=0.9)
     assert view.search is not None and "Search trajectory" in app.strip_title.value
+    assert app.search_progress.value == view.search.steps and app.search_progress.layout.visibility == "hidden"
     assert all(s.value == 0.0 for s in app.sliders)  # directions are measured from the found latent
     assert sum(bool(image.value) for image in app.strip) >= 1
     app.series(count=4)

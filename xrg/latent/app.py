@@ -98,6 +98,9 @@ class LatentApp:
         self.find_button = widgets.Button(description="Find", icon="search", button_style="success")
         self.series_button = widgets.Button(description="Patient series", icon="clone")
         self.status = widgets.HTML("<i>Pick a patient seed and press New patient.</i>")
+        # a search runs up to the step budget (seconds at 128² on a CPU): its steps show as they go
+        self.search_progress = widgets.IntProgress(value=0, min=0, max=explorer.search_steps, description="search",
+                                                   layout=widgets.Layout(visibility="hidden"))  # fmt: skip
         self.image = widgets.Image(format="png", width=image_width, height=image_width)
         self.logits = widgets.HTML()
         self.strip_title = widgets.HTML()
@@ -113,7 +116,7 @@ class LatentApp:
                 widgets.HTML("<b>Search for a finding</b>"),
                 widgets.HBox([self.class_picker, self.severity, self.at_threshold]),
                 widgets.HBox([self.regulariser, self.find_button, self.series_button]),
-                self.status,
+                widgets.HBox([self.status, self.search_progress]),
                 widgets.HBox([self.image, self.logits]),
                 self.strip_title,
                 widgets.HBox(cells),
@@ -152,7 +155,18 @@ class LatentApp:
             self.severity.value = severity
         name = self.class_picker.value
         target = None if self.at_threshold.value else float(self.severity.value)
-        view = self._guarded(lambda: self.explorer.find(name, target, regulariser=self.regulariser.value), "search")
+        self.search_progress.value, self.search_progress.layout.visibility = 0, "visible"
+
+        def progress(step: int, active: int) -> None:
+            self.search_progress.value = step
+
+        try:
+            view = self._guarded(
+                lambda: self.explorer.find(name, target, regulariser=self.regulariser.value, progress=progress),
+                "search",
+            )
+        finally:
+            self.search_progress.layout.visibility = "hidden"
         self._set_sliders(view.offsets)
         return view
 
