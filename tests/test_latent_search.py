@@ -145,3 +145,17 @@ def test_the_search_runs_through_a_pggan_and_resizes_for_its_classifier():
     assert results[0].images.shape[-1] == 16  # the generator's size; the classifier saw 8²
     assert all(r.logits[-1, 0] >= r.logits[0, 0] for r in results)
     assert seen == [] or seen[0][0] == 1
+
+
+def test_patient_series_images_stay_closer_to_their_seed_image_than_random_pairs():
+    torch.manual_seed(0)
+    model = PGGAN(PGGANModelConfig(final_size=16, latent_dim=8, channel_base=128, max_channels=16)).for_inference()
+    classifier = SearchClassifier(toy_network, ("bright", "top"), thresholds=(-20.0, -20.0), input_size=8)
+    z = torch.randn(1, 8, generator=torch.Generator().manual_seed(5))[0]
+    with torch.no_grad():
+        seed_image = model.generate(z.unsqueeze(0))
+        series = patient_series(model.generate, classifier, z, "bright", count=8, sigma=0.1, seed=0)
+        others = model.generate(torch.randn(16, 8, generator=torch.Generator().manual_seed(6)))
+    to_seed = (series.images - seed_image).flatten(1).norm(dim=1)
+    random_pairs = (others[:8] - others[8:]).flatten(1).norm(dim=1)
+    assert to_seed.max() < random_pairs.median(), (to_seed, random_pairs)

@@ -272,3 +272,21 @@ def test_the_training_benchmark_times_every_stage_of_a_profile():
     assert [row["image_size"] for row in rows] == [4, 8, 16, 32]
     assert all(row["images_per_s"] > 0 and row["phase_seconds"] > 0 for row in rows)
     assert "estimated PGGAN training time for 40 train cases" in lines[-1]
+
+
+def test_the_drift_term_is_in_the_critic_loss():
+    """The same step with ε_drift = 0 and ε_drift = 1 differs in the critic loss by exactly E[D(real)²]."""
+    from xrg.train.pggan import make_pggan_optimizers, pggan_step
+
+    losses = {}
+    for weight in (0.0, 1.0):
+        config = replaced(PGGAN_TINY, drift_weight=weight)
+        torch.manual_seed(0)
+        model = PGGAN(config.model)
+        phase = training_phases(config)[1]
+        optimizers = make_pggan_optimizers(model, phase, 1, config)
+        images = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        losses[weight] = pggan_step(model, config, phase, images, optimizers, alpha=0.5)
+    assert losses[0.0]["drift"] == pytest.approx(losses[1.0]["drift"]) and losses[1.0]["drift"] > 0
+    assert losses[1.0]["d_loss"] - losses[0.0]["d_loss"] == pytest.approx(losses[1.0]["drift"], rel=1e-4)
