@@ -1,11 +1,12 @@
 # xrg: `make book` builds the book on the embedded data, `make test` runs the tests.
 # Both create .venv with pip when it is missing. PROFILE = tiny | cpu | paper.
 # `make test-fast` skips the slow book tests, `make lint` runs ruff.
+# `make lab` opens JupyterLab on 127.0.0.1 to run the notebooks (and their explorers) live.
 PROFILE ?= cpu
 PYTHON  := .venv/bin/python
 STAMP   := .venv/.installed
 
-.PHONY: venv test test-fast lint book data notebooks html clean
+.PHONY: venv test test-fast lint book data notebooks html lab clean
 
 venv: $(STAMP)
 
@@ -39,6 +40,14 @@ book: venv
 
 data: venv
 	$(PYTHON) -m xrg.cli data build --profile $(PROFILE) --out data/$(PROFILE)
+
+# JupyterLab on this machine only (127.0.0.1), rooted at the project, opened on notebooks/. The
+# notebooks' default parameters are the tiny profile's (../data/tiny, ../runs/tiny/...; a missing run
+# is trained when the notebook runs). For the cpu runs of `make book`, edit the parameters cell:
+# profile = "cpu", data_dir = "../data/cpu", run_dir = "../runs/cpu/xraygan" (07: pggan_dir = "../runs/cpu/pggan",
+# search_dir = "../runs/cpu/search", experiment_dir = "../runs/cpu/experiments").
+lab: venv
+	$(PYTHON) -m jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
 
 clean:
 	rm -rf _build book/executed

@@ -290,3 +290,17 @@ def test_the_drift_term_is_in_the_critic_loss():
         losses[weight] = pggan_step(model, config, phase, images, optimizers, alpha=0.5)
     assert losses[0.0]["drift"] == pytest.approx(losses[1.0]["drift"]) and losses[1.0]["drift"] > 0
     assert losses[1.0]["d_loss"] - losses[0.0]["d_loss"] == pytest.approx(losses[1.0]["drift"], rel=1e-4)
+
+
+def test_the_notebooks_load_a_finished_run_and_refuse_one_with_other_settings(pggan_data, tmp_path):
+    from xrg.train.runs import ensure_pggan_run
+
+    run = tmp_path / "pggan"
+    path = ensure_pggan_run("tiny", pggan_data, run, progress=False)
+    assert load_checkpoint(path, "pggan")["progress"]["finished"] and (run / "data.json").is_file()
+    written = path.stat().st_mtime_ns
+    assert ensure_pggan_run("tiny", pggan_data, run, progress=False) == path and path.stat().st_mtime_ns == written
+    other = tmp_path / "other"
+    PGGANTrainer(PGGAN_TINY, pggan_data, other, progress=False).train()
+    with pytest.raises(CheckpointError):
+        ensure_pggan_run("tiny", pggan_data, other, progress=False)  # a run with the tiny-test settings, not tiny's

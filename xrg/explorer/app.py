@@ -18,7 +18,43 @@ from xrg.explorer.core import PANELS, ExplorerView, ReportExplorer, Toggle, togg
 from xrg.explorer.figures import attention_html, findings_html, png_bytes, status_text
 
 
-class ExplorerApp:
+class StatusApp:
+    """What both explorer apps share: every action runs through :meth:`_guarded`, which shows
+    "working…", then the view (``_show``) and its status line with the response time, or the
+    input error in red; a widget callback runs through :meth:`_quietly`. Subclasses set
+    ``self.status`` (an HTML widget) and define ``_show`` and ``_status_text``."""
+
+    status: Any
+    last_response_s: float | None = None
+
+    def _guarded(self, action, verb: str = "generate") -> Any:
+        start = time.perf_counter()
+        self.status.value = "<i>working…</i>"
+        try:
+            view = action()
+        except XrgError as exc:
+            self.status.value = f'<span style="color: #b00">could not {verb}: {html.escape(str(exc))}</span>'
+            raise
+        self._show(view)
+        self.last_response_s = time.perf_counter() - start
+        self.status.value = html.escape(self._status_text(view, self.last_response_s))
+        return view
+
+    def _quietly(self, method, *args) -> None:
+        """A callback: run ``method``; an input error is already in the status line."""
+        try:
+            method(*args)
+        except XrgError:
+            pass
+
+    def _show(self, view: Any) -> None:
+        raise NotImplementedError
+
+    def _status_text(self, view: Any, seconds: float) -> str:
+        raise NotImplementedError
+
+
+class ExplorerApp(StatusApp):
     """An ipywidgets app over a :class:`ReportExplorer`: ``display(app.widget)``.
 
     A dropdown of ``choices`` (reports of a data directory) and a text area to type in; a
@@ -140,25 +176,8 @@ class ExplorerApp:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _guarded(self, action, verb: str = "generate") -> ExplorerView:
-        start = time.perf_counter()
-        self.status.value = "<i>working…</i>"
-        try:
-            view = action()
-        except XrgError as exc:
-            self.status.value = f'<span style="color: #b00">could not {verb}: {html.escape(str(exc))}</span>'
-            raise
-        self._show(view)
-        self.last_response_s = time.perf_counter() - start
-        self.status.value = html.escape(status_text(view, self.last_response_s))
-        return view
-
-    def _quietly(self, method, *args) -> None:
-        """A callback: run ``method``; an input error is already in the status line."""
-        try:
-            method(*args)
-        except XrgError:
-            pass
+    def _status_text(self, view: ExplorerView, seconds: float) -> str:
+        return status_text(view, seconds)
 
     def _on_pick(self, change: dict[str, Any]) -> None:
         index = change["new"]

@@ -9,13 +9,13 @@ can call too. ipywidgets is imported only when an app is made.
 from __future__ import annotations
 
 import html
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from xrg.errors import ConfigError, XrgError
+from xrg.errors import ConfigError
+from xrg.explorer.app import StatusApp
 from xrg.explorer.figures import png_bytes
 from xrg.latent.explorer import LatentExplorer, LatentView
 from xrg.latent.search import REGULARISERS, TRUNCATION
@@ -55,7 +55,7 @@ def logits_html(view: LatentView, explorer: LatentExplorer, classes: Sequence[st
     )
 
 
-class LatentApp:
+class LatentApp(StatusApp):
     """An ipywidgets app over a :class:`LatentExplorer`: ``display(app.widget)``.
 
     Top row: patient seed, **New patient**, the truncation slider, **Undo**. Then one slider
@@ -182,25 +182,8 @@ class LatentApp:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _guarded(self, action, verb: str = "generate") -> LatentView:
-        start = time.perf_counter()
-        self.status.value = "<i>working…</i>"
-        try:
-            view = action()
-        except XrgError as exc:
-            self.status.value = f'<span style="color: #b00">could not {verb}: {html.escape(str(exc))}</span>'
-            raise
-        self._show(view)
-        self.last_response_s = time.perf_counter() - start
-        self.status.value = html.escape(f"{view.action} — {self.last_response_s:.2f} s")
-        return view
-
-    def _quietly(self, method, *args) -> None:
-        """A callback: run ``method``; an input error is already in the status line."""
-        try:
-            method(*args)
-        except XrgError:
-            pass
+    def _status_text(self, view: LatentView, seconds: float) -> str:
+        return f"{view.action} — {seconds:.2f} s"
 
     def _set_seed(self, seed: int) -> None:
         self._moving = True

@@ -138,15 +138,25 @@ def ensure_run(
     A run directory holding a run with other settings is refused (its checkpoint says which
     fields differ) rather than silently reused.
     """
+    return _load_or_train(
+        "xraygan", config, data_dir, run_dir,
+        lambda resume: XRayGANTrainer(config, data_dir, run_dir, vcn_config, device=device, resume=resume,
+                                      progress=progress),
+    )  # fmt: skip
+
+
+def _load_or_train(
+    kind: str, config: Any, data_dir: str | os.PathLike, run_dir: str | os.PathLike, make_trainer
+) -> Path:
+    """``RUN/checkpoint.pt`` of a finished ``kind`` run with ``config`` (another config is refused), else
+    the checkpoint of ``make_trainer(resume)`` trained (resumed when a stopped run is there), recording its data."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT_NAME
     if path.is_file():
-        payload = load_checkpoint(path, "xraygan", config=config)
+        payload = load_checkpoint(path, kind, config=config)
         if payload.get("progress", {}).get("finished"):
             return path
-    resume = path.is_file()
-    trainer = XRayGANTrainer(config, data_dir, run_dir, vcn_config, device=device, resume=resume, progress=progress)
-    checkpoint = trainer.train().checkpoint
+    checkpoint = make_trainer(path.is_file()).train().checkpoint
     write_data_record(run_dir, data_dir)
     return checkpoint
 
@@ -165,17 +175,11 @@ def ensure_pggan_run(
     """
     from xrg.train.pggan import PGGANTrainConfig, PGGANTrainer
 
-    run_dir = Path(run_dir)
     config = PGGANTrainConfig.from_profile(load_profile(profile))
-    path = run_dir / CHECKPOINT_NAME
-    if path.is_file():
-        payload = load_checkpoint(path, "pggan", config=config)
-        if payload.get("progress", {}).get("finished"):
-            return path
-    trainer = PGGANTrainer(config, data_dir, run_dir, device=device, resume=path.is_file(), progress=progress)
-    checkpoint = trainer.train().checkpoint
-    write_data_record(run_dir, data_dir)
-    return checkpoint
+    return _load_or_train(
+        "pggan", config, data_dir, run_dir,
+        lambda resume: PGGANTrainer(config, data_dir, run_dir, device=device, resume=resume, progress=progress),
+    )  # fmt: skip
 
 
 def ensure_search_classifier(
