@@ -41,13 +41,15 @@ book: venv
 data: venv
 	$(PYTHON) -m xrg.cli data build --profile $(PROFILE) --out data/$(PROFILE)
 
-# JupyterLab on this machine only (127.0.0.1), rooted at the project, opened on notebooks/. The
-# notebooks' default parameters are the tiny profile's (../data/tiny, ../runs/tiny/...; a missing run
-# is trained when the notebook runs). For the cpu runs of `make book`, edit the parameters cell:
-# profile = "cpu", data_dir = "../data/cpu", run_dir = "../runs/cpu/xraygan" (07: pggan_dir = "../runs/cpu/pggan",
-# search_dir = "../runs/cpu/search", experiment_dir = "../runs/cpu/experiments").
+# JupyterLab on this machine only (127.0.0.1; --allow-root when run as root, as in a container),
+# rooted at the project and opened on notebooks/. The notebooks' default parameters are the tiny
+# profile's (../data/tiny, ../runs/tiny/...; a run that is missing is trained when its notebook runs).
+# For the cpu runs of `make book`, edit the parameters cell: profile = "cpu", data_dir = "../data/cpu",
+# run_dir = "../runs/cpu/xraygan"; in 07 also pggan_dir = "../runs/cpu/pggan", search_dir =
+# "../runs/cpu/search", experiment_dir = "../runs/cpu/experiments".
 lab: venv
-	$(PYTHON) -m jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks
+	$(PYTHON) -m jupyter lab --ip=127.0.0.1 --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf _build book/executed
