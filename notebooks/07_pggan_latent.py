@@ -150,7 +150,8 @@ metrics = [json.loads(line) for line in (Path(pggan_dir) / "metrics.jsonl").read
 train_rows = [row for row in metrics if row.get("kind") == "pggan" and row.get("wasserstein") is not None]
 train_seconds = sum(float(row.get("seconds") or 0) for row in train_rows)  # one row per epoch
 glue("pggan_final_size", final, display=False)
-glue("pggan_train_min", round(train_seconds / 60, 1), display=False)
+glue("pggan_train_min", round(train_seconds / 60, 2), display=False)
+glue("pggan_train_s", train_seconds, display=False)
 test = XRayPairDataset(data_dir, "test", image_size=final, max_sentences=1, max_words=1)
 test_images = torch.stack([test[i][model_view] for i in range(len(test))])
 test_labels = torch.stack([test[i]["labels"] for i in range(len(test))])
@@ -463,3 +464,7 @@ timing_table
 
 # %% tags=["hide-input"]
 _ = app.find(target)
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish()
