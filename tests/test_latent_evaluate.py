@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from xrg.errors import ConfigError
-from xrg.latent.evaluate import NO_FINDING, fid_matrix, group_fids, label_prevalence, search_rates, stratified_halves
+from xrg.latent.evaluate import (
+    NO_FINDING,
+    fid_matrix,
+    group_fids,
+    label_prevalence,
+    rate_difference,
+    search_lift,
+    search_rates,
+    stratified_halves,
+)
 
 NAMES = ("near", "far", "rare")
 
@@ -92,3 +101,42 @@ def test_search_rates_count_failures_and_unconfirmed_images():
     assert rates["cardiomegaly"] == {"searches": 4, "success_rate": 0.75, "confirmed_rate": 0.5, "median_steps": 6}
     assert rates["nodule"]["confirmed_rate"] is None and rates["nodule"]["success_rate"] == 1.0
     assert rates["edema"]["success_rate"] is None
+
+
+def _line(success, confirmed, at_start):
+    return {"success": success, "steps": 1, "confirmed": confirmed if success else None,
+            "confirmed_at_start": at_start}  # fmt: skip
+
+
+def test_search_lift_is_paired_per_search_and_says_when_it_is_not_significant():
+    gains = [_line(True, True, False)] * 10  # every search turns a negative start into a confirmed image
+    no_gain = [_line(True, True, True)] * 10  # the start was already positive: nothing added
+    mixed = [_line(True, True, False), _line(False, None, True)] * 10  # +1 and -1 in turn
+    lift = search_lift({"cardiomegaly": gains, "effusion": no_gain, "edema": mixed}, num_resamples=200)
+    assert lift["cardiomegaly"]["value"] == 1.0 and lift["cardiomegaly"]["ci"] == [1.0, 1.0]
+    assert lift["cardiomegaly"]["verdict"] == "lift"
+    assert lift["effusion"]["value"] == 0.0 and lift["effusion"]["verdict"] == "not significant"
+    assert lift["edema"]["value"] == 0.0 and lift["edema"]["ci"][0] < 0 < lift["edema"]["ci"][1]
+    assert lift["edema"]["verdict"] == "not significant"
+    assert lift["macro"]["value"] == pytest.approx(1 / 3) and lift["macro"]["n"] == 40
+    low, high = lift["macro"]["ci"]
+    assert low < 1 / 3 < high and low > 0  # only edema varies: the macro interval is a third as wide
+    harm = search_lift({"edema": [_line(False, None, True)] * 5}, num_resamples=50)
+    assert harm["edema"]["verdict"] == "harm"
+    with pytest.raises(ConfigError, match="confirmed_at_start"):
+        search_lift({"edema": [{"success": True, "confirmed": True}]})
+
+
+def test_rate_difference_compares_two_classifiers_over_shared_classes():
+    always = {"a": [_line(True, True, False)] * 8, "b": [_line(True, False, False)] * 8}
+    never = {"a": [_line(False, None, False)] * 8, "b": [_line(False, None, False)] * 8, "c": [_line(True, True, True)]}
+    difference = rate_difference(always, never, num_resamples=100)
+    assert difference["value"] == 1.0 and difference["verdict"] == "higher" and difference["classes"] == ["a", "b"]
+    assert rate_difference(always, never, key="confirmed", num_resamples=100)["value"] == 0.5
+    assert rate_difference(never, always, num_resamples=100)["verdict"] == "lower"
+    same = rate_difference(always, always, num_resamples=100)
+    assert same["value"] == 0.0 and same["verdict"] == "not significant"
+    with pytest.raises(ConfigError, match="share no class"):
+        rate_difference(always, {"z": [_line(True, True, True)]})
+    with pytest.raises(ConfigError, match="key"):
+        rate_difference(always, never, key="steps")

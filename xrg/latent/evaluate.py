@@ -18,6 +18,11 @@ tested on known distributions:
   95% CIs over images.
 * :func:`search_rates` — per class, the search success rate, the rate the independent
   evaluator confirms and the median steps, from the manifests of :mod:`xrg.latent.sample`.
+* :func:`search_lift` — what a search adds to the evaluator's verdict on its own starting
+  image (paired per search), per class and macro over classes, with stratified bootstrap 95%
+  intervals and a verdict: a lift whose interval contains 0 is "not significant".
+* :func:`rate_difference` — one classifier's macro rate minus another's (the dissertation's
+  question: does the critic-based classifier converge more often?), with its interval.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 
 from xrg.errors import ConfigError
-from xrg.eval.metrics import _frechet_distance, _mean_estimate
+from xrg.eval.metrics import _frechet_distance, _interval, _mean_estimate, bootstrap_distribution
 
 NO_FINDING = "no_finding"
 
@@ -189,6 +194,88 @@ def search_rates(manifests: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[s
             if lines and all(line.get(key) is not None for line in lines):
                 rates[name][f"{key}_rate"] = sum(bool(line[key]) for line in lines) / len(lines)
     return rates
+
+
+def verdict(interval: Sequence[float | None] | None, positive: str = "lift", negative: str = "harm") -> str:
+    """``positive`` when the interval lies above 0, ``negative`` below it, else "not significant"."""
+    if not interval or interval[0] is None or interval[1] is None:
+        return "not significant"
+    if interval[0] > 0:
+        return positive
+    if interval[1] < 0:
+        return negative
+    return "not significant"
+
+
+def _class_columns(manifests: Mapping[str, Sequence[Mapping[str, Any]]], value) -> dict[str, np.ndarray]:
+    """Per class with lines, ``value(line)`` of each line as a float array."""
+    return {name: np.array([float(value(line)) for line in lines]) for name, lines in manifests.items() if lines}
+
+
+def _macro_estimate(columns: Sequence[np.ndarray], sign: Sequence[float], num_resamples: int, seed: int,
+                    weights: Sequence[float]) -> dict[str, Any]:  # fmt: skip
+    """``sum_g sign_g * weights_g * mean(columns_g)`` with every column resampled on its own (a
+    stratified bootstrap: each class keeps its number of searches)."""
+
+    def statistic(*rows):
+        return sum(s * w * c[r].mean() for s, w, c, r in zip(sign, weights, columns, rows))
+
+    point = statistic(*(np.arange(len(c)) for c in columns))
+    distribution = bootstrap_distribution(statistic, tuple(len(c) for c in columns), num_resamples, seed)
+    return {"value": float(point), "ci": _interval(distribution, float(point)), "n": int(sum(len(c) for c in columns))}
+
+
+def search_lift(
+    manifests: Mapping[str, Sequence[Mapping[str, Any]]], num_resamples: int = 1000, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """The evaluator-confirmed rate minus the evaluator's rate on the **starting** images, paired
+    per search (each search scores ``confirmed - confirmed_at_start`` in {-1, 0, 1}).
+
+    Per class and ``"macro"`` (the unweighted mean over classes): ``value``, a bootstrap 95%
+    ``ci`` over searches (stratified by class for the macro), ``n`` searches and ``verdict``
+    ("lift", "harm" or "not significant"). The lines need both judgements
+    (:func:`~xrg.latent.sample.judged_searches` with an evaluator)."""
+    for name, lines in manifests.items():
+        if any(line.get("confirmed_at_start") is None for line in lines):
+            raise ConfigError(
+                f"class {name!r}: search lines without 'confirmed_at_start' (judge them with an evaluator)"
+            )
+    columns = _class_columns(manifests, lambda line: bool(line.get("confirmed")) - bool(line["confirmed_at_start"]))
+    result: dict[str, dict[str, Any]] = {}
+    for k, (name, column) in enumerate(columns.items()):
+        result[name] = _mean_estimate(column, num_resamples, seed + k)
+    if columns:
+        result["macro"] = _macro_estimate(list(columns.values()), [1.0] * len(columns), num_resamples, seed,
+                                          [1.0 / len(columns)] * len(columns))  # fmt: skip
+    for estimate in result.values():
+        estimate["verdict"] = verdict(estimate["ci"])
+    return result
+
+
+def rate_difference(
+    a: Mapping[str, Sequence[Mapping[str, Any]]],
+    b: Mapping[str, Sequence[Mapping[str, Any]]],
+    key: str = "success",
+    num_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Macro rate of ``key`` (``"success"`` or ``"confirmed"``) over the classes both manifests
+    have, ``a`` minus ``b``, with a bootstrap 95% interval (each class of each set resampled on
+    its own) and a verdict ("higher", "lower" or "not significant")."""
+    if key not in ("success", "confirmed"):
+        raise ConfigError(f"key must be 'success' or 'confirmed', got {key!r}")
+    classes = [name for name in a if a[name] and b.get(name)]
+    if not classes:
+        raise ConfigError("the two manifests share no class with searches")
+    column_a = _class_columns({name: a[name] for name in classes}, lambda line: bool(line.get(key)))
+    column_b = _class_columns({name: b[name] for name in classes}, lambda line: bool(line.get(key)))
+    columns = list(column_a.values()) + list(column_b.values())
+    weights = [1.0 / len(classes)] * len(columns)
+    sign = [1.0] * len(classes) + [-1.0] * len(classes)
+    estimate = _macro_estimate(columns, sign, num_resamples, seed, weights)
+    estimate["classes"] = classes
+    estimate["verdict"] = verdict(estimate["ci"], positive="higher", negative="lower")
+    return estimate
 
 
 @torch.no_grad()
