@@ -311,6 +311,12 @@ plt.show()
 glue("latent_searches_per_class", searches_per_class, display=False)
 glue("latent_search_steps", search_steps, display=False)
 rate_rows, all_lines = [], {}
+
+
+def glue_key(classifier_name, regulariser):
+    return f"{classifier_name.split()[0].lower().replace('-', '')}_{regulariser}"
+
+
 for classifier_name, classifier in classifiers.items():
     for regulariser in ("none", "norm"):
         lines = judged_searches(model, classifier, offered, judge, n=searches_per_class, seed=seed,
@@ -321,7 +327,7 @@ for classifier_name, classifier in classifiers.items():
             rate_rows.append({"classifier": classifier_name, "regulariser": regulariser, "finding": name, **rates,
                               "lift": lift[name]["value"], "lift low": lift[name]["ci"][0],
                               "lift high": lift[name]["ci"][1], "verdict": lift[name]["verdict"]})  # fmt: skip
-        key = f"{classifier_name.split()[0].lower().replace('-', '')}_{regulariser}"
+        key = glue_key(classifier_name, regulariser)
         macro = lift.get("macro", {"value": None, "ci": [None, None], "verdict": "not significant"})
         glue(f"latent_lift_{key}", None if macro["value"] is None else round(macro["value"], 3), display=False)
         glue(f"latent_lift_ci_{key}", format_interval(macro), display=False)
@@ -329,7 +335,7 @@ for classifier_name, classifier in classifiers.items():
 rates_table = pd.DataFrame(rate_rows)
 if len(rates_table):
     for (classifier_name, regulariser), group in rates_table.groupby(["classifier", "regulariser"]):
-        key = f"{classifier_name.split()[0].lower().replace('-', '')}_{regulariser}"
+        key = glue_key(classifier_name, regulariser)
         for column, name in (("success_rate", "success"), ("confirmed_rate", "confirmed"),
                              ("passed_at_start_rate", "passed_at_start"),
                              ("confirmed_at_start_rate", "confirmed_at_start")):  # fmt: skip

@@ -136,6 +136,12 @@ def test_rate_difference_compares_two_classifiers_over_shared_classes():
     assert rate_difference(never, always, num_resamples=100)["verdict"] == "lower"
     same = rate_difference(always, always, num_resamples=100)
     assert same["value"] == 0.0 and same["verdict"] == "not significant"
+    # one failure in nine classes: a third of the resamples miss it, so the interval starts at exactly 0
+    nine = {f"c{k}": [_line(True, True, False)] * 8 for k in range(9)}
+    one_failure = {**nine, "c8": [_line(True, True, False)] * 7 + [_line(False, None, False)]}
+    small = rate_difference(nine, one_failure, num_resamples=200)
+    assert small["value"] == pytest.approx(1 / 72) and small["ci"][0] == 0.0
+    assert small["verdict"] == "not significant"
     with pytest.raises(ConfigError, match="share no class"):
         rate_difference(always, {"z": [_line(True, True, True)]})
     with pytest.raises(ConfigError, match="key"):

@@ -212,17 +212,22 @@ def _class_columns(manifests: Mapping[str, Sequence[Mapping[str, Any]]], value) 
     return {name: np.array([float(value(line)) for line in lines]) for name, lines in manifests.items() if lines}
 
 
-def _macro_estimate(columns: Sequence[np.ndarray], sign: Sequence[float], num_resamples: int, seed: int,
-                    weights: Sequence[float]) -> dict[str, Any]:  # fmt: skip
-    """``sum_g sign_g * weights_g * mean(columns_g)`` with every column resampled on its own (a
-    stratified bootstrap: each class keeps its number of searches)."""
+def _macro_estimate(
+    columns: Sequence[np.ndarray], minus: Sequence[np.ndarray] = (), num_resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """The mean over classes of each class's mean of ``columns`` (minus the same of ``minus``),
+    every column resampled on its own (a stratified bootstrap: each class keeps its number of
+    searches). Class means are averaged with ``np.mean``, so equal sets give exactly 0."""
+    every = list(columns) + list(minus)
 
     def statistic(*rows):
-        return sum(s * w * c[r].mean() for s, w, c, r in zip(sign, weights, columns, rows))
+        means = [c[r].mean() for c, r in zip(every, rows)]
+        value = np.mean(means[: len(columns)])
+        return value - np.mean(means[len(columns) :]) if len(minus) else value
 
-    point = statistic(*(np.arange(len(c)) for c in columns))
-    distribution = bootstrap_distribution(statistic, tuple(len(c) for c in columns), num_resamples, seed)
-    return {"value": float(point), "ci": _interval(distribution, float(point)), "n": int(sum(len(c) for c in columns))}
+    point = float(statistic(*(np.arange(len(c)) for c in every)))
+    distribution = bootstrap_distribution(statistic, tuple(len(c) for c in every), num_resamples, seed)
+    return {"value": point, "ci": _interval(distribution, point), "n": int(sum(len(c) for c in every))}
 
 
 def search_lift(
@@ -245,8 +250,7 @@ def search_lift(
     for k, (name, column) in enumerate(columns.items()):
         result[name] = _mean_estimate(column, num_resamples, seed + k)
     if columns:
-        result["macro"] = _macro_estimate(list(columns.values()), [1.0] * len(columns), num_resamples, seed,
-                                          [1.0 / len(columns)] * len(columns))  # fmt: skip
+        result["macro"] = _macro_estimate(list(columns.values()), num_resamples=num_resamples, seed=seed)
     for estimate in result.values():
         estimate["verdict"] = verdict(estimate["ci"])
     return result
@@ -269,10 +273,7 @@ def rate_difference(
         raise ConfigError("the two manifests share no class with searches")
     column_a = _class_columns({name: a[name] for name in classes}, lambda line: bool(line.get(key)))
     column_b = _class_columns({name: b[name] for name in classes}, lambda line: bool(line.get(key)))
-    columns = list(column_a.values()) + list(column_b.values())
-    weights = [1.0 / len(classes)] * len(columns)
-    sign = [1.0] * len(classes) + [-1.0] * len(classes)
-    estimate = _macro_estimate(columns, sign, num_resamples, seed, weights)
+    estimate = _macro_estimate(list(column_a.values()), list(column_b.values()), num_resamples, seed)
     estimate["classes"] = classes
     estimate["verdict"] = verdict(estimate["ci"], positive="higher", negative="lower")
     return estimate
