@@ -527,3 +527,35 @@ def test_the_canonical_target_on_data_without_canonical_renders_is_refused(tmp_p
     with pytest.raises(DataDirError, match="no canonical-pose renders"):
         XRayGANTrainer(config, data_dir, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_train_cases_draws_one_seeded_subset_for_every_stage_and_every_run_with_the_seed(tmp_path, data_dir, vcn_run):
+    from xrg.train.loop import TrainData, train_subset
+
+    assert train_subset(18, 0, 0) is None and train_subset(18, 18, 0) is None and train_subset(18, 40, 3) is None
+    subset = train_subset(18, 7, 5)
+    assert len(subset) == 7 == len(set(subset)) and subset == sorted(subset) and all(0 <= i < 18 for i in subset)
+    assert subset == train_subset(18, 7, 5) and subset != train_subset(18, 7, 6)
+    with pytest.raises(ConfigError, match="train_cases must be >= 0"):
+        train_subset(18, -1, 0)
+    for bad in (-3, 2.5, True):
+        with pytest.raises(ConfigError, match="train_cases must be an integer >= 0"):
+            dataclasses.replace(TINY, train_cases=bad)
+
+    data = TrainData(data_dir, (16, 32), 4, 8, train_cases=7, subset_seed=5)
+    assert {size: len(dataset) for size, dataset in data.train_sets.items()} == {16: 7, 32: 7}
+    full = TrainData(data_dir, (16,), 4, 8)
+    assert len(full.train_sets[16]) == 18 and full.case_indices is None
+    chosen = [full.train_sets[16][i]["case_id"] for i in subset]
+    assert (
+        [data.train_sets[32][i]["case_id"] for i in range(7)]
+        == chosen
+        == [data.train_sets[16][i]["case_id"] for i in range(7)]
+    )
+    assert data.vocabulary == full.vocabulary  # the whole split's vocabulary
+
+    # a run with train_cases takes its epochs over the subset only: 6 cases at batch 6 are one step
+    # per epoch (the whole split, 18 cases, three)
+    run = new_run(tmp_path, vcn_run)
+    result = trainer(dataclasses.replace(TINY, train_cases=6), data_dir, run).train()
+    assert result.finished and result.step == 1 + 2 + 2

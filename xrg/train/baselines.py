@@ -136,6 +136,9 @@ class BaselineTrainConfig:
     seed: int = 0
     num_samples: int = 4  # validation cases in each sample grid
     bn_recalibration_batches: int = 20  # train batches re-estimating BatchNorm statistics each epoch (0: off)
+    # train cases the run sees: a subset of the train split drawn with the run's seed, the same at
+    # every stage and for every run with that seed (xrg.train.loop.train_subset); 0: all of them
+    train_cases: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, BaselineModelConfig):
@@ -164,6 +167,10 @@ class BaselineTrainConfig:
         for name in ("kl_weight", "mismatch_weight", "rec_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if isinstance(self.train_cases, bool) or not isinstance(self.train_cases, int) or self.train_cases < 0:
+            raise ConfigError(
+                f"train_cases must be an integer >= 0 (0: the whole train split), got {self.train_cases!r}"
+            )
         if self.num_samples < 0 or self.bn_recalibration_batches < 0:
             raise ConfigError(
                 f"num_samples and bn_recalibration_batches must be >= 0, got {self.num_samples}, "
@@ -458,8 +465,9 @@ class BaselineTrainer(PhasedTrainer):
         device = torch.device(device)
         phases = training_phases(config)
         data = TrainData(
-            data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words
-        )
+            data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words,
+            train_cases=config.train_cases, subset_seed=config.seed,
+        )  # fmt: skip
         files = RunFiles.check(run_dir, BaselineStep.kind, resume)
         torch.manual_seed(config.seed)
         model = BaselineModel(BaselineModelConfig.from_run_config(config, len(data.vocabulary))).to(device)

@@ -50,6 +50,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from xrg.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -57,7 +58,7 @@ from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.images import save_png
 from xrg.data.manifest import read_manifest
 from xrg.data.reports import Vocabulary
-from xrg.errors import CheckpointError, TrainingDiverged, TrainingStopped
+from xrg.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingStopped
 from xrg.io import append_jsonl, atomic_write_jsonl, remove_temporaries
 from xrg.locks import directory_lock
 from xrg.models.xraygan import to_image_range, to_model_range
@@ -165,11 +166,33 @@ class Optimizers:
 # --------------------------------------------------------------------------------------
 
 
+def train_subset(num_cases: int, cases: int, seed: int) -> list[int] | None:
+    """``cases`` of ``num_cases`` train cases, drawn by a generator seeded with ``seed`` and
+    sorted; None (all of them) for 0 or at least as many as there are.
+
+    A run with ``train_cases`` trains on this subset at every stage, and two runs with the same
+    seed see the same cases (the rows of a comparison are trained on the same data).
+    """
+    if cases < 0:
+        raise ConfigError(f"train_cases must be >= 0 (0: the whole train split), got {cases}")
+    if cases == 0 or cases >= num_cases:
+        return None
+    order = torch.randperm(num_cases, generator=torch.Generator().manual_seed(seed))
+    return sorted(order[:cases].tolist())
+
+
 class TrainData:
     """The train split at every image size a run's phases need, its vocabulary and the sample-grid cases."""
 
     def __init__(
-        self, data_dir: str | os.PathLike, image_sizes: Any, max_sentences: int, max_words: int, canonical: bool = False
+        self,
+        data_dir: str | os.PathLike,
+        image_sizes: Any,
+        max_sentences: int,
+        max_words: int,
+        canonical: bool = False,
+        train_cases: int = 0,
+        subset_seed: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.max_sentences, self.max_words = max_sentences, max_words
@@ -185,6 +208,10 @@ class TrainData:
             for size in sorted(set(image_sizes))
         }
         self.vocabulary = next(iter(self.train_sets.values())).vocab
+        #: The train cases the run sees (indices into the train split), None: all of them.
+        self.case_indices = train_subset(len(next(iter(self.train_sets.values()))), train_cases, subset_seed)
+        if self.case_indices is not None:
+            self.train_sets = {size: Subset(dataset, self.case_indices) for size, dataset in self.train_sets.items()}
         self._sample_batches: dict[int, dict[str, Any]] = {}
 
     def sample_batch(self, image_size: int, count: int) -> dict[str, Any]:

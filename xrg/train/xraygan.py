@@ -134,6 +134,9 @@ class XRayGANTrainConfig:
     seed: int = 0
     num_samples: int = 4  # validation cases in each sample grid
     bn_recalibration_batches: int = 20  # train batches that re-estimate BatchNorm statistics each epoch (0: off)
+    # train cases the run sees: a subset of the train split drawn with the run's seed, the same at
+    # every stage and for every run with that seed (xrg.train.loop.train_subset); 0: all of them
+    train_cases: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, XRayGANModelConfig):
@@ -155,6 +158,10 @@ class XRayGANTrainConfig:
         for name in ("adv_weight", "rec_weight", "vc_weight", "gp_weight", "pretrain_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if isinstance(self.train_cases, bool) or not isinstance(self.train_cases, int) or self.train_cases < 0:
+            raise ConfigError(
+                f"train_cases must be an integer >= 0 (0: the whole train split), got {self.train_cases!r}"
+            )
         if self.bn_recalibration_batches < 0:
             raise ConfigError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
         if self.n_critic < 1 or self.lr_decay_every < 1 or not 0 < self.lr_decay <= 1 or self.num_samples < 0:
@@ -434,7 +441,7 @@ class XRayGANTrainer(PhasedTrainer):
         phases = training_phases(config)
         data = TrainData(
             data_dir, (phase.image_size for phase in phases), config.model.max_sentences, config.model.max_words,
-            canonical=config.rec_target == "canonical",
+            canonical=config.rec_target == "canonical", train_cases=config.train_cases, subset_seed=config.seed,
         )  # fmt: skip
         files = RunFiles.check(run_dir, XRayGANStep.kind, resume, tidy=(SAMPLES_DIR, "vcn"))
         vcns: dict[int, VCNResult] = {}
