@@ -309,7 +309,10 @@ def test_checkpoint_errors_say_what_is_wrong(tmp_path, checkpoint_file, data_dir
 def test_every_profile_builds_both_configs(name):
     profile = load_profile(name)
     config = XRayGANTrainConfig.from_profile(profile)
-    assert config.final_size == profile.data["image_size"] or name == "tiny"
+    # the stored renders are at least the final size (cpu keeps 128² renders for PGGAN: XRayGAN reads them at 64²)
+    assert config.final_size <= profile.data["image_size"] and (config.final_size == profile.data["image_size"]) == (
+        name == "paper"
+    )
     for size in config.vcn_sizes:
         assert VCNTrainConfig.from_profile(profile, image_size=size).image_size == size
 
