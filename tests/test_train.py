@@ -562,3 +562,88 @@ def test_train_cases_draws_one_seeded_subset_for_every_stage_and_every_run_with_
     run = new_run(tmp_path, vcn_run)
     result = trainer(dataclasses.replace(TINY, train_cases=6), data_dir, run).train()
     assert result.finished and result.step == 1 + 2 + 2
+
+
+# --------------------------------------------------------------------------------------
+# The AC-GAN findings head of the critics
+# --------------------------------------------------------------------------------------
+
+
+def test_the_critics_findings_head_reads_the_image_only_and_shares_the_score_pass():
+    from xrg.models.xraygan import PatchDiscriminator
+
+    torch.manual_seed(0)
+    critic = PatchDiscriminator(16, cond_dim=8, channels=8, cond_channels=4, max_channels=32, num_classes=5)
+    image, c = torch.rand(3, 1, 16, 16) * 2 - 1, torch.randn(3, 8)
+    score, logits = critic.score_and_classify(image, c)
+    assert logits.shape == (3, 5)
+    assert torch.equal(score, critic(image, c))
+    # another condition changes the scores, never the finding logits
+    other_score, other_logits = critic.score_and_classify(image, torch.randn(3, 8))
+    assert not torch.allclose(other_score, score)
+    assert torch.equal(other_logits, logits)
+    with pytest.raises(ConfigError, match="no findings head"):
+        PatchDiscriminator(16, cond_dim=8, channels=8).classify(torch.zeros(1, 8, 8, 8))
+
+
+def test_the_findings_term_needs_a_findings_head_with_the_datas_label_count():
+    from xrg.data.findings import FINDING_KINDS
+
+    with pytest.raises(ConfigError, match="aux_weight 1.0 needs critics with a findings head"):
+        replaced(TINY, aux_weight=1.0)
+    with pytest.raises(ConfigError, match="model.critic_classes must be 0"):
+        replaced(TINY, model={"critic_classes": 3})
+    config = replaced(TINY, aux_weight=1.0, model={"critic_classes": len(FINDING_KINDS)})
+    model = XRayGAN(config.model_for(20))
+    assert all(
+        critic.num_classes == len(FINDING_KINDS)
+        for per_view in model.discriminators.values()
+        for critic in per_view.values()
+    )
+
+
+def test_the_findings_term_is_the_bce_of_the_heads_and_the_critic_learns_the_labels(tmp_path):
+    from xrg.data.datasets import XRayPairDataset, collate_pairs
+    from xrg.data.findings import FINDING_KINDS
+    from xrg.models.xraygan import to_model_range
+    from xrg.train.xraygan import gan_step
+
+    data = write_synthetic_data(tmp_path / "data", num_patients=30, image_size=16, labelled=True)
+    dataset = XRayPairDataset(data, "train", image_size=16)
+    batch = collate_pairs([dataset[i] for i in range(len(dataset))])
+    assert 0 < float(batch["labels"].sum()) < batch["labels"].numel()
+    config = replaced(
+        TINY, model={"num_stages": 1, "critic_classes": len(FINDING_KINDS)}, lr=(2e-3,), batch_size=(6,),
+        num_epochs=(1,), vc_weight=0.0, aux_weight=1.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = XRayGAN(config.model_for(len(dataset.vocab)))
+    phase = [phase for phase in training_phases(config) if phase.name == "gan"][0]
+    optimizers = make_optimizers(model, phase, 0, config)
+
+    def head_bce(images):
+        return sum(
+            torch.nn.functional.binary_cross_entropy_with_logits(
+                model.discriminators[view]["0"].classify(model.discriminators[view]["0"].image_features(images[view])),
+                batch["labels"],
+            )
+            for view in images
+        )
+
+    real = {view: to_model_range(batch[view]) for view in ("frontal", "lateral")}
+    with torch.no_grad():
+        expected = float(head_bce(real))
+    losses = gan_step(model, None, batch, phase, optimizers, config)
+    assert losses["aux_d_loss"] == pytest.approx(expected, rel=1e-5)
+    for _ in range(120):
+        losses = gan_step(model, None, batch, phase, optimizers, config)
+    assert losses["aux_d_loss"] < expected and losses["aux_g_loss"] > 0
+    # the head has learnt to see an enlarged heart (a wider ellipse) in the real images: a head
+    # that only learnt the label frequencies (a bias) gives positives and negatives one logit
+    critic = model.discriminators["frontal"]["0"]
+    column = FINDING_KINDS.index("cardiomegaly")
+    with torch.no_grad():
+        logits = critic.classify(critic.image_features(real["frontal"]))[:, column]
+    enlarged = batch["labels"][:, column] > 0
+    assert 0 < int(enlarged.sum()) < len(enlarged)
+    assert float(logits[enlarged].mean() - logits[~enlarged].mean()) > 0.05, logits

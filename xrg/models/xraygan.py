@@ -322,8 +322,11 @@ class PatchDiscriminator(nn.Module):
         cond_channels: int = 64,
         max_channels: int = 512,
         max_downsamplings: int = 4,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        if num_classes < 0:
+            raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
         if not _is_power_of_two(stage_size) or stage_size < 8:
             raise ConfigError(f"stage_size must be a power of two of at least 8, got {stage_size}")
         num_down = max(1, min(int(math.log2(stage_size)) - 3, max_downsamplings))
@@ -343,10 +346,30 @@ class PatchDiscriminator(nn.Module):
             nn.Conv2d(widths[-1], 1, 3, padding=1),
         )
         self.output_size = stage_size // 2**num_down
+        # AC-GAN (Odena et al. 2017): finding logits from the image features only, so the head
+        # has to see the finding in the image (it never reads c): a 1×1 convolution scores every
+        # patch and a finding is as present as its strongest patch shows it (max pooling: the
+        # findings are local, and InstanceNorm leaves a spatial mean of the features uninformative).
+        self.num_classes = num_classes
+        self.classifier = nn.Conv2d(widths[-1], num_classes, 1) if num_classes else None
 
     def forward(self, image: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        features = self.image_features(image)
+        return self.score(self.image_features(image), c)
+
+    def score(self, features: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Patch scores from :attr:`image_features` output and the condition."""
         return self.joint(torch.cat([features, _broadcast(self.cond_projection(c), features)], dim=1))
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Finding logits ``[B, num_classes]`` from :attr:`image_features` output (needs ``num_classes``)."""
+        if self.classifier is None:
+            raise ConfigError("this critic has no findings head (num_classes = 0)")
+        return self.classifier(features).amax(dim=(2, 3))
+
+    def score_and_classify(self, image: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patch scores and finding logits of ``image`` from one pass of the image features."""
+        features = self.image_features(image)
+        return self.score(features, c), self.classify(features)
 
 
 class XRayGANDiscriminators(nn.ModuleDict):
@@ -429,8 +452,13 @@ class XRayGANModelConfig(ReportModelConfig):
     cond_channels: int = 64
     max_channels: int = 512
     disc_max_downsamplings: int = 4
+    # finding logits on every critic (AC-GAN); 0: none (the paper). The trainer's aux_weight
+    # uses them; they must equal the data's label count (xrg.data.findings.FINDING_KINDS).
+    critic_classes: int = 0
 
     def __post_init__(self) -> None:
+        if self.critic_classes < 0:
+            raise ConfigError(f"critic_classes must be >= 0, got {self.critic_classes}")
         if self.encoder_kind not in ENCODER_KINDS:
             raise ConfigError(f"encoder_kind must be one of {ENCODER_KINDS}, got {self.encoder_kind!r}")
         if self.generator_kind not in GENERATOR_KINDS:
@@ -511,6 +539,7 @@ class XRayGAN(ConditionalGANModel):
                                 config.cond_channels,
                                 config.max_channels,
                                 config.disc_max_downsamplings,
+                                config.critic_classes,
                             )  # fmt: skip
                             for stage in config.trained_stages
                         }

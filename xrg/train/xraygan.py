@@ -21,7 +21,10 @@ phase per stage, 32² → 64² → 128² → 256² in the paper. In the phase of
   generator update on the same batch; the critic sees the condition ``c`` detached.
 * generator loss: ``adv_weight · Σ_views −D(fake) + rec_weight · Σ_views MSE(fake, real)
   − vc_weight · mean P(same patient | fake frontal, fake lateral)`` with weights 1, 100 and 1
-  (§3.2). The view-consistency reward comes from the frozen VCN of the stage's resolution
+  (§3.2). With ``aux_weight > 0`` (not in the paper; AC-GAN, Odena et al. 2017) every critic
+  also has a findings head on its image features: the critic loss adds ``aux_weight`` × its
+  BCE against the case's finding labels on the real images, the generator loss the same BCE of
+  the head on the generated images against the report's labels. The view-consistency reward comes from the frozen VCN of the stage's resolution
   (:mod:`xrg.train.vcn`): gradients flow through it into the generated images, never into
   its weights. ``vc_weight = 0`` is the "w/o VCN" ablation and needs no VCN.
 
@@ -63,6 +66,7 @@ import torch
 import torch.nn.functional as F
 
 from xrg.config import config_from_mapping, merge_settings
+from xrg.data.findings import FINDING_KINDS
 from xrg.errors import CheckpointError, ConfigError
 from xrg.models.encoder import EncoderConfig
 from xrg.models.vcn import ViewConsistencyNet
@@ -93,9 +97,11 @@ from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
 METRIC_KEYS: tuple[str, ...] = (
     "kind", "phase", "stage", "image_size", "epoch", "step", "d_loss", "g_loss", "adv_loss", "rec_loss",
-    "vc_loss", "vc_prob", "gp", "lr", "seconds", "images_per_s", *MONITOR_KEYS,
+    "vc_loss", "vc_prob", "gp", "aux_d_loss", "aux_g_loss", "lr", "seconds", "images_per_s", *MONITOR_KEYS,
 )  # fmt: skip
-LOSS_KEYS: tuple[str, ...] = ("d_loss", "g_loss", "adv_loss", "rec_loss", "vc_loss", "vc_prob", "gp")
+LOSS_KEYS: tuple[str, ...] = (
+    "d_loss", "g_loss", "adv_loss", "rec_loss", "vc_loss", "vc_prob", "gp", "aux_d_loss", "aux_g_loss",
+)  # fmt: skip
 
 
 @dataclass
@@ -115,6 +121,10 @@ class XRayGANTrainConfig:
     vc_weight: float = 1.0  # 0: the w/o VCN ablation
     gp_weight: float = 10.0  # WGAN-GP λ
     n_critic: int = 1  # critic updates per generator update
+    # AC-GAN findings term (needs model.critic_classes): the critics' findings heads learn the
+    # case's finding labels on the real images (BCE), the generator pays the same BCE of its
+    # images' logits against the report's labels; 0: off (the paper)
+    aux_weight: float = 0.0
     # optimisation (§3.2)
     lr: tuple[float, ...] = (3e-4, 3e-4, 2e-4, 1e-4)  # per stage
     batch_size: tuple[int, ...] = (96, 56, 24, 12)  # per stage
@@ -155,7 +165,7 @@ class XRayGANTrainConfig:
                 raise ConfigError(f"{name} values must be positive, got {list(values)}")
         if min(self.batch_size) < 2:
             raise ConfigError(f"batch sizes must be at least 2 (BatchNorm), got {list(self.batch_size)}")
-        for name in ("adv_weight", "rec_weight", "vc_weight", "gp_weight", "pretrain_epochs"):
+        for name in ("adv_weight", "rec_weight", "vc_weight", "gp_weight", "aux_weight", "pretrain_epochs"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
         if isinstance(self.train_cases, bool) or not isinstance(self.train_cases, int) or self.train_cases < 0:
@@ -179,6 +189,17 @@ class XRayGANTrainConfig:
             raise ConfigError(f"rec_target must be one of {REC_TARGETS}, got {self.rec_target!r}")
         if self.critic_lr_scale <= 0:
             raise ConfigError(f"critic_lr_scale must be positive, got {self.critic_lr_scale}")
+        classes = self.model.critic_classes
+        if classes not in (0, len(FINDING_KINDS)):
+            raise ConfigError(
+                f"model.critic_classes must be 0 (no findings head) or the {len(FINDING_KINDS)} finding "
+                f"labels of the data, got {classes}"
+            )
+        if self.aux_weight > 0 and not classes:
+            raise ConfigError(
+                f"aux_weight {self.aux_weight} needs critics with a findings head: "
+                f"set model.critic_classes: {len(FINDING_KINDS)}"
+            )
 
     @classmethod
     def from_profile(cls, profile: Profile, overrides: dict[str, Any] | None = None) -> XRayGANTrainConfig:
@@ -302,25 +323,43 @@ def gan_step(
     c = model.encode(batch).c
     fake = model.generate(c, phase.stage)
     condition = c.detach()
+    labels = batch["labels"].to(device) if config.aux_weight > 0 else None
 
     for _ in range(config.n_critic):
         d_loss = torch.zeros((), device=c.device)
         gp_total = torch.zeros((), device=c.device)
+        aux_d_loss = torch.zeros((), device=c.device)
         for view, critic in critics.items():
             gp = gradient_penalty(critic, real[view], fake[view], condition)
-            wasserstein = critic(fake[view].detach(), condition).mean() - critic(real[view], condition).mean()
+            if labels is None:
+                real_score = critic(real[view], condition)
+            else:
+                real_score, real_logits = critic.score_and_classify(real[view], condition)
+                aux_d_loss = aux_d_loss + F.binary_cross_entropy_with_logits(real_logits, labels)
+            wasserstein = critic(fake[view].detach(), condition).mean() - real_score.mean()
             d_loss = d_loss + wasserstein + config.gp_weight * gp
             gp_total = gp_total + gp.detach()
+        d_loss = d_loss + config.aux_weight * aux_d_loss
         require_finite({"d_loss": d_loss, "gp": gp_total}, "critic loss")
         optimizers.discriminator.zero_grad(set_to_none=True)
         d_loss.backward()
         optimizers.discriminator.step()
 
     with frozen(critics.values()):
-        adv_loss = sum(-critic(fake[view], c).mean() for view, critic in critics.items())
+        adv_loss = torch.zeros((), device=c.device)
+        aux_g_loss = torch.zeros((), device=c.device)
+        for view, critic in critics.items():
+            if labels is None:
+                adv_loss = adv_loss - critic(fake[view], c).mean()
+            else:
+                fake_score, fake_logits = critic.score_and_classify(fake[view], c)
+                adv_loss = adv_loss - fake_score.mean()
+                aux_g_loss = aux_g_loss + F.binary_cross_entropy_with_logits(fake_logits, labels)
         rec_loss = sum(F.mse_loss(fake[view], target[view]) for view in critics)
-        g_loss = config.adv_weight * adv_loss + config.rec_weight * rec_loss
+        g_loss = config.adv_weight * adv_loss + config.rec_weight * rec_loss + config.aux_weight * aux_g_loss
         losses = {"d_loss": d_loss, "gp": gp_total, "adv_loss": adv_loss, "rec_loss": rec_loss}
+        if labels is not None:
+            losses.update(aux_d_loss=aux_d_loss.detach(), aux_g_loss=aux_g_loss)
         if vcn is not None:
             vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
             g_loss = g_loss - config.vc_weight * vc_prob
