@@ -24,8 +24,8 @@ phase per stage, 32² → 64² → 128² → 256² in the paper. In the phase of
   (§3.2). With ``aux_weight > 0`` (not in the paper; AC-GAN, Odena et al. 2017) every critic
   also has a findings head on its image features: the critic loss adds ``aux_weight`` × its
   BCE against the case's finding labels on the real images, the generator loss the same BCE of
-  the head on the generated images against the report's labels. The view-consistency reward comes from the frozen VCN of the stage's resolution
-  (:mod:`xrg.train.vcn`): gradients flow through it into the generated images, never into
+  the head on the generated images against the report's labels. The view-consistency reward
+  comes from the frozen VCN of the stage's resolution (:mod:`xrg.train.vcn`): gradients flow through it into the generated images, never into
   its weights. ``vc_weight = 0`` is the "w/o VCN" ablation and needs no VCN.
 
 The ablations of Table 2 are config values: ``model.encoder_kind: flat`` (w/o HAE),
@@ -300,6 +300,17 @@ def pretrain_step(
     return {"g_loss": float(g_loss.detach()), "rec_loss": float(rec_loss.detach())}
 
 
+def judge(
+    critic: torch.nn.Module, image: torch.Tensor, c: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``critic``'s patch scores of ``image`` and, with ``labels``, its findings head's BCE against
+    them (one pass of the image features); without ``labels`` the BCE is 0 and no head is run."""
+    if labels is None:
+        return critic(image, c), torch.zeros((), device=image.device)
+    score, logits = critic.score_and_classify(image, c)
+    return score, F.binary_cross_entropy_with_logits(logits, labels)
+
+
 def gan_step(
     model: XRayGAN,
     vcn: ViewConsistencyNet | None,
@@ -331,11 +342,8 @@ def gan_step(
         aux_d_loss = torch.zeros((), device=c.device)
         for view, critic in critics.items():
             gp = gradient_penalty(critic, real[view], fake[view], condition)
-            if labels is None:
-                real_score = critic(real[view], condition)
-            else:
-                real_score, real_logits = critic.score_and_classify(real[view], condition)
-                aux_d_loss = aux_d_loss + F.binary_cross_entropy_with_logits(real_logits, labels)
+            real_score, real_bce = judge(critic, real[view], condition, labels)
+            aux_d_loss = aux_d_loss + real_bce
             wasserstein = critic(fake[view].detach(), condition).mean() - real_score.mean()
             d_loss = d_loss + wasserstein + config.gp_weight * gp
             gp_total = gp_total + gp.detach()
@@ -349,12 +357,9 @@ def gan_step(
         adv_loss = torch.zeros((), device=c.device)
         aux_g_loss = torch.zeros((), device=c.device)
         for view, critic in critics.items():
-            if labels is None:
-                adv_loss = adv_loss - critic(fake[view], c).mean()
-            else:
-                fake_score, fake_logits = critic.score_and_classify(fake[view], c)
-                adv_loss = adv_loss - fake_score.mean()
-                aux_g_loss = aux_g_loss + F.binary_cross_entropy_with_logits(fake_logits, labels)
+            fake_score, fake_bce = judge(critic, fake[view], c, labels)
+            adv_loss = adv_loss - fake_score.mean()
+            aux_g_loss = aux_g_loss + fake_bce
         rec_loss = sum(F.mse_loss(fake[view], target[view]) for view in critics)
         g_loss = config.adv_weight * adv_loss + config.rec_weight * rec_loss + config.aux_weight * aux_g_loss
         losses = {"d_loss": d_loss, "gp": gp_total, "adv_loss": adv_loss, "rec_loss": rec_loss}
