@@ -25,9 +25,12 @@ from xrg.data.images import save_png
 from xrg.data.manifest import Case, write_manifest
 from xrg.data.reports import Vocabulary
 from xrg.models.baselines import BaselineModelConfig
+from xrg.models.diffusevae import ConditionConfig, UNetConfig, VAEConfig
+from xrg.models.moco import MoCoConfig
 from xrg.models.pggan import PGGANModelConfig
 from xrg.models.xraygan import XRayGANModelConfig
 from xrg.train.baselines import BaselineTrainConfig
+from xrg.train.diffusevae import DDPMStage, DiffuseVAETrainConfig, FinetuneStage, MoCoStage, VAEStage
 from xrg.train.pggan import PGGANTrainConfig
 from xrg.train.vcn import VCNTrainConfig
 from xrg.train.xraygan import XRayGANTrainConfig
@@ -53,6 +56,16 @@ BASELINE_TINY = BaselineTrainConfig(
 PGGAN_TINY = PGGANTrainConfig(
     model=PGGANModelConfig(final_size=16, latent_dim=16, channel_base=256, max_channels=16),
     batch_size=(6, 6, 6), num_epochs=(1, 2, 1), num_samples=2,
+)  # fmt: skip
+#: DiffuseVAE + MoCo at 16², 20 timesteps; 18 train cases in batches of 6 make 3 steps an epoch, 2 epochs a stage.
+DIFFUSEVAE_TINY = DiffuseVAETrainConfig(
+    condition=ConditionConfig(mode="findings", cond_dim=8, embed_dim=8, hidden=8),
+    vae=VAEStage(model=VAEConfig(image_size=16, base_channels=4, max_channels=16, latent_dim=8), num_epochs=2, batch_size=6),
+    moco=MoCoStage(model=MoCoConfig(image_size=16, width=4, feature_dim=8, queue_size=10), num_epochs=2, batch_size=6),
+    ddpm=DDPMStage(model=UNetConfig(image_size=16, base_channels=8, channel_mults=(1, 2), timesteps=20), num_epochs=2,
+                   batch_size=6, lr=1e-3),
+    finetune=FinetuneStage(num_epochs=2, batch_size=6),
+    sample_steps=4, num_samples=2,
 )  # fmt: skip
 UNTIMED = ("seconds", "images_per_s")
 

@@ -30,6 +30,7 @@ import xrg.train.pathology
 import xrg.train.vcn
 from helpers import (
     BASELINE_TINY,
+    DIFFUSEVAE_TINY,
     PGGAN_TINY,
     UNTIMED,
     VCN_TINY,
@@ -45,6 +46,7 @@ from xrg.checkpoint import load_checkpoint
 from xrg.errors import TrainingStopped
 from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig
 from xrg.train.baselines import BASELINE_METHODS, BaselineTrainer
+from xrg.train.diffusevae import STAGE_NEEDS, STAGES, DiffuseVAETrainer, stage_checkpoint
 from xrg.train.evaluators import train_classifier
 from xrg.train.loop import PhasedTrainer, partial_path
 from xrg.train.pathology import PathologyTrainConfig, classifier_name, train_pathology_classifier
@@ -100,6 +102,33 @@ class Phased:
 
     def metrics(self, run: Path) -> list[dict]:
         return metric_rows(run)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffuseVAEStage(Phased):
+    """One stage of a DiffuseVAE run (``RUN/STAGE``), the stages it needs trained first (the same in both runs)."""
+
+    stage: str = "vae"
+
+    def checkpoint(self, run: Path) -> Path:
+        return stage_checkpoint(run, self.stage)
+
+    def metrics(self, run: Path) -> list[dict]:
+        return metric_rows(run / self.stage)
+
+
+def diffusevae_stage(stage: str) -> Callable[..., PhasedTrainer]:
+    def make(data: Path, run: Path, resume: bool) -> PhasedTrainer:
+        def prepare(name: str) -> None:
+            for need in STAGE_NEEDS[name]:
+                prepare(need)
+                if not stage_checkpoint(run, need).is_file():
+                    assert DiffuseVAETrainer(DIFFUSEVAE_TINY, need, data, run, progress=False).train().finished
+
+        prepare(stage)
+        return DiffuseVAETrainer(DIFFUSEVAE_TINY, stage, data, run, progress=False, resume=resume)
+
+    return make
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +207,16 @@ CASES = {
         "pggan", lambda data, run, resume: PGGANTrainer(PGGAN_TINY, data, run, progress=False, resume=resume),
         total_steps=12, stops=(2, 4, 6, 9),
     ),
+    # Every DiffuseVAE stage: 6 steps in 2 epochs (the VAE's sampling, MoCo's augmentations and queue, the
+    # DDPM's timesteps, noise and condition dropout, the moving average). Stops mid-epoch (2), at the
+    # last step of epoch 0 (3) and in epoch 1 (4).
+    **{
+        f"diffusevae-{stage}": DiffuseVAEStage(
+            "moco" if stage == "moco" else "diffusevae_vae" if stage == "vae" else "diffusevae",
+            diffusevae_stage(stage), total_steps=6, stops=(2, 3, 4), stage=stage,
+        )
+        for stage in STAGES
+    },
     # 6 steps in 2 epochs. Stops mid-epoch (2), at the last step of epoch 0 (3) and at the first of epoch 1 (4).
     "vcn": Stoppable(
         "vcn", lambda data, run: train_vcn(data, VCN, run, progress=False), lambda run: vcn_path(run, VCN.image_size),

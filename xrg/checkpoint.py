@@ -45,7 +45,9 @@ INTEGRITY_KEY = "integrity"
 #: SHA-256 over every value of the checkpoint in a fixed order: each tensor's dtype, shape
 #: and bytes, each plain value's type and repr, each mapping's keys.
 INTEGRITY_ALGORITHM = "sha256-walk-v1"
-CHECKPOINT_KINDS: tuple[str, ...] = ("xraygan", "vcn", "baseline", "classifier", "pggan", "critic_classifier")
+CHECKPOINT_KINDS: tuple[str, ...] = (
+    "xraygan", "vcn", "baseline", "classifier", "pggan", "critic_classifier", "diffusevae_vae", "diffusevae", "moco",
+)  # fmt: skip
 #: The file a training run keeps its model in (``RUN/checkpoint.pt``).
 CHECKPOINT_NAME = "checkpoint.pt"
 #: How to make a checkpoint of each kind again with this xrg (named when an older one is refused).
@@ -54,6 +56,9 @@ RETRAIN_COMMANDS: dict[str, str] = {
     "baseline": "xrg train baseline --method METHOD --profile PROFILE --data DATA --out RUN",
     "vcn": "xrg train vcn --profile PROFILE --data DATA --out RUN",
     "pggan": "xrg train pggan --profile PROFILE --data DATA --out RUN",
+    "diffusevae_vae": "xrg train diffusevae --stage vae --profile PROFILE --data DATA --out RUN",
+    "diffusevae": "xrg train diffusevae --stage ddpm (then finetune) --profile PROFILE --data DATA --out RUN",
+    "moco": "xrg train diffusevae --stage moco --profile PROFILE --data DATA --out RUN",
     "critic_classifier": "xrg train pathology --backbone critic --pggan RUN --profile PROFILE --data DATA --out OUT",
     "classifier": "delete the evaluators directory and run xrg eval RUN --data DATA --profile PROFILE "
     "(a search classifier: xrg train pathology --backbone densenet --profile PROFILE --data DATA --out OUT)",

@@ -11,6 +11,8 @@
     xrg train pggan --profile cpu --data data/cpu --out runs/cpu/pggan [--resume]
     xrg train pathology --backbone densenet|critic [--pggan runs/cpu/pggan] --profile cpu --data data/cpu --out runs/cpu/search
     xrg pggan sample --checkpoint runs/cpu/pggan --classifier runs/cpu/search/search_densenet.pt --class cardiomegaly --n 8 --out out/
+    xrg train diffusevae --stage vae|moco|ddpm|finetune --profile cpu --data data/cpu --out runs/cpu/diffusevae
+    xrg diffusevae sample --checkpoint runs/cpu/diffusevae --condition "pleural effusion; cardiomegaly" --n 8 --steps 50 --out out/
     xrg train baseline --method stackgan --profile cpu --data data/cpu --out runs/cpu/stackgan
     xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # KID, FID, SSIM, VC, detection ... → eval.json
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
@@ -78,6 +80,22 @@ def open_interval(low: float, high: float) -> Callable[[str], float]:
         return value
 
     parse.__name__ = f"number in ({low:g}, {high:g})"
+    return parse
+
+
+def closed_interval(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number from ``low`` to ``high`` inclusive (the range is said in the error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in [{low:g}, {high:g}], got {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text[:40]}")
+        return value
+
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
     return parse
 
 
@@ -175,6 +193,10 @@ def _resume_command(args: argparse.Namespace) -> str:
     words = ["xrg", "train", args.train_command]
     if args.train_command == "baseline":
         words += ["--method", args.method]
+    if args.train_command == "diffusevae":
+        words += ["--stage", args.stage]
+        if args.moco:
+            words += ["--moco", args.moco]
     words += ["--profile", args.profile, "--data", args.data, "--out", args.out]
     words += [word for item in args.set or [] for word in ("--set", item)]
     words += [word for item in getattr(args, "vcn_set", None) or [] for word in ("--vcn-set", item)]
@@ -243,6 +265,65 @@ def _cmd_train_pggan(args: argparse.Namespace) -> int:
             config, args.data, args.out, device=args.device, resume=args.resume, progress=not args.quiet
         )
         return _train_to_the_end(trainer, args)
+
+
+def _cmd_train_diffusevae(args: argparse.Namespace) -> int:
+    from xrg.config import parse_overrides
+    from xrg.profiles import load_profile
+    from xrg.train.diffusevae import DiffuseVAETrainConfig, DiffuseVAETrainer
+
+    config = DiffuseVAETrainConfig.from_profile(load_profile(args.profile), parse_overrides(args.set))
+    if args.moco and args.stage != "finetune":
+        raise XrgError(
+            "--moco names the representation model of the finetune stage; leave it out of --stage " + args.stage
+        )
+    with _run_directory(args):
+        print(f"DiffuseVAE {args.stage} stage in {Path(args.out) / args.stage} on {args.data}")
+        trainer = DiffuseVAETrainer(
+            config, args.stage, args.data, args.out, device=args.device, resume=args.resume,
+            progress=not args.quiet, moco_run=args.moco,
+        )  # fmt: skip
+        return _train_to_the_end(trainer, args)
+
+
+def _cmd_diffusevae_sample(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from xrg.data.images import save_png
+    from xrg.pipelines import DiffuseVAEPipeline
+
+    pipe = DiffuseVAEPipeline.from_checkpoint(args.checkpoint, device=args.device)
+    prompt = args.condition if args.condition is not None else _report_text(args)
+    if args.steps is not None and args.steps > pipe.model.schedule.timesteps:
+        raise XrgError(f"--steps {args.steps} is more than the model's {pipe.model.schedule.timesteps} timesteps")
+    if args.condition is not None:  # an unknown condition is refused before anything is written
+        from xrg.models.diffusevae import parse_condition
+
+        parse_condition(args.condition)
+    out = _claim(args, "generated")
+    from tqdm.auto import tqdm
+
+    steps = args.steps or pipe.model.schedule.timesteps
+    with tqdm(total=steps, desc="sampling", unit="step", disable=args.quiet) as bar:
+        outputs = pipe(
+            prompt, args.n, report=args.condition is None, generator=torch.Generator().manual_seed(args.seed),
+            steps=args.steps, guidance=args.guidance, eta=args.eta, progress=bar,
+        )  # fmt: skip
+    records = []
+    for i, output in enumerate(outputs):
+        image = save_png(out / f"sample_{i:03d}.png", output.image[0].numpy())
+        vae = save_png(out / f"vae_{i:03d}.png", output.vae[0].numpy())
+        records.append({"image": image.name, "vae": vae.name})
+    manifest = {
+        "checkpoint": str(pipe.model.checkpoint_info.path), "prompt": prompt, "report": args.condition is None,
+        "findings": list(outputs[0].findings), "view": pipe.model.view, "n": args.n, "seed": args.seed,
+        "steps": args.steps, "sampler": "ancestral" if args.steps is None else "ddim", "eta": args.eta,
+        "guidance": args.guidance, "samples": records,
+    }  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {len(records)} samples of {', '.join(outputs[0].findings) or 'a normal chest'} to {out}")
 
 
 def _cmd_train_pathology(args: argparse.Namespace) -> None:
@@ -553,10 +634,13 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = train.add_parser("baseline", help="train GAN-INT-CLS, StackGAN or AttnGAN with XRayGAN's report encoder")
     vcn = train.add_parser("vcn", help="train the view-consistency networks of every stage size")
     pggan = train.add_parser("pggan", help="train the unconditional progressive GAN, 4² up to its final size")
+    diffusevae = train.add_parser(
+        "diffusevae", help="train one stage of DiffuseVAE + MoCo: vae, moco, ddpm (needs vae), finetune (needs both)"
+    )
     pathology = train.add_parser(
         "pathology", help="train the search classifier of latent class optimisation (DenseNet-121 or the PGGAN critic)"
     )
-    for sub in (xraygan, baseline, vcn, pggan, pathology):
+    for sub in (xraygan, baseline, vcn, pggan, diffusevae, pathology):
         sub.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
         sub.add_argument("--data", required=True, help="data directory (xrg data build / import)")
         sub.add_argument("--out", required=True, help="run directory")
@@ -602,6 +686,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
     )
     pggan.set_defaults(func=_cmd_train_pggan)
+    diffusevae.add_argument(
+        "--stage", required=True, choices=("vae", "moco", "ddpm", "finetune"), help="the stage trained"
+    )
+    diffusevae.add_argument(
+        "--moco", help="finetune: the MoCo run to use (default OUT/moco), e.g. one without clustering"
+    )
+    diffusevae.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a diffusevae setting, e.g. --set condition.mode=report or --set ddpm.model.timesteps=500",
+    )
+    diffusevae.add_argument(
+        "--resume", action="store_true", help="continue the stage's run in --out from its checkpoint"
+    )
+    diffusevae.add_argument(
+        "--max-steps", type=bounded(1, 10**9), help="stop with a checkpoint once the run has done this many steps"
+    )
+    diffusevae.set_defaults(func=_cmd_train_diffusevae)
     pathology.add_argument("--backbone", choices=("densenet", "critic"), default="densenet", help="default densenet")
     pathology.add_argument("--pggan", help="the trained PGGAN run whose critic the critic backbone starts from")
     pathology.add_argument(
@@ -643,6 +746,34 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--force", action="store_true", help="write into --out even if something else made it")
     sample.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
     sample.set_defaults(func=_cmd_pggan_sample)
+    diffusevae_commands = commands.add_parser("diffusevae", help="samples from a trained DiffuseVAE").add_subparsers(
+        dest="diffusevae_command", required=True
+    )
+    dsample = diffusevae_commands.add_parser(
+        "sample", help="sample images of a finding set or a report; PNGs and a manifest"
+    )
+    dsample.add_argument(
+        "--checkpoint", required=True, help="a DiffuseVAE run directory (its finetune, else ddpm stage) or a checkpoint"
+    )
+    prompt = dsample.add_mutually_exclusive_group(required=True)
+    prompt.add_argument(
+        "--condition", help="findings, ';' between them, e.g. 'pleural effusion; cardiomegaly' or 'normal'"
+    )
+    prompt.add_argument("--report", help="report text, e.g. 'FINDINGS: Small left pleural effusion.'")
+    prompt.add_argument("--report-file", help="file holding the report text")
+    dsample.add_argument("--n", type=bounded(1, 10_000), default=8, help="samples (default 8)")
+    dsample.add_argument("--seed", type=bounded(0, SEED_MAX), default=0, help="seed of the noise (default 0)")
+    dsample.add_argument(
+        "--steps", type=bounded(1, 100_000), help="DDIM steps (default: ancestral sampling over every timestep)"
+    )
+    dsample.add_argument("--eta", type=closed_interval(0, 1), default=0.0, help="DDIM η in [0, 1] (default 0)")
+    dsample.add_argument("--guidance", type=closed_interval(0, 100), default=1.0,
+                         help="classifier-free guidance scale: 0 unconditional, 1 conditional (default), >1 guided")  # fmt: skip
+    dsample.add_argument("--out", required=True, help="output directory")
+    dsample.add_argument("--force", action="store_true", help="write into --out even if something else made it")
+    dsample.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
+    dsample.add_argument("--quiet", action="store_true", help="no progress bar")
+    dsample.set_defaults(func=_cmd_diffusevae_sample)
     vcn.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a vcn setting, e.g. lr=0.01 (repeatable)"
     )

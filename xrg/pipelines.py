@@ -285,3 +285,132 @@ def save_pair(output: XRayGANOutput, out_dir: str | os.PathLike) -> dict[str, Pa
     """Write ``frontal.png`` and ``lateral.png`` of ``output`` into ``out_dir``."""
     out_dir = Path(out_dir)
     return {view: save_png(out_dir / f"{view}.png", getattr(output, view)[0].numpy()) for view in VIEWS}
+
+
+# --------------------------------------------------------------------------------------
+# DiffuseVAE: a finding set or a report in, one view out
+# --------------------------------------------------------------------------------------
+
+#: The stages whose checkpoints sample, in the order a DiffuseVAE run directory is searched.
+DIFFUSEVAE_SAMPLING_STAGES: tuple[str, ...] = ("finetune", "ddpm")
+
+
+def diffusevae_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint to sample of ``path``: a file, a stage directory, or a DiffuseVAE run
+    directory (its ``finetune`` stage, else its ``ddpm`` stage)."""
+    path = Path(path)
+    candidates = [
+        path,
+        path / CHECKPOINT_NAME,
+        *(path / stage / CHECKPOINT_NAME for stage in DIFFUSEVAE_SAMPLING_STAGES),
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise CheckpointError(
+        f"{path} holds no DiffuseVAE checkpoint (a file, {CHECKPOINT_NAME}, finetune/{CHECKPOINT_NAME} or "
+        f"ddpm/{CHECKPOINT_NAME}); train one with xrg train diffusevae --stage ddpm"
+    )
+
+
+@dataclass
+class DiffuseVAEOutput:
+    """One sample: the refined ``image`` and the VAE's ``vae`` draw it started from, ``[1, S, S]`` in [0, 1]."""
+
+    image: torch.Tensor
+    vae: torch.Tensor
+    view: str
+    findings: tuple[str, ...]  # the finding kinds of the condition (a report's as the labeller reads it)
+    prompt: str  # the condition or report as given
+    warnings: list[str] = field(default_factory=list)
+
+    def images(self) -> dict[str, Image.Image]:
+        """``{view: refined, "vae": the VAE draw}`` as 8-bit greyscale PIL images."""
+        return {
+            self.view: Image.fromarray(to_uint8(self.image[0].numpy())),
+            "vae": Image.fromarray(to_uint8(self.vae[0].numpy())),
+        }
+
+
+class DiffuseVAEPipeline:
+    """A finding set (``"pleural effusion; cardiomegaly"``) or report text → DiffuseVAE samples of one view.
+
+    A model conditioned on findings reads a report through the findings labeller
+    (:func:`~xrg.data.findings.label_text`); one conditioned on reports reads a finding set as the
+    short report :func:`~xrg.data.findings.describe_findings` writes.
+    """
+
+    def __init__(self, model: Any, vocabulary: Vocabulary, notes: list[str] | None = None) -> None:
+        self.model = model.eval()
+        self.vocabulary = vocabulary
+        self.notes = list(notes or [])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def views(self) -> tuple[str, ...]:
+        return (self.model.view,)
+
+    @property
+    def mode(self) -> str:
+        return self.model.config.unet.condition.mode
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DiffuseVAEPipeline:
+        from xrg.models.diffusevae import DiffuseVAE
+
+        path = diffusevae_checkpoint(path)
+        model = DiffuseVAE.from_checkpoint(path, map_location=device)
+        return cls(
+            model,
+            model.checkpoint_info.vocabulary,
+            [f"{model.checkpoint_info.progress.get('diffusevae_stage')} stage of {path}"],
+        )
+
+    def condition_batch(self, findings: Sequence[tuple[str, ...]], texts: Sequence[str]) -> dict[str, Any]:
+        """The model's condition input for cases of finding kinds ``findings`` and report ``texts``."""
+        from xrg.models.diffusevae import finding_labels
+
+        batch: dict[str, Any] = {"labels": torch.stack([finding_labels(kinds) for kinds in findings])}
+        if self.mode == "report":
+            settings = self.model.config.unet.condition
+            sections = [split_report_text(text) for text in texts]
+            for index, name in enumerate(SECTIONS):
+                encoded = [
+                    encode_section(s[index], self.vocabulary, settings.max_sentences, settings.max_words)
+                    for s in sections
+                ]
+                batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_sections(encoded)
+        return batch
+
+    @torch.no_grad()
+    def __call__(
+        self, prompt: str, n: int = 1, *, report: bool = False, generator: torch.Generator | None = None,
+        steps: int | None = None, guidance: float = 1.0, eta: float = 0.0, progress: Any = None,
+    ) -> list[DiffuseVAEOutput]:  # fmt: skip
+        """``n`` samples of ``prompt``: a condition (finding names, ``;`` between them) or, with
+        ``report=True``, report text. ``steps`` DDIM steps (None: ancestral over all T)."""
+        from xrg.data.findings import Finding, describe_findings, label_text
+        from xrg.data.findings.schema import multi_hot
+        from xrg.models.diffusevae import FINDING_KINDS, parse_condition
+
+        if report:
+            if not prompt.strip():
+                raise EmptyReportError("the report is empty")
+            labels = multi_hot(label_text(prompt))
+            kinds = tuple(kind for kind, value in zip(FINDING_KINDS, labels) if value > 0)
+            text = prompt
+        else:
+            kinds = parse_condition(prompt)
+            text = describe_findings([Finding(kind) for kind in kinds])
+        batch = self.condition_batch([kinds] * n, [text] * n)
+        out = self.model.generate(batch, n, generator=generator, steps=steps, guidance=guidance, eta=eta,
+                                  progress=progress)  # fmt: skip
+        image, vae = (to_image_range(out[key]).clamp(0, 1).cpu() for key in ("image", "vae"))
+        return [DiffuseVAEOutput(image[i], vae[i], self.model.view, kinds, prompt, list(self.notes)) for i in range(n)]
