@@ -51,6 +51,7 @@ SMOKE_TESTED = {
     "05_evaluation",
     "06_baselines_ablations",
     "07_pggan_latent",
+    "08_diffusevae_moco",
     "09_report_explorer",
     "99_provenance",
 }
@@ -178,6 +179,20 @@ def test_07_pggan_latent_runs_with_tiny_parameters(tiny_book):
     state = nbformat.read(path, as_version=4).metadata["widgets"]["application/vnd.jupyter.widget-state+json"]
     models = {model["model_name"] for model in state["state"].values()}
     assert {"ImageModel", "FloatSliderModel", "DropdownModel", "ButtonModel"} <= models, sorted(models)
+
+
+@pytest.mark.slow
+def test_08_diffusevae_moco_runs_with_tiny_parameters(tiny_book):
+    values = glued(executed(tiny_book, "08_diffusevae_moco"))
+    assert int(values["dv_image_size"]) == 32 and float(values["dv_train_s"]) > 0.0
+    for stage in ("vae", "moco", "ddpm", "finetune"):
+        assert float(values[f"dv_train_{stage}_s"]) > 0.0, stage
+    assert int(values["dv_num_conditions"]) >= 1
+    for key in ("dv_knn_clustered", "dv_knn_plain", "dv_knn_chance"):
+        assert 0.0 <= float(values[key]) <= 1.0, key
+    assert 0.0 <= float(values["dv_rep_before"]) <= 2.0 and 0.0 <= float(values["dv_rep_after"]) <= 2.0
+    assert -1.0 <= float(values["dv_detection_real"]) <= 1.0 and int(values["dv_report_cases"]) >= 2
+    assert float(values["dv_speed_ddim_fast"]) > float(values["dv_speed_ancestral"]) > 0.0
 
 
 @pytest.mark.slow

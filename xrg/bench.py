@@ -301,3 +301,51 @@ def bench_variety(
         cv = 100.0 * row["std"] / row["mean"] if row["mean"] else 0.0
         print_fn(f"{name:<22} {row['mean']:>8.3f} {row['std']:>7.3f} {row['min']:>7.3f} {row['max']:>7.3f} {cv:>6.1f}")
     return result
+
+
+def bench_diffusion(
+    profile: str = "cpu",
+    checkpoint: str | os.PathLike | None = None,
+    step_counts: Sequence[int] = (5, 10, 25, 50),
+    images: int = 16,
+    repeats: int = 3,
+    ancestral: bool = True,
+    guidance: float = 1.0,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Images per second of DiffuseVAE sampling: DDIM at each of ``step_counts`` and ancestral over all T.
+
+    Times a trained model (``checkpoint``: a DiffuseVAE run directory or checkpoint) or, without
+    one, an untrained model of the profile's ``diffusevae`` settings (the speed depends on the
+    architecture, not the weights). Prints one line per sampler and returns the rows; the
+    quality at each step count is in the DiffuseVAE chapter (it needs the evaluators).
+    """
+    import torch
+
+    from xrg.eval.diffusion import sampling_speed
+    from xrg.models.diffusevae import DiffuseVAE
+    from xrg.pipelines import diffusevae_checkpoint
+
+    if checkpoint is not None:
+        model = DiffuseVAE.from_checkpoint(diffusevae_checkpoint(checkpoint), map_location=device)
+        source = str(checkpoint)
+    else:
+        from xrg.profiles import load_profile
+        from xrg.train.diffusevae import DiffuseVAETrainConfig
+
+        config = DiffuseVAETrainConfig.from_profile(load_profile(profile))
+        torch.manual_seed(0)
+        model = DiffuseVAE(config.model_config(vocab_size=3)).to(device).eval()
+        source = f"untrained, profile {profile}"
+    timesteps = model.schedule.timesteps
+    counts = sorted({int(s) for s in step_counts if 1 <= int(s) <= timesteps})
+    if not counts and not ancestral:
+        raise ConfigError(f"no step count in 1..{timesteps} to time")
+    print(f"DiffuseVAE sampling ({source}; {model.image_size}² {model.view}, T = {timesteps}, "
+          f"{images} images per batch, {torch.get_num_threads()} threads, {device}, median of {repeats})")  # fmt: skip
+    rows = sampling_speed(model, [*counts, *([None] if ancestral else [])], count=images, repeats=repeats,
+                          guidance=guidance)  # fmt: skip
+    for row in rows:
+        print(f"  {row['sampler']:>9} {row['steps']:>5} steps: {row['images_per_s']:8.2f} images/s "
+              f"({row['seconds']:.2f} s per batch)")  # fmt: skip
+    return rows

@@ -180,6 +180,7 @@ def notebook_parameters(
         "pggan_dir": str(runs / "pggan"),
         "search_dir": str(runs / "search"),
         "experiment_dir": str(runs / "experiments"),
+        "diffusevae_dir": str(runs / "diffusevae"),
         "executed_dir": str(executed_dir),
         "seed": profile.seed,
     }
@@ -374,6 +375,9 @@ NOTEBOOK_NEEDS: dict[str, tuple[str, ...]] = {
     # 07 trains its own PGGAN and search classifiers, and the evaluators under experiment_dir
     # when they are missing: after 05 and 06, which make them.
     "07_pggan_latent": ("05_evaluation", "06_baselines_ablations"),
+    # 08 trains its own DiffuseVAE runs; it reads the evaluators under experiment_dir (made by 05/06)
+    # and the XRayGAN run (made by 02) for the side-by-side comparison.
+    "08_diffusevae_moco": ("02_encoder", "05_evaluation", "06_baselines_ablations"),
     "09_report_explorer": ("02_encoder",),
 }
 

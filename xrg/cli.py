@@ -19,6 +19,7 @@
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
     xrg bench train --profile cpu [--family pggan]      # training images/s per stage
     xrg bench generate --profile cpu [--checkpoint runs/cpu]
+    xrg bench diffusion --profile cpu [--checkpoint runs/cpu/diffusevae/findings] [--steps 5 10 25 50]
     xrg bench explorer --run-dir runs/cpu/xraygan [--data-dir data/cpu]   # report explorer response times
     xrg bench pggan-explorer --run-dir runs/cpu/pggan --classifier runs/cpu/search/search_densenet.pt
     xrg book run --profile cpu                          # data + notebooks (papermill)
@@ -195,8 +196,12 @@ def _resume_command(args: argparse.Namespace) -> str:
         words += ["--method", args.method]
     if args.train_command == "diffusevae":
         words += ["--stage", args.stage]
-        if args.moco:
-            words += ["--moco", args.moco]
+        words += [
+            word
+            for option in ("moco", "ddpm")
+            if getattr(args, option)
+            for word in (f"--{option}", getattr(args, option))
+        ]
     words += ["--profile", args.profile, "--data", args.data, "--out", args.out]
     words += [word for item in args.set or [] for word in ("--set", item)]
     words += [word for item in getattr(args, "vcn_set", None) or [] for word in ("--vcn-set", item)]
@@ -281,7 +286,7 @@ def _cmd_train_diffusevae(args: argparse.Namespace) -> int:
         print(f"DiffuseVAE {args.stage} stage in {Path(args.out) / args.stage} on {args.data}")
         trainer = DiffuseVAETrainer(
             config, args.stage, args.data, args.out, device=args.device, resume=args.resume,
-            progress=not args.quiet, moco_run=args.moco,
+            progress=not args.quiet, moco_run=args.moco, ddpm_run=args.ddpm,
         )  # fmt: skip
         return _train_to_the_end(trainer, args)
 
@@ -436,6 +441,13 @@ def _cmd_bench_generate(args: argparse.Namespace) -> None:
     from xrg.train.benchmarks import bench_generate
 
     bench_generate(args.profile, checkpoint=args.checkpoint, n=args.n)
+
+
+def _cmd_bench_diffusion(args: argparse.Namespace) -> None:
+    from xrg.bench import bench_diffusion
+
+    bench_diffusion(args.profile, checkpoint=args.checkpoint, step_counts=args.steps, images=args.images,
+                    repeats=args.repeats, ancestral=not args.no_ancestral, device=args.device)  # fmt: skip
 
 
 def _cmd_bench_pggan_explorer(args: argparse.Namespace) -> None:
@@ -609,6 +621,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--n", type=bounded(1, 10_000), default=20, help="reports timed per device, 1..10000 (default 20)"
     )
     bench_generate.set_defaults(func=_cmd_bench_generate)
+    bench_diffusion = bench.add_parser("diffusion", help="DiffuseVAE sampling images/s: DDIM step counts and ancestral")
+    bench_diffusion.add_argument(
+        "--profile", default="cpu", help="profile of the untrained model timed without --checkpoint"
+    )
+    bench_diffusion.add_argument("--checkpoint", help="a DiffuseVAE run directory or checkpoint file")
+    bench_diffusion.add_argument("--steps", type=bounded(1, 100_000), nargs="+", default=[5, 10, 25, 50],
+                                 help="DDIM step counts (default 5 10 25 50)")  # fmt: skip
+    bench_diffusion.add_argument("--images", type=bounded(1, 4096), default=16, help="images per batch (default 16)")
+    bench_diffusion.add_argument(
+        "--repeats", type=bounded(1, 100), default=3, help="timed batches per sampler (default 3)"
+    )
+    bench_diffusion.add_argument(
+        "--no-ancestral", action="store_true", help="skip ancestral sampling over all T (slow)"
+    )
+    bench_diffusion.add_argument("--device", type=device_name, default="cpu", help="cpu | cuda (default cpu)")
+    bench_diffusion.set_defaults(func=_cmd_bench_diffusion)
     bench_explorer = bench.add_parser("explorer", help="report explorer response seconds (generate and each edit)")
     bench_explorer.add_argument("--run-dir", required=True, help="an XRayGAN run directory or checkpoint file")
     bench_explorer.add_argument("--data-dir", help="time the test reports of this data directory (default: built-in)")
@@ -692,6 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     diffusevae.add_argument(
         "--moco", help="finetune: the MoCo run to use (default OUT/moco), e.g. one without clustering"
     )
+    diffusevae.add_argument("--ddpm", help="finetune: the DDPM run to start from (default OUT/ddpm)")
     diffusevae.add_argument(
         "--set",
         action="append",
@@ -766,7 +795,12 @@ def build_parser() -> argparse.ArgumentParser:
     dsample.add_argument(
         "--steps", type=bounded(1, 100_000), help="DDIM steps (default: ancestral sampling over every timestep)"
     )
-    dsample.add_argument("--eta", type=closed_interval(0, 1), default=0.0, help="DDIM η in [0, 1] (default 0)")
+    dsample.add_argument(
+        "--eta",
+        type=closed_interval(0, 1),
+        default=1.0,
+        help="DDIM η in [0, 1]: 1 stochastic (default; cleaner images from a briefly trained model), 0 deterministic",
+    )
     dsample.add_argument("--guidance", type=closed_interval(0, 100), default=1.0,
                          help="classifier-free guidance scale: 0 unconditional, 1 conditional (default), >1 guided")  # fmt: skip
     dsample.add_argument("--out", required=True, help="output directory")

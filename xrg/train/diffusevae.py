@@ -121,6 +121,7 @@ class DiffuseVAETrainConfig:
     train_cases: int = 0  # a seeded subset of the train split for every stage (0: all of it)
     sample_steps: int = 20  # DDIM steps of the sample grids and the epoch-end monitor
     sample_guidance: float = 1.0
+    sample_eta: float = 1.0  # DDIM η of the grids and the monitor (η = 0 left residual noise at 10-50 steps on cpu)
     seed: int = 0
     num_samples: int = 8
 
@@ -140,6 +141,8 @@ class DiffuseVAETrainConfig:
             raise ConfigError(f"ddpm.cond_dropout must be in [0, 1), got {self.ddpm.cond_dropout}")
         if self.condition.mode != "none" and self.ddpm.cond_dropout == 0 and self.sample_guidance != 1.0:
             raise ConfigError("sample_guidance other than 1 needs an unconditional model: set ddpm.cond_dropout > 0")
+        if not 0 <= self.sample_eta <= 1:
+            raise ConfigError(f"sample_eta must be in [0, 1], got {self.sample_eta}")
         if self.sample_steps < 1 or self.num_samples < 0 or self.train_cases < 0:
             raise ConfigError("need sample_steps >= 1, num_samples >= 0 and train_cases >= 0")
         self.ddpm.model.noise_schedule().ddim_timesteps(self.sample_steps)
@@ -305,7 +308,7 @@ class DiffusionStep(StageStep):
     def sample_images(self, phase: Phase, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """DDIM samples (``sample_steps``, η = 0, the moving average) under the conditions of ``batch``'s cases."""
         out = self.model.generate(batch, len(batch["case_id"]), generator=self.seeded(),
-                                  steps=self.config.sample_steps, guidance=self.config.sample_guidance)  # fmt: skip
+                                  steps=self.config.sample_steps, guidance=self.config.sample_guidance, eta=self.config.sample_eta)  # fmt: skip
         return {self.view: out["image"]}
 
 
@@ -397,28 +400,30 @@ def _finished_stage(run_root: Path, stage: str, need: str, model_class: Any) -> 
     return model_class.from_checkpoint(path)
 
 
-def moco_checkpoint(path: str | os.PathLike) -> Path:
-    """The MoCo checkpoint of ``path``: the file, ``path/checkpoint.pt`` or a DiffuseVAE run's ``path/moco/checkpoint.pt``."""
+def stage_file(path: str | os.PathLike, stage: str) -> Path:
+    """The ``stage`` checkpoint of ``path``: the file, ``path/checkpoint.pt`` or a DiffuseVAE run's ``path/STAGE/checkpoint.pt``."""
     path = Path(path)
-    for candidate in (path, path / CHECKPOINT_NAME, path / "moco" / CHECKPOINT_NAME):
+    for candidate in (path, path / CHECKPOINT_NAME, path / stage / CHECKPOINT_NAME):
         if candidate.is_file():
             return candidate
     raise CheckpointError(
-        f"{path} holds no MoCo checkpoint (neither a file, nor {CHECKPOINT_NAME} nor moco/{CHECKPOINT_NAME} in it)"
+        f"{path} holds no {stage} checkpoint (neither a file, nor {CHECKPOINT_NAME} nor {stage}/{CHECKPOINT_NAME} in it)"
     )
 
 
 class DiffuseVAETrainer(PhasedTrainer):
     """One stage of the DiffuseVAE run in ``run_root`` (it writes ``run_root/STAGE``; see the module docstring).
 
-    ``moco_run``: the MoCo run the fine-tuning uses, ``run_root/moco`` by default (another
-    run's, e.g. one trained without the clustering loss, for the ablation).
+    ``moco_run`` and ``ddpm_run``: the MoCo and DDPM runs the fine-tuning starts from,
+    ``run_root/moco`` and ``run_root/ddpm`` by default (another run's: the ablation without the
+    clustering loss fine-tunes the main run's DDPM with a MoCo trained without it).
     """
 
     def __init__(
         self, config: DiffuseVAETrainConfig, stage: str, data_dir: str | os.PathLike, run_root: str | os.PathLike,
         device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
         moco_run: str | os.PathLike | None = None,
+        ddpm_run: str | os.PathLike | None = None,
     ) -> None:  # fmt: skip
         if stage not in STAGES:
             raise ConfigError(f"unknown diffusevae stage {stage!r}; the stages are {', '.join(STAGES)}")
@@ -443,15 +448,22 @@ class DiffuseVAETrainer(PhasedTrainer):
             self._require_same(vae.config, model_config.vae, "vae", vae.checkpoint_info.path)
             model.vae.load_state_dict(vae.state_dict())
         if stage == "finetune":
-            moco = _finished_stage(run_root, stage, "moco", MoCo) if moco_run is None else MoCo.from_checkpoint(
-                moco_checkpoint(moco_run))  # fmt: skip
+            moco = (
+                _finished_stage(run_root, stage, "moco", MoCo)
+                if moco_run is None
+                else MoCo.from_checkpoint(stage_file(moco_run, "moco"))
+            )
             if moco.config.view != config.view:
                 raise ConfigError(
                     f"the MoCo of {moco.checkpoint_info.path} reads {moco.config.view} images, not {config.view}"
                 )
             extra["moco"] = moco
             if not resume:
-                ddpm = _finished_stage(run_root, stage, "ddpm", DiffuseVAE)
+                ddpm = (
+                    _finished_stage(run_root, stage, "ddpm", DiffuseVAE)
+                    if ddpm_run is None
+                    else DiffuseVAE.from_checkpoint(stage_file(ddpm_run, "ddpm"))
+                )
                 self._require_same(ddpm.config, model_config, "ddpm", ddpm.checkpoint_info.path)
                 model.load_state_dict(ddpm.state_dict())
         model = model.to(device)

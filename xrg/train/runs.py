@@ -182,6 +182,49 @@ def ensure_pggan_run(
     )  # fmt: skip
 
 
+def ensure_diffusevae_run(
+    profile: str,
+    data_dir: str | os.PathLike,
+    run_root: str | os.PathLike,
+    stages: tuple[str, ...] = ("vae", "moco", "ddpm", "finetune"),
+    overrides: dict[str, Any] | None = None,
+    moco_run: str | os.PathLike | None = None,
+    ddpm_run: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Path]:
+    """The checkpoints of the profile's DiffuseVAE stages (``diffusevae:`` section plus ``overrides``)
+    in ``run_root/STAGE``, in order: each loaded, resumed or trained, with the seconds each training took.
+
+    Returns ``{stage: checkpoint}``; ``run_root/train_seconds.json`` records the wall time of every
+    stage trained here (kept from earlier calls for the stages that were already there).
+    """
+    import time
+
+    from xrg.train.diffusevae import DiffuseVAETrainConfig, DiffuseVAETrainer
+
+    config = DiffuseVAETrainConfig.from_profile(load_profile(profile), overrides)
+    run_root = Path(run_root)
+    timings_path = run_root / "train_seconds.json"
+    timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
+    checkpoints = {}
+    for stage in stages:
+        kind = {"vae": "diffusevae_vae", "moco": "moco"}.get(stage, "diffusevae")
+        started = time.perf_counter()
+        trained = []
+
+        def make(resume: bool, stage: str = stage, trained: list[str] = trained) -> Any:
+            trained.append(stage)
+            return DiffuseVAETrainer(config, stage, data_dir, run_root, device=device, resume=resume,
+                                     progress=progress, moco_run=moco_run, ddpm_run=ddpm_run)  # fmt: skip
+
+        checkpoints[stage] = _load_or_train(kind, config, data_dir, run_root / stage, make)
+        if trained:
+            timings[stage] = time.perf_counter() - started
+            atomic_write_json(timings_path, timings)
+    return checkpoints
+
+
 def ensure_search_classifier(
     profile: str,
     data_dir: str | os.PathLike,
