@@ -49,6 +49,7 @@ from xrg.profiles import Profile
 from xrg.train.loop import (
     MONITOR_KEYS,
     SAMPLES_DIR,
+    ConstantRatePhase,
     Optimizers,
     PhasedTrainer,
     Position,
@@ -171,19 +172,8 @@ class DiffuseVAETrainConfig:
                                    prefix="diffusevae")  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Phase:
-    """A stage's one phase (the loop's unit)."""
-
-    name: str
-    stage: int
-    image_size: int
-    num_epochs: int
-    batch_size: int
-    lr: float
-
-    def lr_at(self, epoch: int, config: Any) -> float:
-        return self.lr
+#: A stage's one phase (the loop's unit).
+Phase = ConstantRatePhase
 
 
 def stage_phase(config: DiffuseVAETrainConfig, stage: str) -> Phase:

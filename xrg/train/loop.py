@@ -139,6 +139,21 @@ class PhaseLike(Protocol):
     def lr_at(self, epoch: int, config: Any) -> float: ...
 
 
+@dataclass(frozen=True)
+class ConstantRatePhase:
+    """A phase at one image size and batch size with one learning rate throughout (PGGAN's stages, DiffuseVAE's)."""
+
+    name: str
+    stage: int
+    image_size: int
+    num_epochs: int
+    batch_size: int
+    lr: float
+
+    def lr_at(self, epoch: int, config: Any) -> float:
+        return self.lr
+
+
 @dataclass
 class Optimizers:
     """The optimizers of one phase (no discriminator optimizer while pre-training)."""

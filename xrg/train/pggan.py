@@ -45,6 +45,7 @@ from xrg.train.loop import (
     MONITOR_CASES,
     MONITOR_KEYS,
     SAMPLES_DIR,
+    ConstantRatePhase,
     Optimizers,
     PhasedTrainer,
     Position,
@@ -147,19 +148,10 @@ class PGGANTrainConfig:
 
 
 @dataclass(frozen=True)
-class Phase:
+class Phase(ConstantRatePhase):
     """The training at one resolution (``fade`` > 0: the share of its steps over which α ramps up)."""
 
-    name: str
-    stage: int
-    image_size: int
-    num_epochs: int
-    batch_size: int
-    lr: float
-    fade: float
-
-    def lr_at(self, epoch: int, config: PGGANTrainConfig) -> float:
-        return self.lr
+    fade: float = 0.0
 
 
 def training_phases(config: PGGANTrainConfig) -> list[Phase]:
