@@ -144,7 +144,10 @@ def visits(site, browser):
                 page.wait_for_selector(".jupyter-widgets, .widget-image, .jupyter-widget-image", timeout=20_000)
             except Exception:  # noqa: BLE001 - reported by the widget test below
                 pass
-            page.wait_for_timeout(1_000)  # the rendered widgets' images decode
+            try:  # the rendered widgets' images (blob: URLs) decode; on a busy machine that takes a while
+                page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=20_000)
+            except Exception:  # noqa: BLE001 - the ones still loading are reported as broken below
+                pass
             facts = page.evaluate(_PAGE_FACTS)
         facts.update(problems, status=response.status if response else None, url=page.url)
         name = {"book/intro.html": "intro", "book/results.html": "results"}.get(page_path)

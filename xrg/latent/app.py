@@ -20,6 +20,9 @@ from xrg.explorer.figures import png_bytes
 from xrg.latent.explorer import LatentExplorer, LatentView
 from xrg.latent.search import REGULARISERS, TRUNCATION
 
+#: What an image not yet drawn or an unused strip slot (hidden) shows: a small blank picture, since
+#: an empty value is a broken image in the saved page.
+BLANK_PNG = png_bytes(np.ones((8, 8), dtype=np.float32))
 #: Direction sliders run over ±this many units of latent length.
 SLIDER_RANGE = 3.0
 
@@ -101,10 +104,15 @@ class LatentApp(StatusApp):
         # a search runs up to the step budget (seconds at 128² on a CPU): its steps show as they go
         self.search_progress = widgets.IntProgress(value=0, min=0, max=explorer.search_steps, description="search",
                                                    layout=widgets.Layout(visibility="hidden"))  # fmt: skip
-        self.image = widgets.Image(format="png", width=image_width, height=image_width)
+        self.image = widgets.Image(value=BLANK_PNG, format="png", width=image_width, height=image_width)
         self.logits = widgets.HTML()
         self.strip_title = widgets.HTML()
-        self.strip = [widgets.Image(format="png", width=strip_width, height=strip_width) for _ in range(strip_count)]
+        self.strip = [
+            widgets.Image(
+                value=BLANK_PNG, format="png", width=strip_width, height=strip_width, layout={"visibility": "hidden"}
+            )
+            for _ in range(strip_count)
+        ]
         self.strip_labels = [widgets.HTML() for _ in range(strip_count)]
         cells = [widgets.VBox([image, label]) for image, label in zip(self.strip, self.strip_labels)]
         self.last_response_s: float | None = None
@@ -231,5 +239,6 @@ class LatentApp(StatusApp):
                 image.value, label.value = png_bytes(picture), f"<small>{html.escape(frames[k][1])}</small>"
                 image.layout.visibility = "visible"
             else:
-                image.value, label.value = b"", ""
+                # a blank picture, not b"": an empty PNG is a broken image in the saved page
+                image.value, label.value = BLANK_PNG, ""
                 image.layout.visibility = "hidden"
