@@ -35,6 +35,27 @@ from xrg.data.reports import Vocabulary
 from xrg.errors import CheckpointError
 
 
+@torch.no_grad()
+def moving_average_step(
+    average: nn.Module, current: nn.Module, batch_images: int, images_seen: float, half_life_images: float,
+    rampup: float | None,
+) -> float:  # fmt: skip
+    """Move the weights of ``average`` towards those of ``current`` after a step that showed ``batch_images``
+    images, ``images_seen`` in all; buffers (BatchNorm statistics) are copied. Returns the weight of the old average.
+
+    The weight is ``0.5 ** (batch_images / half_life)`` (stylegan2-ada's ``ema_kimg``), with the half-life
+    ramped up as ``min(half_life, rampup · images_seen)`` so that a short run's average is not its
+    initialisation. PGGAN's generator and DiffuseVAE's UNet keep their moving averages with it.
+    """
+    half_life = half_life_images if rampup is None else min(half_life_images, images_seen * rampup)
+    beta = 0.5 ** (batch_images / max(half_life, 1e-8))
+    for old, new in zip(average.parameters(), current.parameters(), strict=True):
+        old.copy_(new.detach().lerp(old, beta))
+    for old, new in zip(average.buffers(), current.buffers(), strict=True):
+        old.copy_(new)
+    return beta
+
+
 @dataclass
 class CheckpointInfo:
     """What a model was loaded from: the file, its vocabulary, its run config (plain values) and its records."""

@@ -41,7 +41,7 @@ from torch import nn
 from xrg.data.findings import FINDING_KINDS
 from xrg.data.manifest import VIEWS
 from xrg.errors import ConfigError
-from xrg.models.base import CheckpointedModel
+from xrg.models.base import CheckpointedModel, moving_average_step
 from xrg.models.encoder import ReportModelConfig, build_encoder
 
 #: Where the condition vector comes from: nothing (unconditional), the case's finding set, or its report text.
@@ -554,15 +554,10 @@ class DiffuseVAE(CheckpointedModel):
         return self.config.vae.image_size
 
     def update_ema(self, batch_images: int, half_life_images: float, rampup: float | None) -> float:
-        """Move ``unet_ema`` towards ``unet`` (the half-life in images, ramped up; as PGGAN's generator average)."""
+        """Move ``unet_ema`` towards ``unet`` (:func:`~xrg.models.base.moving_average_step`, as PGGAN's generator average)."""
         self.images_seen += batch_images
-        half_life = half_life_images if rampup is None else min(half_life_images, float(self.images_seen) * rampup)
-        beta = 0.5 ** (batch_images / max(half_life, 1e-8))
-        for average, current in zip(self.unet_ema.parameters(), self.unet.parameters(), strict=True):
-            average.copy_(current.detach().lerp(average, beta))
-        for average, current in zip(self.unet_ema.buffers(), self.unet.buffers(), strict=True):
-            average.copy_(current)
-        return beta
+        return moving_average_step(self.unet_ema, self.unet, batch_images, float(self.images_seen), half_life_images,
+                                   rampup)  # fmt: skip
 
     @torch.no_grad()
     def generate(

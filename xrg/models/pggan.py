@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xrg.errors import ConfigError
-from xrg.models.base import CheckpointedModel
+from xrg.models.base import CheckpointedModel, moving_average_step
 
 #: The slope of every leaky ReLU (the paper's).
 LEAKY_SLOPE = 0.2
@@ -329,13 +329,8 @@ class PGGAN(CheckpointedModel):
         so that a short run's average is not its initialisation. Returns the weight used.
         """
         self.images_seen += batch_images
-        half_life = half_life_images
-        if rampup is not None:
-            half_life = min(half_life, float(self.images_seen) * rampup)
-        beta = 0.5 ** (batch_images / max(half_life, 1e-8))
-        for average, current in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
-            average.copy_(current.detach().lerp(average, beta))
-        return beta
+        return moving_average_step(self.generator_ema, self.generator, batch_images, float(self.images_seen),
+                                   half_life_images, rampup)  # fmt: skip
 
     def generate(
         self, z: torch.Tensor, stage: int | None = None, alpha: float = 1.0, *, use_ema: bool = True
