@@ -68,36 +68,31 @@ def bounded(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def open_interval(low: float, high: float) -> Callable[[str], float]:
-    """An argparse type: a finite number strictly between ``low`` and ``high`` (the range is said in the error)."""
+def _number_in(low: float, high: float, closed: bool) -> Callable[[str], float]:
+    """An argparse type: a number in the interval from ``low`` to ``high`` (ends included when ``closed``)."""
+    shown = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in ({low:g}, {high:g}), got {text[:40]!r}") from None
-        if not low < value < high:
-            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}), got {text[:40]}")
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {text[:40]!r}") from None
+        if not (low <= value <= high if closed else low < value < high):
+            raise argparse.ArgumentTypeError(f"must be in {shown}, got {text[:40]}")
         return value
 
-    parse.__name__ = f"number in ({low:g}, {high:g})"
+    parse.__name__ = f"number in {shown}"
     return parse
+
+
+def open_interval(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a finite number strictly between ``low`` and ``high`` (the range is said in the error)."""
+    return _number_in(low, high, closed=False)
 
 
 def closed_interval(low: float, high: float) -> Callable[[str], float]:
     """An argparse type: a finite number from ``low`` to ``high`` inclusive (the range is said in the error)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number in [{low:g}, {high:g}], got {text[:40]!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text[:40]}")
-        return value
-
-    parse.__name__ = f"number in [{low:g}, {high:g}]"
-    return parse
+    return _number_in(low, high, closed=True)
 
 
 def device_name(text: str) -> str:
