@@ -91,7 +91,7 @@ from xrg.eval.judge import judgeable_findings
 from xrg.latent.sample import evaluator_judge
 from xrg.models.moco import CLUSTER_CATEGORIES, finding_category
 from xrg.notebook import check_params, format_interval, read_metrics, setup
-from xrg.pipelines import DiffuseVAEPipeline, XRayGANPipeline
+from xrg.pipelines import DiffuseVAEPipeline, XRayGANPipeline, prompt_findings
 from xrg.profiles import load_profile
 from xrg.train.diffusevae import DiffuseVAETrainConfig
 from xrg.train.evaluators import ensure_evaluators
@@ -293,7 +293,7 @@ for row, (how, text, which, is_report) in enumerate(prompts):
 fig.tight_layout()
 plt.show()
 display(Markdown(f"Typed report: *{prompt_report}* — the labeller reads "
-                 f"{', '.join(pipe(prompt_report, 1, report=True, steps=1)[0].findings) or 'no findings'}."))  # fmt: skip
+                 f"{', '.join(prompt_findings(prompt_report, report=True)[0]) or 'no findings'}."))  # fmt: skip
 
 # %% [markdown]
 # ## The condition table
@@ -314,7 +314,7 @@ display(Markdown(f"Typed report: *{prompt_report}* — the labeller reads "
 judge_network, cohort_auroc = evaluator_judge(Path(experiment_dir) / "evaluators", view)
 positives = {kind: int(test.labels[:, k].sum()) for k, kind in enumerate(FINDING_KINDS)}
 judgeable, left_out = judgeable_findings(cohort_auroc, positives, min_evaluator_auroc, min_test_positives)
-judge = Judge.from_evaluators(Path(experiment_dir) / "evaluators", judgeable, view)
+judge = Judge.from_classifier(judge_network, judgeable)
 wanted = list(WHITEPAPER_CONDITIONS.values()) + [(k,) for k in judgeable if (k,) not in WHITEPAPER_CONDITIONS.values()]
 conditions, skipped = scorable_conditions(wanted, test.labels)
 if skipped:
@@ -405,7 +405,7 @@ xraygan = XRayGANPipeline.from_checkpoint(run_dir)
 xraygan_frontal = torch.stack([out.frontal for out in xraygan(texts)])
 if xraygan_frontal.shape[-1] != size:
     xraygan_frontal = torch.nn.functional.interpolate(xraygan_frontal, size=(size, size), mode="area")
-labelled = [out.findings for out in (pipe(text, 1, report=True, steps=1)[0] for text in texts)]
+labelled = [prompt_findings(text, report=True)[0] for text in texts]
 report_batch = report_pipe.condition_batch([()] * count, texts)
 candidates = {
     "XRayGAN": xraygan_frontal,

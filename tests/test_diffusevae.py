@@ -436,3 +436,33 @@ def test_the_sample_command_writes_samples_and_refuses_unknown_conditions(traine
         "vae_000.png",
         "vae_001.png",
     ]
+
+
+# ---- the chapter's scoring helpers -------------------------------------------------------------------
+
+
+def test_condition_members_retrieval_and_category_separation():
+    from xrg.eval.diffusion import RealImages, category_separation, members, retrieve_by_labels, scorable_conditions
+
+    labels = torch.stack(
+        [finding_labels(k) for k in [(), ("pleural_effusion",), ("pleural_effusion", "cardiomegaly"), ()]]
+    )
+    assert members(labels, ()).tolist() == [True, False, False, True]
+    assert members(labels, ("pleural_effusion", "cardiomegaly")).tolist() == [False, False, True, False]
+    kept, skipped = scorable_conditions([(), ("cardiomegaly",)], labels)
+    assert kept == [()] and skipped == {"cardiomegaly": "1 test image(s) < 2"}
+    train = RealImages(torch.arange(4.0).view(4, 1, 1, 1), labels, [""] * 4, list("abcd"))
+    picked = retrieve_by_labels(finding_labels(("pleural_effusion", "cardiomegaly")).unsqueeze(0), train)
+    assert float(picked[0, 0, 0, 0]) == 2.0  # the train case with exactly that finding set
+    generator = torch.Generator().manual_seed(0)
+    categories = torch.arange(3).repeat_interleave(20)
+    centres = torch.nn.functional.normalize(torch.randn(3, 8, generator=generator), dim=1)
+    clustered = centres[categories] + 0.1 * torch.randn(60, 8, generator=generator)
+    good, shuffled = (
+        category_separation(clustered, categories),
+        category_separation(torch.randn(60, 8, generator=generator), categories),
+    )
+    assert good["knn_accuracy"]["value"] > 0.9 > shuffled["knn_accuracy"]["value"] and good["chance"] == pytest.approx(
+        1 / 3
+    )
+    assert good["silhouette"] > shuffled["silhouette"]

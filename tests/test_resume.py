@@ -45,6 +45,7 @@ from helpers import (
 from xrg.checkpoint import load_checkpoint
 from xrg.errors import TrainingStopped
 from xrg.eval.evaluators import CLASSIFIER_NAME, ClassifierTrainConfig
+from xrg.models.diffusevae import stage_model
 from xrg.train.baselines import BASELINE_METHODS, BaselineTrainer
 from xrg.train.diffusevae import STAGE_NEEDS, STAGES, DiffuseVAETrainer, stage_checkpoint
 from xrg.train.evaluators import train_classifier
@@ -212,7 +213,7 @@ CASES = {
     # last step of epoch 0 (3) and in epoch 1 (4).
     **{
         f"diffusevae-{stage}": DiffuseVAEStage(
-            "moco" if stage == "moco" else "diffusevae_vae" if stage == "vae" else "diffusevae",
+            stage_model(stage).kind,
             diffusevae_stage(stage), total_steps=6, stops=(2, 3, 4), stage=stage,
         )
         for stage in STAGES

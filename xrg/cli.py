@@ -292,16 +292,13 @@ def _cmd_diffusevae_sample(args: argparse.Namespace) -> None:
     import torch
 
     from xrg.data.images import save_png
-    from xrg.pipelines import DiffuseVAEPipeline
+    from xrg.pipelines import DiffuseVAEPipeline, prompt_findings
 
     pipe = DiffuseVAEPipeline.from_checkpoint(args.checkpoint, device=args.device)
     prompt = args.condition if args.condition is not None else _report_text(args)
     if args.steps is not None and args.steps > pipe.model.schedule.timesteps:
         raise XrgError(f"--steps {args.steps} is more than the model's {pipe.model.schedule.timesteps} timesteps")
-    if args.condition is not None:  # an unknown condition is refused before anything is written
-        from xrg.models.diffusevae import parse_condition
-
-        parse_condition(args.condition)
+    prompt_findings(prompt, report=args.condition is None)  # a bad condition or report is refused before writing
     out = _claim(args, "generated")
     from tqdm.auto import tqdm
 

@@ -313,6 +313,23 @@ def diffusevae_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
+def prompt_findings(prompt: str, report: bool = False) -> tuple[tuple[str, ...], str]:
+    """The finding kinds and the report text of a DiffuseVAE prompt: a condition (finding names,
+    ``;`` between them; the text is the short report they describe) or, with ``report``, report
+    text (its findings as the labeller reads them)."""
+    from xrg.data.findings import Finding, describe_findings, label_text
+    from xrg.data.findings.schema import multi_hot
+    from xrg.models.diffusevae import FINDING_KINDS, parse_condition
+
+    if not report:
+        kinds = parse_condition(prompt)
+        return kinds, describe_findings([Finding(kind) for kind in kinds])
+    if not prompt.strip():
+        raise EmptyReportError("the report is empty")
+    labels = multi_hot(label_text(prompt))
+    return tuple(kind for kind, value in zip(FINDING_KINDS, labels) if value > 0), prompt
+
+
 @dataclass
 class DiffuseVAEOutput:
     """One sample: the refined ``image`` and the VAE's ``vae`` draw it started from, ``[1, S, S]`` in [0, 1]."""
@@ -396,19 +413,7 @@ class DiffuseVAEPipeline:
     ) -> list[DiffuseVAEOutput]:  # fmt: skip
         """``n`` samples of ``prompt``: a condition (finding names, ``;`` between them) or, with
         ``report=True``, report text. ``steps`` DDIM steps (None: ancestral over all T)."""
-        from xrg.data.findings import Finding, describe_findings, label_text
-        from xrg.data.findings.schema import multi_hot
-        from xrg.models.diffusevae import FINDING_KINDS, parse_condition
-
-        if report:
-            if not prompt.strip():
-                raise EmptyReportError("the report is empty")
-            labels = multi_hot(label_text(prompt))
-            kinds = tuple(kind for kind, value in zip(FINDING_KINDS, labels) if value > 0)
-            text = prompt
-        else:
-            kinds = parse_condition(prompt)
-            text = describe_findings([Finding(kind) for kind in kinds])
+        kinds, text = prompt_findings(prompt, report)
         batch = self.condition_batch([kinds] * n, [text] * n)
         out = self.model.generate(batch, n, generator=generator, steps=steps, guidance=guidance, eta=eta,
                                   progress=progress)  # fmt: skip

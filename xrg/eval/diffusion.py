@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS, Finding, describe_findings
 from xrg.errors import ConfigError
 from xrg.eval.metrics import _frechet_distance, _mean_estimate, compute
-from xrg.models.diffusevae import DiffuseVAE, finding_labels
+from xrg.models.diffusevae import DiffuseVAE
 from xrg.models.xraygan import to_image_range, to_model_range
 
 #: The whitepaper's three conditions (§6), as finding sets.
@@ -76,6 +76,8 @@ class RealImages:
     labels: torch.Tensor
     texts: list[str]
     case_ids: list[str]
+    #: what a judge computed on these images (:meth:`Judge.of_real`), by judge and quantity
+    computed: dict[tuple[int, str], torch.Tensor] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, data_dir: str | os.PathLike, split: str, image_size: int, view: str = "frontal",
@@ -93,15 +95,16 @@ class RealImages:
 
 def condition_batch(model: DiffuseVAE, kinds_list: Sequence[Sequence[str]], texts: Sequence[str] | None = None,
                     vocabulary: Any = None) -> dict[str, Any]:  # fmt: skip
-    """The model's condition input for cases of finding sets ``kinds_list`` (report texts for a report model)."""
-    batch: dict[str, Any] = {"labels": torch.stack([finding_labels(tuple(kinds)) for kinds in kinds_list])}
-    if model.config.unet.condition.mode == "report":
-        from xrg.pipelines import DiffuseVAEPipeline
+    """The model's condition input for cases of finding sets ``kinds_list``
+    (:meth:`~xrg.pipelines.DiffuseVAEPipeline.condition_batch`); a report model reads ``texts``, by
+    default the short report each finding set describes."""
+    from xrg.pipelines import DiffuseVAEPipeline
 
-        vocabulary = vocabulary or model.checkpoint_info.vocabulary
-        texts = texts or [describe_findings([Finding(kind) for kind in kinds]) for kinds in kinds_list]
-        batch = DiffuseVAEPipeline(model, vocabulary).condition_batch([tuple(k) for k in kinds_list], list(texts))
-    return batch
+    pipe = DiffuseVAEPipeline(model, vocabulary or getattr(model.checkpoint_info, "vocabulary", None))
+    if texts is None:
+        report = pipe.mode == "report"
+        texts = [describe_findings([Finding(kind) for kind in kinds]) if report else "" for kinds in kinds_list]
+    return pipe.condition_batch([tuple(kinds) for kinds in kinds_list], list(texts))
 
 
 def _rows(batch: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
@@ -177,14 +180,11 @@ class Judge:
     thresholds: dict[str, float | None]
 
     @classmethod
-    def from_evaluators(
-        cls, evaluators_dir: str | os.PathLike, judgeable: Sequence[str], view: str = "frontal"
-    ) -> Judge:
-        """The evaluation classifier of ``evaluators_dir`` (its thresholds from the cohort's held-out part)."""
+    def from_classifier(cls, judge: Any, judgeable: Sequence[str]) -> Judge:
+        """The evaluation classifier as :func:`xrg.latent.sample.evaluator_judge` returns it (a
+        ``SearchClassifier`` with the cohort's held-out Youden thresholds), judging ``judgeable``."""
         from xrg.latent.evaluate import evaluator_features
-        from xrg.latent.sample import evaluator_judge
 
-        judge, _ = evaluator_judge(evaluators_dir, view)
         network, size = judge.network, judge.input_size
 
         def logits(images: torch.Tensor) -> torch.Tensor:
@@ -198,6 +198,13 @@ class Judge:
             probabilities=lambda images: torch.sigmoid(logits(images)),
             judgeable=tuple(judgeable), thresholds=thresholds,
         )  # fmt: skip
+
+    def of_real(self, real: RealImages, what: str) -> torch.Tensor:
+        """``features`` or ``calls`` of a split's real images, computed once per judge and split."""
+        key = (id(self), what)
+        if key not in real.computed:
+            real.computed[key] = getattr(self, what)(real.images)
+        return real.computed[key]
 
 
 def _fidelity(calls: torch.Tensor, kinds: Sequence[str], judgeable: Sequence[str]) -> torch.Tensor:
@@ -265,7 +272,8 @@ def condition_table(
     test images of the condition — so its FID is 0 by construction, and its fidelity is the
     ceiling; ``chance`` is the fidelity of the real test images *without* the condition.
     """
-    test_features, train_features = judge.features(test.images), judge.features(train.images)
+    test_features, train_features = judge.of_real(test, "features"), judge.of_real(train, "features")
+    test_calls = judge.of_real(test, "calls")
     mean_image = train.images.mean(dim=0, keepdim=True)
     rows = []
     for number, kinds in enumerate(conditions):
@@ -275,7 +283,7 @@ def condition_table(
         if int(inside.sum()) < 2:
             raise ConfigError(f"the test split has {int(inside.sum())} images of {name!r}: too few to score it")
         real_features = test_features[inside]
-        outside_fidelity = _fidelity(judge.calls(test.images[~inside]), kinds, judge.judgeable).double()
+        outside_fidelity = _fidelity(test_calls[~inside], kinds, judge.judgeable).double()
         chance = _mean_estimate(outside_fidelity, num_resamples, seed) if len(outside_fidelity) else None
         common = {"condition": name, "findings": list(kinds), "test_images": int(inside.sum()), "chance": chance}
         pick = torch.randperm(int(train_inside.sum()), generator=torch.Generator().manual_seed(seed + number))[:n]
@@ -331,11 +339,9 @@ def sampling_speed(model: DiffuseVAE, step_counts: Sequence[int | None], *, coun
 def load_stage(run_root: str | os.PathLike, stage: str, device: str | torch.device = "cpu") -> Any:
     """The trained model of ``run_root/STAGE`` (a VAE, MoCo or DiffuseVAE by stage)."""
     from xrg.checkpoint import CHECKPOINT_NAME
-    from xrg.models.diffusevae import VAE
-    from xrg.models.moco import MoCo
+    from xrg.models.diffusevae import stage_model
 
-    model_class = {"vae": VAE, "moco": MoCo, "ddpm": DiffuseVAE, "finetune": DiffuseVAE}[stage]
-    return model_class.from_checkpoint(Path(run_root) / stage / CHECKPOINT_NAME, map_location=device)
+    return stage_model(stage).from_checkpoint(Path(run_root) / stage / CHECKPOINT_NAME, map_location=device)
 
 
 def retrieve_by_labels(labels: torch.Tensor, train: RealImages, seed: int = 0) -> torch.Tensor:

@@ -584,6 +584,16 @@ class DiffuseVAE(CheckpointedModel):
         return {"vae": x_vae, "image": image.clamp(-1.0, 1.0)}
 
 
+def stage_model(stage: str) -> type[CheckpointedModel]:
+    """The model class a DiffuseVAE run's stage saves (``vae``: the VAE, ``moco``: MoCo, ``ddpm``/``finetune``: DiffuseVAE)."""
+    from xrg.models.moco import MoCo
+
+    models: dict[str, type[CheckpointedModel]] = {"vae": VAE, "moco": MoCo, "ddpm": DiffuseVAE, "finetune": DiffuseVAE}
+    if stage not in models:
+        raise ConfigError(f"unknown diffusevae stage {stage!r}; the stages are {', '.join(models)}")
+    return models[stage]
+
+
 def finding_labels(names: Sequence[str]) -> torch.Tensor:
     """The multi-hot label vector ``[len(FINDING_KINDS)]`` of finding kind names (already checked)."""
     labels = torch.zeros(len(FINDING_KINDS))

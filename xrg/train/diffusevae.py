@@ -42,6 +42,7 @@ from xrg.models.diffusevae import (
     VAEConfig,
     condition_drop,
     elbo_terms,
+    stage_model,
 )
 from xrg.models.moco import MoCo, MoCoConfig, representation_distance
 from xrg.models.xraygan import to_model_range
@@ -277,7 +278,7 @@ class DiffusionStep(StageStep):
 
     def diffusion_terms(
         self, batch: dict[str, Any]
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The ε loss of ``batch`` and what the representation loss needs: (losses, x, x_t, t, ε̂)."""
         model, x = self.model, self.images(batch)
         count = x.shape[0]
@@ -415,8 +416,7 @@ class DiffuseVAETrainer(PhasedTrainer):
         moco_run: str | os.PathLike | None = None,
         ddpm_run: str | os.PathLike | None = None,
     ) -> None:  # fmt: skip
-        if stage not in STAGES:
-            raise ConfigError(f"unknown diffusevae stage {stage!r}; the stages are {', '.join(STAGES)}")
+        stage_model(stage)  # an unknown stage is refused, naming the stages
         device, run_root = torch.device(device), Path(run_root)
         condition = config.condition
         data = TrainData(data_dir, (config.image_size,), max_sentences=condition.max_sentences,

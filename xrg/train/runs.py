@@ -201,6 +201,7 @@ def ensure_diffusevae_run(
     """
     import time
 
+    from xrg.models.diffusevae import stage_model
     from xrg.train.diffusevae import DiffuseVAETrainConfig, DiffuseVAETrainer
 
     config = DiffuseVAETrainConfig.from_profile(load_profile(profile), overrides)
@@ -209,7 +210,7 @@ def ensure_diffusevae_run(
     timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
     checkpoints = {}
     for stage in stages:
-        kind = {"vae": "diffusevae_vae", "moco": "moco"}.get(stage, "diffusevae")
+        kind = stage_model(stage).kind
         started = time.perf_counter()
         trained = []
 
