@@ -40,17 +40,19 @@ run_dir: str = "../runs/tiny/xraygan"  # the XRayGAN run of the side-by-side com
 seed: int = 0  # global seed; every sample derives from it
 # Evaluation
 samples_per_condition: int = 64  # samples of each condition in the condition table
-eval_steps: int = 25  # DDIM steps of every scored sample
 guidance: float = 1.0  # classifier-free guidance scale of the scored samples (1: conditional)
-eval_eta: float = 1.0  # DDIM η of the scored samples (1: stochastic, 0: deterministic)
-report_vae_epochs: int = 4  # the report-prompted model's VAE epochs (the budget of a fourth of the main model's)
-report_ddpm_epochs: int = 10  # ... and its DDPM epochs
+report_vae_epochs: int = 2  # the report-prompted model's VAE epochs, after the finding-set model's VAE
+report_ddpm_epochs: int = 6  # ... and its DDPM epochs, after the finding-set model's DDPM
 report_cases: int = 200  # test reports of the XRayGAN comparison
 min_evaluator_auroc: float = 0.8  # a finding is scored only where the evaluator tells it apart this well
 min_test_positives: int = 20  # ... and the test split has this many cases with it
-# Speed
-speed_steps: list = [5, 10, 25, 50]  # DDIM step counts timed (ancestral sampling over all T is timed too)
-speed_images: int = 16  # images per timed batch
+# Sampler settings, chosen on the validation split, and speed
+speed_steps: list = [5, 10, 25, 50]  # DDIM step counts tried on validation and timed
+sweep_etas: list = [0.0, 1.0]  # DDIM η tried on validation (0: deterministic, 1: as stochastic as ancestral)
+sweep_samples: int = 32  # validation samples of each condition and setting
+sweep_tolerance: float = 0.1  # the fewest steps whose validation FID is within this share of the best
+speed_images: int = 16  # images per timed DDIM batch
+ancestral_images: int = 4  # images of the timed ancestral batch (every one of the T timesteps)
 # Examples
 prompt_report: str = (
     "FINDINGS: The heart is enlarged. Small left pleural effusion. IMPRESSION: Cardiomegaly with effusion."
@@ -72,6 +74,8 @@ from xrg.eval.diffusion import (
     WHITEPAPER_CONDITIONS,
     Judge,
     RealImages,
+    case_kinds,
+    case_quality,
     category_separation,
     condition_batch,
     condition_table,
@@ -102,10 +106,11 @@ run = setup(
     profile=profile,
     params=dict(
         data_dir=data_dir, diffusevae_dir=diffusevae_dir, experiment_dir=experiment_dir, run_dir=run_dir,
-        samples_per_condition=samples_per_condition, eval_steps=eval_steps, guidance=guidance, eval_eta=eval_eta,
+        samples_per_condition=samples_per_condition, guidance=guidance,
         report_vae_epochs=report_vae_epochs, report_ddpm_epochs=report_ddpm_epochs,
         report_cases=report_cases, min_evaluator_auroc=min_evaluator_auroc, min_test_positives=min_test_positives,
-        speed_steps=speed_steps, speed_images=speed_images,
+        speed_steps=speed_steps, sweep_etas=sweep_etas, sweep_samples=sweep_samples, sweep_tolerance=sweep_tolerance,
+        speed_images=speed_images, ancestral_images=ancestral_images,
     ),
 )  # fmt: skip
 check_params(
@@ -114,7 +119,8 @@ check_params(
     experiment_dir=(experiment_dir, str),
     run_dir=(run_dir, "existing_dir"),
     samples_per_condition=(samples_per_condition, range(4, 10_001)),
-    eval_steps=(eval_steps, range(1, 10_001)),
+    sweep_samples=(sweep_samples, range(4, 10_001)),
+    ancestral_images=(ancestral_images, range(1, 1025)),
     report_cases=(report_cases, range(2, 100_001)),
     min_test_positives=(min_test_positives, range(1, 100_001)),
     speed_images=(speed_images, range(1, 1025)),
@@ -123,17 +129,22 @@ check_params(
 )
 if not (
     0 <= guidance <= 100
-    and 0 <= eval_eta <= 1
     and 0 <= min_evaluator_auroc <= 1
+    and 0 <= sweep_tolerance <= 1
+    and speed_steps
     and all(int(s) >= 1 for s in speed_steps)
+    and sweep_etas
+    and all(0 <= float(e) <= 1 for e in sweep_etas)
 ):
-    raise ValueError(f"need guidance in [0, 100], min_evaluator_auroc in [0, 1], speed_steps >= 1; got "
-                     f"{guidance}, {min_evaluator_auroc}, {speed_steps}")  # fmt: skip
+    raise ValueError(f"need guidance in [0, 100], min_evaluator_auroc and sweep_tolerance in [0, 1], speed_steps "
+                     f"(>= 1) and sweep_etas (in [0, 1]) not empty; got {guidance}, {min_evaluator_auroc}, "
+                     f"{sweep_tolerance}, {speed_steps}, {sweep_etas}")  # fmt: skip
 loaded = load_profile(profile)
 config = DiffuseVAETrainConfig.from_profile(loaded)
 root = Path(diffusevae_dir)
 # the main model (conditioned on the finding set), its ablation without the clustering loss (a MoCo
-# trained without it fine-tunes the same DDPM), and the report-prompted model (VAE + DDPM)
+# trained without it fine-tunes the same DDPM), and the report-prompted model (VAE + DDPM), which
+# starts from the main model's VAE and DDPM (all but the condition encoder) and trains further
 main_runs = ensure_diffusevae_run(profile, data_dir, root / "findings")
 ablation_runs = ensure_diffusevae_run(
     profile, data_dir, root / "no_clustering", stages=("moco", "finetune"), overrides={"moco": {"cluster_weight": 0.0}},
@@ -142,7 +153,7 @@ ablation_runs = ensure_diffusevae_run(
 report_runs = ensure_diffusevae_run(
     profile, data_dir, root / "report", stages=("vae", "ddpm"),
     overrides={"condition": {"mode": "report"}, "vae": {"num_epochs": report_vae_epochs},
-               "ddpm": {"num_epochs": report_ddpm_epochs}},
+               "ddpm": {"num_epochs": report_ddpm_epochs}, "init_from": str(root / "findings")},
 )  # fmt: skip
 evaluators = ensure_evaluators(EvaluatorConfig.from_profile(loaded), data_dir, Path(experiment_dir) / "evaluators")
 train_seconds = {
@@ -195,11 +206,17 @@ glue("dv_moco_final_infonce", float(curves["moco"]["moco_loss"].iloc[-1]), displ
 glue("dv_moco_chance", float(np.log(config.moco.model.queue_size + 1)), display=False)
 
 # %% [markdown]
-# ## VAE draws and their DDPM refinements
+# ## Sampler settings, chosen on the validation split
 #
-# The same VAE draws (top row of each pair), each refined by the DDPM (below it): DDIM with
-# `eval_steps` steps from the moving average of the fine-tuned UNet. The VAE gives the layout of the
-# chest; the DDPM adds what a blurry decoder cannot.
+# How many DDIM steps, and how stochastic (η), are decisions, so they are made on the validation
+# images and never on the test images the tables report. For every step count in `speed_steps`
+# and every η in `sweep_etas`, the fine-tuned model draws one image for each of the first
+# `sweep_samples` validation cases, under that case's finding set (the same noise for every
+# setting), scored against the validation images: the FID in the evaluator's features, and the
+# detection − false-alarm rate of the evaluator's calls against the cases' findings. The setting every later
+# section uses is the **fewest steps whose FID is within `sweep_tolerance` of the best** (the
+# better η at that step count): sampling time grows with the steps, and a difference inside
+# the tolerance is within the noise of a few dozen samples.
 
 # %% tags=["hide-input"]
 model = load_stage(root / "findings", "finetune")
@@ -209,6 +226,64 @@ report_model = load_stage(root / "report", "ddpm")
 moco = load_stage(root / "findings", "moco")
 moco_plain = load_stage(root / "no_clustering", "moco")
 size, view = model.image_size, model.view
+train = RealImages.load(data_dir, "train", size, view)
+val = RealImages.load(data_dir, "val", size, view)
+test = RealImages.load(data_dir, "test", size, view)
+judge_network, cohort_auroc = evaluator_judge(Path(experiment_dir) / "evaluators", view)
+positives = {kind: int(test.labels[:, k].sum()) for k, kind in enumerate(FINDING_KINDS)}
+judgeable, left_out = judgeable_findings(cohort_auroc, positives, min_evaluator_auroc, min_test_positives)
+judge = Judge.from_classifier(judge_network, judgeable)
+
+steps_list = sorted({int(s) for s in speed_steps if int(s) <= model.schedule.timesteps})
+etas = sorted({float(e) for e in sweep_etas})
+
+
+def ddim_sampler(network, steps, eta):
+    def make(kinds, count, sample_seed):
+        batch = condition_batch(network, [kinds] * count)
+        return generate(network, batch, count, steps=steps, guidance=guidance, eta=eta, seed=sample_seed)
+
+    return make
+
+
+sweep_count = min(sweep_samples, len(val.images))
+sweep_batch = condition_batch(model, case_kinds(val.labels[:sweep_count]))
+records = []
+for steps in steps_list:
+    for eta in etas:
+        images = generate(model, sweep_batch, sweep_count, steps=steps, guidance=guidance, eta=eta, seed=seed + 500)
+        found = case_quality(images, val.labels[:sweep_count], judge, val, seed=seed)
+        records.append({"steps": steps, "eta": eta, "FID": found["fid"],
+                        "detection − false alarm": found["detection"]["value"]})  # fmt: skip
+sweep = pd.DataFrame(records).set_index(["steps", "eta"])
+best = float(sweep["FID"].min())
+within = sweep[sweep["FID"] <= best * (1 + sweep_tolerance)]
+eval_steps = int(within.index.get_level_values("steps").min())
+eval_eta = float(within.loc[eval_steps]["FID"].idxmin())
+glue("dv_eval_steps", eval_steps, display=False)
+glue("dv_eval_eta", eval_eta, display=False)
+fig, ax = plt.subplots(figsize=(5, 3.2))
+for eta in etas:
+    line = sweep.xs(eta, level="eta")["FID"]
+    ax.plot(line.index, line.values, marker="o", label=f"η = {eta:g}")
+ax.axhline(best * (1 + sweep_tolerance), color="k", ls=":", lw=1, label="tolerance")
+ax.scatter([eval_steps], [sweep.loc[(eval_steps, eval_eta), "FID"]], s=120, facecolors="none",
+           edgecolors="r", label="chosen")  # fmt: skip
+ax.set(xscale="log", xlabel="DDIM steps", ylabel="validation FID",
+       title="sampler settings on validation")  # fmt: skip
+ax.legend(fontsize=8)
+plt.show()
+display(Markdown(f"Chosen on validation: **{eval_steps} DDIM steps, η = {eval_eta:g}**."))
+sweep.round(3)
+
+# %% [markdown]
+# ## VAE draws and their DDPM refinements
+#
+# The same VAE draws (top row of each pair), each refined by the DDPM (below it): DDIM with the
+# steps and η chosen on validation, from the moving average of the fine-tuned UNet. The VAE gives
+# the layout of the chest; the DDPM adds what a blurry decoder cannot.
+
+# %% tags=["hide-input"]
 examples = {name: kinds for name, kinds in WHITEPAPER_CONDITIONS.items()}
 examples["pleural effusion; cardiomegaly"] = ("cardiomegaly", "pleural_effusion")
 columns = 6
@@ -239,8 +314,6 @@ plt.show()
 # category beside its chance (the largest category's share).
 
 # %% tags=["hide-input"]
-test = RealImages.load(data_dir, "test", size, view)
-train = RealImages.load(data_dir, "train", size, view)
 categories = finding_category(test.labels)
 separation = {}
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -311,31 +384,28 @@ display(Markdown(f"Typed report: *{prompt_report}* — the labeller reads "
 # where it beats the mean image and approaches retrieval.
 
 # %% tags=["hide-input"]
-judge_network, cohort_auroc = evaluator_judge(Path(experiment_dir) / "evaluators", view)
-positives = {kind: int(test.labels[:, k].sum()) for k, kind in enumerate(FINDING_KINDS)}
-judgeable, left_out = judgeable_findings(cohort_auroc, positives, min_evaluator_auroc, min_test_positives)
-judge = Judge.from_classifier(judge_network, judgeable)
-wanted = list(WHITEPAPER_CONDITIONS.values()) + [(k,) for k in judgeable if (k,) not in WHITEPAPER_CONDITIONS.values()]
+whitepaper, _ = scorable_conditions(list(WHITEPAPER_CONDITIONS.values()), test.labels)
+others = [(k,) for k in judgeable if (k,) not in WHITEPAPER_CONDITIONS.values()]
+wanted = list(WHITEPAPER_CONDITIONS.values()) + others
 conditions, skipped = scorable_conditions(wanted, test.labels)
 if skipped:
     display(Markdown("Left out (too few test images): " + "; ".join(f"{k} ({v})" for k, v in skipped.items())))
-
-
-def sampler(network):
-    def make(kinds, count, sample_seed):
-        batch = condition_batch(network, [kinds] * count)
-        return generate(network, batch, count, steps=eval_steps, guidance=guidance, eta=eval_eta, seed=sample_seed)
-
-    return make
 
 
 def vae_only(kinds, count, sample_seed):
     return generate(model, condition_batch(model, [kinds] * count), count, steps=None, seed=sample_seed, part="vae")
 
 
-generators = {"DiffuseVAE + MoCo (fine-tuned)": sampler(model), "DiffuseVAE (before fine-tuning)": sampler(before),
-              "fine-tuned, MoCo without clustering": sampler(ablation), "VAE alone": vae_only}  # fmt: skip
-rows = condition_table(generators, conditions, judge, test, train, n=samples_per_condition, seed=seed)
+main_generators = {"DiffuseVAE + MoCo (fine-tuned)": ddim_sampler(model, eval_steps, eval_eta),
+                   "VAE alone": vae_only}  # fmt: skip
+# The whitepaper's three conditions carry its comparisons (before fine-tuning, and fine-tuned with a
+# MoCo trained without the clustering loss); every other condition the fine-tuned model and its VAE.
+rows = condition_table({**main_generators, "DiffuseVAE (before fine-tuning)": ddim_sampler(before, eval_steps, eval_eta),
+                        "fine-tuned, MoCo without clustering": ddim_sampler(ablation, eval_steps, eval_eta)},
+                       [c for c in conditions if c in whitepaper], judge, test, train, n=samples_per_condition,
+                       seed=seed)  # fmt: skip
+rows += condition_table(main_generators, [c for c in conditions if c not in whitepaper], judge, test, train,
+                        n=samples_per_condition, seed=seed + 100)  # fmt: skip
 table = pd.DataFrame([{
     "condition": r["condition"], "method": r["method"], "FID": r["fid"]["value"] if r["fid"] else None,
     "fidelity": format_interval(r["fidelity"]), "chance": r["chance"]["value"] if r["chance"] else None,
@@ -364,16 +434,19 @@ table.set_index(["condition", "method"]).round(3)
 # better. The whitepaper measured it with the same MoCo the fine-tuning had optimised — a model
 # trained on its own yardstick — so it is given twice: in the clustered MoCo's space (the
 # whitepaper's) and in the evaluator's feature space, which no model here was trained against.
+# Two controls say what the numbers are worth: the population-mean image as every image's
+# "reconstruction", and a training image with the nearest finding set (retrieval). A model that
+# does not beat the mean image has not reconstructed anything its own embedding can see.
 
 # %% tags=["hide-input"]
 score_cases = min(len(test.images), samples_per_condition * 2)
 real_images = test.images[:score_cases]
-case_kinds = [tuple(k for k, v in zip(FINDING_KINDS, row) if v > 0.5) for row in test.labels[:score_cases]]
+score_kinds = case_kinds(test.labels[:score_cases])
 representation = {}
 for name, network in {"before fine-tuning": before, "fine-tuned (clustered MoCo)": model,
                       "fine-tuned (MoCo without clustering)": ablation}.items():  # fmt: skip
     reconstructed = reconstruct(
-        network, real_images, condition_batch(network, case_kinds), steps=eval_steps, eta=eval_eta, seed=seed
+        network, real_images, condition_batch(network, score_kinds), steps=eval_steps, eta=eval_eta, seed=seed
     )
     representation[name] = {
         "MoCo score (clustered MoCo)": representation_scores(moco, real_images, reconstructed, seed=seed),
@@ -381,10 +454,19 @@ for name, network in {"before fine-tuning": before, "fine-tuned (clustered MoCo)
             judge.features(real_images), judge.features(reconstructed), seed=seed
         ),  # fmt: skip
     }
-glue("dv_rep_before", representation["before fine-tuning"]["MoCo score (clustered MoCo)"]["value"], display=False)
-glue(
-    "dv_rep_after", representation["fine-tuned (clustered MoCo)"]["MoCo score (clustered MoCo)"]["value"], display=False
-)
+controls = {
+    "mean image (control)": train.images.mean(dim=0, keepdim=True).expand(score_cases, -1, -1, -1),
+    "retrieval (control)": retrieve_by_labels(test.labels[:score_cases], train, seed=seed),
+}
+for name, images in controls.items():
+    representation[name] = {
+        "MoCo score (clustered MoCo)": representation_scores(moco, real_images, images, seed=seed),
+        "evaluator-feature distance": feature_distance(judge.features(real_images), judge.features(images), seed=seed),
+    }
+for key, name in (("before", "before fine-tuning"), ("after", "fine-tuned (clustered MoCo)"),
+                  ("mean", "mean image (control)"), ("retrieval", "retrieval (control)")):  # fmt: skip
+    glue(f"dv_rep_{key}", representation[name]["MoCo score (clustered MoCo)"]["value"], display=False)
+    glue(f"dv_feat_{key}", representation[name]["evaluator-feature distance"]["value"], display=False)
 pd.DataFrame({name: {column: format_interval(value, 4) for column, value in scores.items()}
               for name, scores in representation.items()}).T  # fmt: skip
 
@@ -411,7 +493,7 @@ candidates = {
     "XRayGAN": xraygan_frontal,
     "DiffuseVAE, report encoder": generate(report_model, report_batch, count, steps=eval_steps, guidance=guidance, eta=eval_eta, seed=seed),
     "DiffuseVAE, labelled findings": generate(model, condition_batch(model, labelled), count, steps=eval_steps,
-                                              guidance=guidance, seed=seed),
+                                              guidance=guidance, eta=eval_eta, seed=seed),
     "mean image (control)": train.images.mean(dim=0, keepdim=True).expand(count, -1, -1, -1),
     "retrieval (control)": retrieve_by_labels(labels, train, seed=seed),
     "real (ceiling)": test.images[:count],
@@ -431,41 +513,28 @@ comparison
 # %% [markdown]
 # ## Sampling speed against quality
 #
-# Images per second on this machine for ancestral sampling over every timestep and for DDIM (η = 0)
-# at several step counts, each beside the FID and fidelity of healthy-lungs and pleural-effusion
-# samples drawn that way (`xrg bench diffusion` prints the same speeds on any machine).
+# Images per second on this machine for ancestral sampling over every timestep (a batch of
+# `ancestral_images`: it is slow) and for DDIM at each step count (a batch of `speed_images`),
+# beside the validation quality of the sampler sweep above at each step count and η
+# (`xrg bench diffusion` prints the same speeds on any machine).
 
 # %% tags=["hide-input"]
-steps_list = sorted({int(s) for s in speed_steps if int(s) <= model.schedule.timesteps})
-speed = pd.DataFrame(sampling_speed(model, [*steps_list, None], count=speed_images))
-quality = []
-for steps in steps_list:
-
-    def at_steps(kinds, n, sample_seed, steps=steps):
-        return generate(
-            model,
-            condition_batch(model, [kinds] * n),
-            n,
-            steps=steps,
-            guidance=guidance,
-            eta=eval_eta,
-            seed=sample_seed,
-        )
-
-    timed_conditions, _ = scorable_conditions([(), ("pleural_effusion",)], test.labels)
-    found = condition_table({"DiffuseVAE": at_steps}, timed_conditions, judge, test, train,
-                            n=samples_per_condition, seed=seed)  # fmt: skip
-    own = [r for r in found if r["method"] == "DiffuseVAE"]
-    quality.append({"steps": steps, **{f"FID {r['condition']}": r["fid"]["value"] if r["fid"] else None for r in own},
-                    **{f"fidelity {r['condition']}": r["fidelity"]["value"] for r in own}})  # fmt: skip
-speed_table = speed.merge(pd.DataFrame(quality), on="steps", how="left")
+speed = pd.DataFrame(
+    sampling_speed(model, steps_list, count=speed_images) + sampling_speed(model, [None], count=ancestral_images)
+)
+quality = sweep.reset_index()
+quality["eta"] = quality["eta"].map(lambda e: f"{e:g}")
+quality = quality.pivot_table(index="steps", columns="eta", values=["FID", "detection − false alarm"])
+quality.columns = [f"{what} (η {eta}, val)" for what, eta in quality.columns]
+speed_table = speed.merge(quality.reset_index(), on="steps", how="left")
 fig, ax = plt.subplots(figsize=(5, 3.2))
 ddim = speed_table[speed_table["sampler"] == "ddim"]
 ax.plot(ddim["steps"], ddim["images_per_s"], marker="o", label="DDIM")
 ancestral = speed_table[speed_table["sampler"] == "ancestral"]
 ax.scatter(ancestral["steps"], ancestral["images_per_s"], color="k", label="ancestral")
+ax.axvline(eval_steps, color="r", ls=":", lw=1, label="chosen on validation")
 ax.set(xscale="log", yscale="log", xlabel="denoising steps", ylabel="images / s", title="sampling speed")
-ax.legend()
+ax.legend(fontsize=8)
 plt.show()
 glue("dv_speed_ddim_fast", float(ddim["images_per_s"].iloc[0]), display=False)
 glue("dv_speed_ancestral", float(ancestral["images_per_s"].iloc[0]), display=False)

@@ -394,6 +394,29 @@ def test_a_report_conditioned_model_trains_and_reads_reports(tmp_path, data_dir)
     assert pipe("cardiomegaly", 1, steps=3)[0].image.shape == (1, 16, 16)  # a finding set, as a short report
 
 
+def test_a_report_model_warm_starts_from_a_finding_set_model_but_its_condition_encoder(trained_run, tmp_path, data_dir):
+    config = dataclasses.replace(SHORT, condition=dataclasses.replace(SHORT.condition, mode="report"),
+                                 init_from=str(trained_run))  # fmt: skip
+    source_vae = VAE.from_checkpoint(stage_checkpoint(trained_run, "vae"))
+    vae = DiffuseVAETrainer(config, "vae", data_dir, tmp_path, progress=False)
+    own = vae.model.state_dict()
+    for key, value in source_vae.state_dict().items():
+        if not key.startswith("condition."):
+            assert torch.equal(own[key], value), key
+    assert torch.equal(own["condition.null"], source_vae.state_dict()["condition.null"])
+    assert any(k.startswith("condition.encoder.") for k in own)  # the report encoder, new
+    assert vae.train().finished
+    source = DiffuseVAE.from_checkpoint(stage_checkpoint(trained_run, "ddpm"))
+    ddpm = DiffuseVAETrainer(config, "ddpm", data_dir, tmp_path, progress=False).model
+    started, average = ddpm.unet.state_dict(), source.unet_ema.state_dict()
+    assert all(torch.equal(started[k], average[k]) for k in average if not k.startswith("condition."))
+    assert all(torch.equal(a, b) for a, b in zip(ddpm.unet.parameters(), ddpm.unet_ema.parameters()))
+    wider = dataclasses.replace(config, ddpm=dataclasses.replace(
+        config.ddpm, model=dataclasses.replace(config.ddpm.model, base_channels=4)))  # fmt: skip
+    with pytest.raises(CheckpointError, match="holds another network than this run's.*warm start only"):
+        DiffuseVAETrainer(wider, "ddpm", data_dir, tmp_path / "other", progress=False)
+
+
 def test_settings_that_cannot_work_are_refused():
     with pytest.raises(ConfigError, match="one image size and view"):
         dataclasses.replace(
@@ -466,3 +489,34 @@ def test_condition_members_retrieval_and_category_separation():
         1 / 3
     )
     assert good["silhouette"] > shuffled["silhouette"]
+
+
+def test_case_quality_scores_images_faithful_to_their_cases_above_images_that_ignore_them():
+    from xrg.eval.diffusion import Judge, RealImages, case_kinds, case_quality
+
+    generator = torch.Generator().manual_seed(0)
+    k = FINDING_KINDS.index("pleural_effusion")
+    labels = torch.zeros(40, len(FINDING_KINDS))
+    labels[::2, k] = 1
+
+    def draw(shows):  # noise images whose first pixel says whether they show the effusion
+        images = 0.5 * torch.rand(len(shows), 1, 4, 4, generator=generator)
+        images[:, 0, 0, 0] = shows
+        return images
+
+    def probabilities(images):
+        out = torch.zeros(len(images), len(FINDING_KINDS))
+        out[:, k] = images[:, 0, 0, 0]
+        return out
+
+    judge = Judge(features=lambda images: images.flatten(1), calls=lambda images: probabilities(images) >= 0.5,
+                  probabilities=probabilities, judgeable=("pleural_effusion",),
+                  thresholds=dict.fromkeys(FINDING_KINDS, 0.5))  # fmt: skip
+    real = RealImages(draw(labels[:, k]), labels, [""] * 40, [str(i) for i in range(40)])
+    faithful = case_quality(draw(labels[:, k]), labels, judge, real)
+    ignoring = case_quality(draw(torch.zeros(40)), labels, judge, real)
+    assert faithful["n"] == 40 and faithful["fid"] < ignoring["fid"]
+    assert faithful["detection"]["value"] == pytest.approx(1.0) and ignoring["detection"]["value"] == pytest.approx(0.0)
+    assert case_kinds(labels[:2]) == [("pleural_effusion",), ()]
+    with pytest.raises(ConfigError, match="at least 2 images"):
+        case_quality(draw(torch.ones(1)), labels[:1], judge, real)

@@ -193,6 +193,9 @@ def test_08_diffusevae_moco_runs_with_tiny_parameters(tiny_book):
     assert 0.0 <= float(values["dv_rep_before"]) <= 2.0 and 0.0 <= float(values["dv_rep_after"]) <= 2.0
     assert -1.0 <= float(values["dv_detection_real"]) <= 1.0 and int(values["dv_report_cases"]) >= 2
     assert float(values["dv_speed_ddim_fast"]) > float(values["dv_speed_ancestral"]) > 0.0
+    # the sampler chosen on validation is one of the settings tried (tiny: speed_steps [2, 3], η 0 or 1)
+    assert int(values["dv_eval_steps"]) in (2, 3) and float(values["dv_eval_eta"]) in (0.0, 1.0)
+    assert 0.0 <= float(values["dv_rep_mean"]) <= 2.0 and 0.0 <= float(values["dv_rep_retrieval"]) <= 2.0
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ import torch
 from xrg.data.datasets import XRayPairDataset
 from xrg.data.findings import FINDING_KINDS, Finding, describe_findings
 from xrg.errors import ConfigError
+from xrg.eval import judge as _judge_metrics  # noqa: F401  (registers finding_detection)
 from xrg.eval.metrics import _frechet_distance, _mean_estimate, compute
 from xrg.models.diffusevae import DiffuseVAE
 from xrg.models.xraygan import to_image_range, to_model_range
@@ -314,6 +315,22 @@ def report_detection(images: torch.Tensor, labels: torch.Tensor, judge: Judge, n
         "finding_detection", probs=judge.probabilities(images), labels=labels, thresholds=judge.thresholds,
         names=FINDING_KINDS, included=list(judge.judgeable), num_resamples=num_resamples, seed=seed,
     )  # fmt: skip
+
+
+def case_kinds(labels: torch.Tensor) -> list[tuple[str, ...]]:
+    """The finding set of each case of multi-hot ``labels`` ``[N, len(FINDING_KINDS)]``."""
+    return [tuple(k for k, v in zip(FINDING_KINDS, row) if v > 0.5) for row in labels]
+
+
+def case_quality(images: torch.Tensor, labels: torch.Tensor, judge: Judge, real: RealImages, num_resamples: int = 200,
+                 seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """How good images made for cases with ``labels`` are, one per case: their FID against all of
+    ``real``'s images (evaluator features) and :func:`report_detection`; the sampler sweep's measure."""
+    if len(images) < 2:
+        raise ConfigError(f"an FID needs at least 2 images, got {len(images)}")
+    fid = _frechet_distance(judge.of_real(real, "features").double(), judge.features(images).double())
+    return {"fid": max(fid, 0.0), "n": len(images),
+            "detection": report_detection(images, labels, judge, num_resamples=num_resamples, seed=seed)}  # fmt: skip
 
 
 @torch.no_grad()

@@ -17,6 +17,9 @@ resume on CPU, ``TrainingDiverged``, ``metrics.jsonl``, sample grids, a progress
 
 ``vae`` and ``moco`` need nothing; ``ddpm`` needs a finished ``vae``; ``finetune`` a finished
 ``ddpm`` and ``moco``. Every stage trains on the same seeded ``train_cases`` of the train split.
+With ``init_from = OTHER_RUN`` the ``vae`` and ``ddpm`` stages start from that run's weights but
+those of the condition encoder (:func:`warm_start`): the report-prompted model starts from the
+finding-set model and learns to read reports.
 """
 
 from __future__ import annotations
@@ -126,6 +129,9 @@ class DiffuseVAETrainConfig:
     sample_eta: float = 1.0  # DDIM η of the grids and the monitor (η = 0 left residual noise at 10-50 steps on cpu)
     seed: int = 0
     num_samples: int = 8
+    # A finished run whose VAE and DDPM start this run's (every weight but the condition encoder's,
+    # :func:`warm_start`): the report-prompted model starts from the finding-set model ("": from scratch).
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for stage in STAGES:
@@ -391,6 +397,26 @@ def _finished_stage(run_root: Path, stage: str, need: str, model_class: Any) -> 
     return model_class.from_checkpoint(path)
 
 
+def warm_start(network: torch.nn.Module, source: torch.nn.Module, where: str | os.PathLike) -> list[str]:
+    """Copy ``source``'s weights into ``network`` (a VAE or a UNet) but the condition encoder's where
+    it differs; returns the keys left at their initialisation.
+
+    Every weight outside ``condition.`` must be in ``source`` with the same shape (the same network
+    of another condition), else :class:`CheckpointError` names the ones that are not.
+    """
+    own, theirs = network.state_dict(), source.state_dict()
+    mismatched = [k for k, v in own.items() if not k.startswith("condition.")
+                  and (k not in theirs or theirs[k].shape != v.shape)]  # fmt: skip
+    if mismatched:
+        raise CheckpointError(
+            f"{where} holds another network than this run's ({len(mismatched)} weights differ, e.g. "
+            f"{', '.join(mismatched[:3])}): warm start only from a run of the same sizes"
+        )
+    kept = [k for k, v in own.items() if k not in theirs or theirs[k].shape != v.shape]
+    network.load_state_dict({k: (own[k] if k in kept else theirs[k]) for k in own})
+    return kept
+
+
 def stage_file(path: str | os.PathLike, stage: str) -> Path:
     """The ``stage`` checkpoint of ``path``: the file, ``path/checkpoint.pt`` or a DiffuseVAE run's ``path/STAGE/checkpoint.pt``."""
     path = Path(path)
@@ -433,6 +459,13 @@ class DiffuseVAETrainer(PhasedTrainer):
         else:
             model = DiffuseVAE(model_config)
         extra: dict[str, Any] = {}
+        if config.init_from and stage in ("vae", "ddpm") and not resume:
+            source_path = stage_file(config.init_from, stage)
+            if stage == "vae":
+                warm_start(model, VAE.from_checkpoint(source_path), source_path)
+            else:  # the source's averaged UNet, the better weights, starts both of this run's
+                warm_start(model.unet, DiffuseVAE.from_checkpoint(source_path).unet_ema, source_path)
+                model.unet_ema.load_state_dict(model.unet.state_dict())
         if stage == "ddpm" and not resume:
             vae = _finished_stage(run_root, stage, "vae", VAE)
             self._require_same(vae.config, model_config.vae, "vae", vae.checkpoint_info.path)
