@@ -47,9 +47,10 @@ report_cases: int = 200  # test reports of the XRayGAN comparison
 min_evaluator_auroc: float = 0.8  # a finding is scored only where the evaluator tells it apart this well
 min_test_positives: int = 20  # ... and the test split has this many cases with it
 # Sampler settings, chosen on the validation split, and speed
-speed_steps: list = [5, 10, 25, 50]  # DDIM step counts tried on validation and timed
+speed_steps: list = [5, 10, 25, 50]  # DDIM step counts timed
+sweep_steps: list = [5, 10, 25]  # DDIM step counts tried on validation, for every model
 sweep_etas: list = [0.0, 1.0]  # DDIM η tried on validation (0: deterministic, 1: as stochastic as ancestral)
-sweep_samples: int = 32  # validation samples of each condition and setting
+sweep_samples: int = 48  # validation cases of the sweep (one image each, under its findings or report)
 sweep_tolerance: float = 0.1  # the fewest steps whose validation FID is within this share of the best
 speed_images: int = 16  # images per timed DDIM batch
 ancestral_images: int = 4  # images of the timed ancestral batch (every one of the T timesteps)
@@ -109,7 +110,7 @@ run = setup(
         samples_per_condition=samples_per_condition, guidance=guidance,
         report_vae_epochs=report_vae_epochs, report_ddpm_epochs=report_ddpm_epochs,
         report_cases=report_cases, min_evaluator_auroc=min_evaluator_auroc, min_test_positives=min_test_positives,
-        speed_steps=speed_steps, sweep_etas=sweep_etas, sweep_samples=sweep_samples, sweep_tolerance=sweep_tolerance,
+        speed_steps=speed_steps, sweep_steps=sweep_steps, sweep_etas=sweep_etas, sweep_samples=sweep_samples, sweep_tolerance=sweep_tolerance,
         speed_images=speed_images, ancestral_images=ancestral_images,
     ),
 )  # fmt: skip
@@ -133,12 +134,14 @@ if not (
     and 0 <= sweep_tolerance <= 1
     and speed_steps
     and all(int(s) >= 1 for s in speed_steps)
+    and sweep_steps
+    and all(int(s) >= 1 for s in sweep_steps)
     and sweep_etas
     and all(0 <= float(e) <= 1 for e in sweep_etas)
 ):
     raise ValueError(f"need guidance in [0, 100], min_evaluator_auroc and sweep_tolerance in [0, 1], speed_steps "
-                     f"(>= 1) and sweep_etas (in [0, 1]) not empty; got {guidance}, {min_evaluator_auroc}, "
-                     f"{sweep_tolerance}, {speed_steps}, {sweep_etas}")  # fmt: skip
+                     f"and sweep_steps (>= 1) and sweep_etas (in [0, 1]) not empty; got {guidance}, "
+                     f"{min_evaluator_auroc}, {sweep_tolerance}, {speed_steps}, {sweep_steps}, {sweep_etas}")  # fmt: skip
 loaded = load_profile(profile)
 config = DiffuseVAETrainConfig.from_profile(loaded)
 root = Path(diffusevae_dir)
@@ -209,14 +212,16 @@ glue("dv_moco_chance", float(np.log(config.moco.model.queue_size + 1)), display=
 # ## Sampler settings, chosen on the validation split
 #
 # How many DDIM steps, and how stochastic (η), are decisions, so they are made on the validation
-# images and never on the test images the tables report. For every step count in `speed_steps`
-# and every η in `sweep_etas`, the fine-tuned model draws one image for each of the first
-# `sweep_samples` validation cases, under that case's finding set (the same noise for every
-# setting), scored against the validation images: the FID in the evaluator's features, and the
-# detection − false-alarm rate of the evaluator's calls against the cases' findings. The setting every later
-# section uses is the **fewest steps whose FID is within `sweep_tolerance` of the best** (the
-# better η at that step count): sampling time grows with the steps, and a difference inside
-# the tolerance is within the noise of a few dozen samples.
+# images and never on the test images the tables report — and for **every model on its own**,
+# since models trained differently need different samplers (before fine-tuning, deterministic DDIM
+# at few steps draws noise where the fine-tuned model does not). For every step count in
+# `sweep_steps` and every η in `sweep_etas`, each model draws one image for each of the first
+# `sweep_samples` validation cases, under that case's finding set (the report model: its report),
+# with the same noise for every setting, scored against the validation images: the FID in the
+# evaluator's features, and the detection − false-alarm rate of the evaluator's calls against the
+# cases' findings. Each model then samples with the **fewest steps whose FID is within
+# `sweep_tolerance` of its best** (the better η at that step count): sampling time grows with the
+# steps, and a difference inside the tolerance is within the noise of a few dozen samples.
 
 # %% tags=["hide-input"]
 model = load_stage(root / "findings", "finetune")
@@ -234,7 +239,7 @@ positives = {kind: int(test.labels[:, k].sum()) for k, kind in enumerate(FINDING
 judgeable, left_out = judgeable_findings(cohort_auroc, positives, min_evaluator_auroc, min_test_positives)
 judge = Judge.from_classifier(judge_network, judgeable)
 
-steps_list = sorted({int(s) for s in speed_steps if int(s) <= model.schedule.timesteps})
+swept_steps = sorted({int(v) for v in sweep_steps if int(v) <= model.schedule.timesteps})
 etas = sorted({float(e) for e in sweep_etas})
 
 
@@ -246,35 +251,48 @@ def ddim_sampler(network, steps, eta):
     return make
 
 
-sweep_count = min(sweep_samples, len(val.images))
-sweep_batch = condition_batch(model, case_kinds(val.labels[:sweep_count]))
-records = []
-for steps in steps_list:
+def choose_sampler(network, texts=None):
+    """The validation sweep of one model, and its (steps, η) by the rule above."""
+    count = min(sweep_samples, len(val.images))
+    batch = condition_batch(network, case_kinds(val.labels[:count]), texts=None if texts is None else texts[:count])
+    records = []
+    for steps in swept_steps:
+        for eta in etas:
+            images = generate(network, batch, count, steps=steps, guidance=guidance, eta=eta, seed=seed + 500)
+            found = case_quality(images, val.labels[:count], judge, val, seed=seed)
+            records.append({"steps": steps, "eta": eta, "FID": found["fid"],
+                            "detection − false alarm": found["detection"]["value"]})  # fmt: skip
+    table = pd.DataFrame(records).set_index(["steps", "eta"])
+    within = table[table["FID"] <= float(table["FID"].min()) * (1 + sweep_tolerance)]
+    steps = int(within.index.get_level_values("steps").min())
+    return table, (steps, float(within.loc[steps]["FID"].idxmin()))
+
+
+sweeps, chosen = {}, {}
+for name, network, texts in (("fine-tuned", model, None), ("before fine-tuning", before, None),
+                             ("MoCo without clustering", ablation, None), ("report encoder", report_model, val.texts)):  # fmt: skip
+    sweeps[name], chosen[name] = choose_sampler(network, texts)
+eval_steps, eval_eta = chosen["fine-tuned"]
+for key, name in (("", "fine-tuned"), ("_before", "before fine-tuning"), ("_ablation", "MoCo without clustering"),
+                  ("_report", "report encoder")):  # fmt: skip
+    glue(f"dv_eval_steps{key}", chosen[name][0], display=False)
+    glue(f"dv_eval_eta{key}", chosen[name][1], display=False)
+fig, axes = plt.subplots(1, len(sweeps), figsize=(3.3 * len(sweeps), 3), sharey=False)
+for ax, (name, table) in zip(np.atleast_1d(axes), sweeps.items()):
     for eta in etas:
-        images = generate(model, sweep_batch, sweep_count, steps=steps, guidance=guidance, eta=eta, seed=seed + 500)
-        found = case_quality(images, val.labels[:sweep_count], judge, val, seed=seed)
-        records.append({"steps": steps, "eta": eta, "FID": found["fid"],
-                        "detection − false alarm": found["detection"]["value"]})  # fmt: skip
-sweep = pd.DataFrame(records).set_index(["steps", "eta"])
-best = float(sweep["FID"].min())
-within = sweep[sweep["FID"] <= best * (1 + sweep_tolerance)]
-eval_steps = int(within.index.get_level_values("steps").min())
-eval_eta = float(within.loc[eval_steps]["FID"].idxmin())
-glue("dv_eval_steps", eval_steps, display=False)
-glue("dv_eval_eta", eval_eta, display=False)
-fig, ax = plt.subplots(figsize=(5, 3.2))
-for eta in etas:
-    line = sweep.xs(eta, level="eta")["FID"]
-    ax.plot(line.index, line.values, marker="o", label=f"η = {eta:g}")
-ax.axhline(best * (1 + sweep_tolerance), color="k", ls=":", lw=1, label="tolerance")
-ax.scatter([eval_steps], [sweep.loc[(eval_steps, eval_eta), "FID"]], s=120, facecolors="none",
-           edgecolors="r", label="chosen")  # fmt: skip
-ax.set(xscale="log", xlabel="DDIM steps", ylabel="validation FID",
-       title="sampler settings on validation")  # fmt: skip
-ax.legend(fontsize=8)
+        line = table.xs(eta, level="eta")["FID"]
+        ax.plot(line.index, line.values, marker="o", label=f"η = {eta:g}")
+    ax.axhline(float(table["FID"].min()) * (1 + sweep_tolerance), color="k", ls=":", lw=1, label="tolerance")
+    ax.scatter([chosen[name][0]], [table.loc[chosen[name], "FID"]], s=120, facecolors="none", edgecolors="r",
+               label="chosen")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="DDIM steps", title=name)
+axes[0].set_ylabel("validation FID")
+axes[0].legend(fontsize=7)
+fig.tight_layout()
 plt.show()
-display(Markdown(f"Chosen on validation: **{eval_steps} DDIM steps, η = {eval_eta:g}**."))
-sweep.round(3)
+display(Markdown("Chosen on validation: " + "; ".join(f"{name}: **{s} DDIM steps, η = {e:g}**"
+                                                      for name, (s, e) in chosen.items()) + "."))  # fmt: skip
+pd.concat(sweeps, names=["model"]).round(3)
 
 # %% [markdown]
 # ## VAE draws and their DDPM refinements
@@ -324,8 +342,10 @@ for ax, (name, network) in zip(axes, {"with clustering loss": moco, "without (pl
     _, _, basis = torch.linalg.svd(centred, full_matrices=False)
     points = (centred @ basis[:2].T).numpy()
     for index, category in enumerate(CLUSTER_CATEGORIES):
-        chosen = (categories == index).numpy()
-        ax.scatter(points[chosen, 0], points[chosen, 1], s=6, alpha=0.6, label=f"{category} ({chosen.sum()})")
+        in_category = (categories == index).numpy()
+        ax.scatter(
+            points[in_category, 0], points[in_category, 1], s=6, alpha=0.6, label=f"{category} ({in_category.sum()})"
+        )
     found = separation[name]
     ax.set(title=f"{name}\nsilhouette {found['silhouette']:.3f}, 5-NN accuracy {found['knn_accuracy']['value']:.2f}",
            xlabel="PC 1", ylabel="PC 2")  # fmt: skip
@@ -400,8 +420,8 @@ main_generators = {"DiffuseVAE + MoCo (fine-tuned)": ddim_sampler(model, eval_st
                    "VAE alone": vae_only}  # fmt: skip
 # The whitepaper's three conditions carry its comparisons (before fine-tuning, and fine-tuned with a
 # MoCo trained without the clustering loss); every other condition the fine-tuned model and its VAE.
-rows = condition_table({**main_generators, "DiffuseVAE (before fine-tuning)": ddim_sampler(before, eval_steps, eval_eta),
-                        "fine-tuned, MoCo without clustering": ddim_sampler(ablation, eval_steps, eval_eta)},
+rows = condition_table({**main_generators, "DiffuseVAE (before fine-tuning)": ddim_sampler(before, *chosen["before fine-tuning"]),
+                        "fine-tuned, MoCo without clustering": ddim_sampler(ablation, *chosen["MoCo without clustering"])},
                        [c for c in conditions if c in whitepaper], judge, test, train, n=samples_per_condition,
                        seed=seed)  # fmt: skip
 rows += condition_table(main_generators, [c for c in conditions if c not in whitepaper], judge, test, train,
@@ -443,11 +463,12 @@ score_cases = min(len(test.images), samples_per_condition * 2)
 real_images = test.images[:score_cases]
 score_kinds = case_kinds(test.labels[:score_cases])
 representation = {}
-for name, network in {"before fine-tuning": before, "fine-tuned (clustered MoCo)": model,
-                      "fine-tuned (MoCo without clustering)": ablation}.items():  # fmt: skip
-    reconstructed = reconstruct(
-        network, real_images, condition_batch(network, score_kinds), steps=eval_steps, eta=eval_eta, seed=seed
-    )
+for name, network, sampler_of in (("before fine-tuning", before, "before fine-tuning"),
+                                  ("fine-tuned (clustered MoCo)", model, "fine-tuned"),
+                                  ("fine-tuned (MoCo without clustering)", ablation, "MoCo without clustering")):  # fmt: skip
+    steps, eta = chosen[sampler_of]
+    reconstructed = reconstruct(network, real_images, condition_batch(network, score_kinds), steps=steps, eta=eta,
+                                seed=seed)  # fmt: skip
     representation[name] = {
         "MoCo score (clustered MoCo)": representation_scores(moco, real_images, reconstructed, seed=seed),
         "evaluator-feature distance": feature_distance(
@@ -491,7 +512,8 @@ labelled = [prompt_findings(text, report=True)[0] for text in texts]
 report_batch = report_pipe.condition_batch([()] * count, texts)
 candidates = {
     "XRayGAN": xraygan_frontal,
-    "DiffuseVAE, report encoder": generate(report_model, report_batch, count, steps=eval_steps, guidance=guidance, eta=eval_eta, seed=seed),
+    "DiffuseVAE, report encoder": generate(report_model, report_batch, count, steps=chosen["report encoder"][0],
+                                           guidance=guidance, eta=chosen["report encoder"][1], seed=seed),
     "DiffuseVAE, labelled findings": generate(model, condition_batch(model, labelled), count, steps=eval_steps,
                                               guidance=guidance, eta=eval_eta, seed=seed),
     "mean image (control)": train.images.mean(dim=0, keepdim=True).expand(count, -1, -1, -1),
@@ -515,14 +537,17 @@ comparison
 #
 # Images per second on this machine for ancestral sampling over every timestep (a batch of
 # `ancestral_images`: it is slow) and for DDIM at each step count (a batch of `speed_images`),
-# beside the validation quality of the sampler sweep above at each step count and η
+# beside the fine-tuned model's validation quality in the sampler sweep above at each step count and η
 # (`xrg bench diffusion` prints the same speeds on any machine).
 
 # %% tags=["hide-input"]
 speed = pd.DataFrame(
-    sampling_speed(model, steps_list, count=speed_images) + sampling_speed(model, [None], count=ancestral_images)
+    sampling_speed(
+        model, sorted({int(v) for v in speed_steps if int(v) <= model.schedule.timesteps}), count=speed_images
+    )
+    + sampling_speed(model, [None], count=ancestral_images)
 )
-quality = sweep.reset_index()
+quality = sweeps["fine-tuned"].reset_index()
 quality["eta"] = quality["eta"].map(lambda e: f"{e:g}")
 quality = quality.pivot_table(index="steps", columns="eta", values=["FID", "detection − false alarm"])
 quality.columns = [f"{what} (η {eta}, val)" for what, eta in quality.columns]

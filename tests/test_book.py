@@ -175,3 +175,15 @@ def test_parallel_notebooks_wait_for_what_they_need_and_a_failure_stops_the_rest
     assert sum(e.startswith("start") for e in events) == sum(e.startswith("end") for e in events)  # none left running
     assert max(sum(1 for e in events[: i + 1] if e.startswith("start")) - sum(1 for e in events[: i + 1] if e.startswith("end"))
                for i in range(len(events))) <= 2  # fmt: skip
+
+
+def test_a_changed_profile_marks_the_executed_notebooks_stale(tmp_path):
+    from xrg.book import library_fingerprint
+    from xrg.profiles import PROFILES_DIR
+
+    for path in PROFILES_DIR.glob("*.yaml"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    assert library_fingerprint(tmp_path) == library_fingerprint()  # the project's profiles by default
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text(cpu.read_text().replace("num_epochs: 32", "num_epochs: 31", 1))
+    assert library_fingerprint(tmp_path) != library_fingerprint()

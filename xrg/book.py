@@ -151,11 +151,18 @@ def notebook_names() -> list[str]:
     return sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def library_fingerprint() -> str:
-    """A hash of the library's source, so a code change marks executed notebooks stale."""
+def library_fingerprint(profiles_dir: str | os.PathLike | None = None) -> str:
+    """A hash of the library's source and of the profiles (``profiles_dir``, the project's by
+    default), so a change of code or of a training setting marks executed notebooks stale: a
+    notebook trains its runs from the profile, which its parameters do not spell out."""
+    from xrg.profiles import PROFILES_DIR
+
     digest = hashlib.sha256()
     for path in sorted((ROOT / "xrg").rglob("*.py")):
         digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    for path in sorted(Path(profiles_dir or PROFILES_DIR).glob("*.yaml")):
+        digest.update(f"profiles/{path.name}".encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
