@@ -649,3 +649,53 @@ def test_the_findings_term_is_the_bce_of_the_heads_and_the_critic_learns_the_lab
     enlarged = batch["labels"][:, column] > 0
     assert 0 < int(enlarged.sum()) < len(enlarged)
     assert float(logits[enlarged].mean() - logits[~enlarged].mean()) > 0.05, logits
+
+
+def test_the_findings_reward_is_the_frozen_classifiers_bce_and_a_run_keeps_its_reward(tmp_path):
+    from xrg.data.datasets import XRayPairDataset, collate_pairs
+    from xrg.train.pathology import PathologyTrainConfig, train_pathology_classifier
+    from xrg.train.xraygan import FindingsReward, gan_step, pretrain_step
+
+    data = write_synthetic_data(tmp_path / "data", num_patients=30, image_size=16, labelled=True)
+    _, _, reward_path = train_pathology_classifier(
+        data, PathologyTrainConfig(image_size=32, num_epochs=1, batch_size=6), tmp_path / "reward", progress=False
+    )
+    with pytest.raises(ConfigError, match="findings_weight 1.0 needs findings_reward"):
+        replaced(TINY, findings_weight=1.0)
+    config = replaced(
+        TINY, model={"num_stages": 1}, lr=(2e-3,), batch_size=(6,), num_epochs=(1,), vc_weight=0.0,
+        findings_weight=2.0, findings_reward=str(reward_path),
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="findings_reward .*missing.pt does not exist.*xrg train pathology"):
+        XRayGANTrainer(replaced(config, findings_reward=str(tmp_path / "missing.pt")), data, tmp_path / "x")
+    reward = FindingsReward.load(reward_path, torch.device("cpu"))
+    assert reward.view == "frontal"
+    frozen_weights = {k: v.clone() for k, v in reward.classifier.network.state_dict().items()}
+    dataset = XRayPairDataset(data, "train", image_size=16)
+    batch = collate_pairs([dataset[i] for i in range(6)])
+    torch.manual_seed(0)
+    model = XRayGAN(config.model_for(len(dataset.vocab)))
+    for name in ("pretrain", "gan"):
+        phase = [phase for phase in training_phases(config) if phase.name == name][0]
+        optimizers = make_optimizers(model, phase, 0, config)
+        with torch.no_grad():
+            fake = model.generate(model.encode(batch).c, phase.stage)
+            expected = torch.nn.functional.binary_cross_entropy_with_logits(
+                reward.classifier.logits(fake["frontal"]), batch["labels"]
+            )
+        step = pretrain_step if name == "pretrain" else functools.partial(gan_step, vcn=None)
+        losses = step(model, batch=batch, phase=phase, optimizers=optimizers, config=config, reward=reward)
+        assert losses["findings_loss"] == pytest.approx(float(expected), rel=1e-4), name
+    after = reward.classifier.network.state_dict()  # frozen: the generator's updates never touch it
+    assert all(torch.equal(after[k], v) for k, v in frozen_weights.items())
+    run = tmp_path / "run"
+    assert XRayGANTrainer(config, data, run, progress=False).train().finished
+    rows = metric_rows(run)
+    assert rows and all(row["findings_loss"] is not None for row in rows if row["kind"] == "xraygan")
+    # a run is resumed only against the reward it was trained with
+    train_pathology_classifier(
+        data, PathologyTrainConfig(image_size=32, num_epochs=1, batch_size=6, seed=5), tmp_path / "reward",
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match="another findings reward"):
+        XRayGANTrainer(config, data, run, progress=False, resume=True)

@@ -26,7 +26,11 @@ phase per stage, 32² → 64² → 128² → 256² in the paper. In the phase of
   BCE against the case's finding labels on the real images, the generator loss the same BCE of
   the head on the generated images against the report's labels. The view-consistency reward
   comes from the frozen VCN of the stage's resolution (:mod:`xrg.train.vcn`): gradients flow through it into the generated images, never into
-  its weights. ``vc_weight = 0`` is the "w/o VCN" ablation and needs no VCN.
+  its weights. ``vc_weight = 0`` is the "w/o VCN" ablation and needs no VCN. With
+  ``findings_weight > 0`` (not in the paper) a frozen findings reward, a search classifier
+  trained on the train split (``findings_reward``; never the evaluator), adds
+  ``findings_weight`` × its BCE of the generated image of its view against the report's labels,
+  in pre-training as well.
 
 The ablations of Table 2 are config values: ``model.encoder_kind: flat`` (w/o HAE),
 ``model.generator_kind: single_shot`` (w/o MSCGAN: one phase at the final size with the last
@@ -65,9 +69,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xrg.checkpoint import read_checkpoint
 from xrg.config import config_from_mapping, merge_settings
 from xrg.data.findings import FINDING_KINDS
 from xrg.errors import CheckpointError, ConfigError
+from xrg.latent.search import SearchClassifier
 from xrg.models.encoder import EncoderConfig
 from xrg.models.vcn import ViewConsistencyNet
 from xrg.models.xraygan import XRayGAN, XRayGANConfig, XRayGANModelConfig, gradient_penalty
@@ -92,15 +98,18 @@ from xrg.train.loop import (  # noqa: F401 (CHECKPOINT_NAME, METRICS_NAME, SAMPL
     require_finite,
     sample_grid,
 )
+from xrg.train.pathology import load_search_classifier
 from xrg.train.vcn import VCNResult, VCNTrainConfig, ensure_vcns, file_sha256
 
 #: Keys of every line of ``RUN/metrics.jsonl`` (losses absent from a phase are null).
 METRIC_KEYS: tuple[str, ...] = (
     "kind", "phase", "stage", "image_size", "epoch", "step", "d_loss", "g_loss", "adv_loss", "rec_loss",
-    "vc_loss", "vc_prob", "gp", "aux_d_loss", "aux_g_loss", "lr", "seconds", "images_per_s", *MONITOR_KEYS,
+    "vc_loss", "vc_prob", "gp", "aux_d_loss", "aux_g_loss", "findings_loss", "lr", "seconds", "images_per_s",
+    *MONITOR_KEYS,
 )  # fmt: skip
 LOSS_KEYS: tuple[str, ...] = (
     "d_loss", "g_loss", "adv_loss", "rec_loss", "vc_loss", "vc_prob", "gp", "aux_d_loss", "aux_g_loss",
+    "findings_loss",
 )  # fmt: skip
 
 
@@ -125,6 +134,12 @@ class XRayGANTrainConfig:
     # case's finding labels on the real images (BCE), the generator pays the same BCE of its
     # images' logits against the report's labels; 0: off (the paper)
     aux_weight: float = 0.0
+    # A frozen findings reward (not in the paper): a search classifier trained by `xrg train
+    # pathology` on the train split (never the evaluator) reads the generated image of its view, and
+    # the generator pays ``findings_weight`` × its BCE against the report's labels, in pre-training and
+    # in the adversarial phases (as the VCN's reward, gradients reach the images, never its weights)
+    findings_weight: float = 0.0
+    findings_reward: str = ""  # that classifier's checkpoint
     # optimisation (§3.2)
     lr: tuple[float, ...] = (3e-4, 3e-4, 2e-4, 1e-4)  # per stage
     batch_size: tuple[int, ...] = (96, 56, 24, 12)  # per stage
@@ -165,7 +180,15 @@ class XRayGANTrainConfig:
                 raise ConfigError(f"{name} values must be positive, got {list(values)}")
         if min(self.batch_size) < 2:
             raise ConfigError(f"batch sizes must be at least 2 (BatchNorm), got {list(self.batch_size)}")
-        for name in ("adv_weight", "rec_weight", "vc_weight", "gp_weight", "aux_weight", "pretrain_epochs"):
+        for name in (
+            "adv_weight",
+            "rec_weight",
+            "vc_weight",
+            "gp_weight",
+            "aux_weight",
+            "findings_weight",
+            "pretrain_epochs",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be non-negative, got {getattr(self, name)}")
         if isinstance(self.train_cases, bool) or not isinstance(self.train_cases, int) or self.train_cases < 0:
@@ -194,6 +217,11 @@ class XRayGANTrainConfig:
             raise ConfigError(
                 f"model.critic_classes must be 0 (no findings head) or the {len(FINDING_KINDS)} finding "
                 f"labels of the data, got {classes}"
+            )
+        if self.findings_weight > 0 and not self.findings_reward:
+            raise ConfigError(
+                f"findings_weight {self.findings_weight} needs findings_reward: the checkpoint of a search "
+                "classifier (xrg train pathology --backbone densenet ...)"
             )
         if self.aux_weight > 0 and not classes:
             raise ConfigError(
@@ -283,21 +311,55 @@ def make_optimizers(model: XRayGAN, phase: Phase, phase_index: int, config: XRay
     return Optimizers(phase_index, generator, discriminator, config.critic_lr_scale)
 
 
+@dataclass
+class FindingsReward:
+    """The frozen findings reward: a search classifier of one view (``findings_reward``), and its file's hash."""
+
+    classifier: SearchClassifier
+    view: str
+    sha256: str
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device) -> FindingsReward:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(
+                f"findings_reward {path} does not exist: train one on this data's train split with "
+                "xrg train pathology --backbone densenet --profile P --data DATA --out DIR"
+            )
+        classifier = load_search_classifier(path, device)
+        view = str((read_checkpoint(path, "cpu").get("metrics") or {}).get("view", "frontal"))
+        return cls(classifier, view, file_sha256(path))
+
+    def loss(self, fake: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """The classifier's BCE of the generated image of its view against the cases' labels."""
+        return F.binary_cross_entropy_with_logits(self.classifier.logits(fake[self.view]), labels)
+
+
 def pretrain_step(
-    model: XRayGAN, batch: dict[str, Any], phase: Phase, optimizers: Optimizers, config: XRayGANTrainConfig
+    model: XRayGAN,
+    batch: dict[str, Any],
+    phase: Phase,
+    optimizers: Optimizers,
+    config: XRayGANTrainConfig,
+    reward: FindingsReward | None = None,
 ) -> dict[str, float]:
-    """Plain L2 reconstruction of both views at the phase's stage (no critic, no VCN)."""
-    target = reconstruction_targets(
-        batch, tuple(model.generator.views), next(model.parameters()).device, config.rec_target
-    )
+    """Plain L2 reconstruction of both views at the phase's stage (no critic, no VCN), plus the findings reward's term."""
+    device = next(model.parameters()).device
+    target = reconstruction_targets(batch, tuple(model.generator.views), device, config.rec_target)
     fake = model.generate(model.encode(batch).c, phase.stage)
     rec_loss = sum(F.mse_loss(fake[view], target[view]) for view in target)
     g_loss = config.rec_weight * rec_loss
-    require_finite({"g_loss": g_loss, "rec_loss": rec_loss}, "generator loss")
+    losses = {"g_loss": g_loss, "rec_loss": rec_loss}
+    if reward is not None:
+        losses["findings_loss"] = reward.loss(fake, batch["labels"].to(device))
+        g_loss = g_loss + config.findings_weight * losses["findings_loss"]
+        losses["g_loss"] = g_loss
+    require_finite(losses, "generator loss")
     optimizers.generator.zero_grad(set_to_none=True)
     g_loss.backward()
     optimizers.generator.step()
-    return {"g_loss": float(g_loss.detach()), "rec_loss": float(rec_loss.detach())}
+    return {key: float(value.detach()) for key, value in losses.items()}
 
 
 def judge(
@@ -318,10 +380,12 @@ def gan_step(
     phase: Phase,
     optimizers: Optimizers,
     config: XRayGANTrainConfig,
+    reward: FindingsReward | None = None,
 ) -> dict[str, float]:
     """``n_critic`` WGAN-GP critic updates, then one generator update (module docstring).
 
-    ``vcn`` is the frozen VCN of the stage's size, or None when ``vc_weight`` is 0.
+    ``vcn`` is the frozen VCN of the stage's size, or None when ``vc_weight`` is 0; ``reward`` the
+    frozen findings reward, or None when ``findings_weight`` is 0.
     """
     assert optimizers.discriminator is not None
     stage_key = str(phase.stage)
@@ -369,6 +433,10 @@ def gan_step(
             vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
             g_loss = g_loss - config.vc_weight * vc_prob
             losses.update(vc_loss=-vc_prob, vc_prob=vc_prob)
+        if reward is not None:
+            findings_loss = reward.loss(fake, batch["labels"].to(device))
+            g_loss = g_loss + config.findings_weight * findings_loss
+            losses.update(findings_loss=findings_loss)
         return generator_update(optimizers.generator, losses, g_loss)
 
 
@@ -397,9 +465,11 @@ class XRayGANStep(Step):
         vcns: dict[int, VCNResult],
         device: torch.device,
         run_dir: Path,
+        reward: FindingsReward | None = None,
     ) -> None:
         super().__init__(config, phases, data, model, device, run_dir)
         self.vcns = vcns
+        self.reward = reward
         # Checkpoints name the VCN files they were trained against, so a resume cannot swap them.
         self.vcn_hashes = {str(size): file_sha256(result.path) for size, result in sorted(vcns.items())}
 
@@ -411,9 +481,9 @@ class XRayGANStep(Step):
 
     def update(self, phase: Phase, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
         if phase.name == "pretrain":
-            return pretrain_step(self.model, batch, phase, optimizers, self.config)
+            return pretrain_step(self.model, batch, phase, optimizers, self.config, self.reward)
         vcn = self.vcns[phase.image_size].model if self.config.vc_weight > 0 else None
-        return gan_step(self.model, vcn, batch, phase, optimizers, self.config)
+        return gan_step(self.model, vcn, batch, phase, optimizers, self.config, self.reward)
 
     def recalibrate(self, phase: Phase, position: Position) -> int:
         """Re-estimate the generators' BatchNorm statistics on train batches at ``phase``'s stage."""
@@ -450,13 +520,21 @@ class XRayGANStep(Step):
         )
 
     def checkpoint_extras(self) -> dict[str, Any]:
-        return {"vcns": self.vcn_hashes}
+        extras: dict[str, Any] = {"vcns": self.vcn_hashes}
+        if self.reward is not None:
+            extras["findings_reward"] = self.reward.sha256
+        return extras
 
     def verify_checkpoint(self, payload: dict[str, Any], path: Path) -> None:
         if payload["vcns"] != self.vcn_hashes:
             raise CheckpointError(
                 f"checkpoint {path} was trained against other VCNs than those now in {self.run_dir / 'vcn'} "
                 f"(sizes {sorted(payload['vcns'])}); restore them or start a new run"
+            )
+        if payload.get("findings_reward") != (self.reward.sha256 if self.reward else None):
+            raise CheckpointError(
+                f"checkpoint {path} was trained against another findings reward than {self.config.findings_reward} "
+                "(its file changed); restore it or start a new run"
             )
 
 
@@ -493,9 +571,10 @@ class XRayGANTrainer(PhasedTrainer):
             base = vcn_config or VCNTrainConfig(seed=config.seed)
             vcn_configs = [dataclasses.replace(base, image_size=size) for size in config.vcn_sizes]
             vcns = ensure_vcns(files.run_dir, data.data_dir, vcn_configs, data.vocabulary, device, progress)
+        reward = FindingsReward.load(config.findings_reward, device) if config.findings_weight > 0 else None
         torch.manual_seed(config.seed)
         model = XRayGAN(XRayGANModelConfig.from_run_config(config, len(data.vocabulary))).to(device)
-        step = XRayGANStep(config, phases, data, model, vcns, device, files.run_dir)
+        step = XRayGANStep(config, phases, data, model, vcns, device, files.run_dir, reward)
         super().__init__(step, files, seed=config.seed, device=device, progress=progress, resume=resume)
 
     @property
