@@ -97,7 +97,7 @@ def test_losses_go_down_metrics_and_samples_are_written_and_the_vcn_stays_frozen
         [("pretrain", 0, 0)] + [("gan", 0, e) for e in range(4)] + [("gan", 1, 0)]
     )
     gan_rows = [row for row in rows if row["phase"] == "gan"]
-    aux_keys = ("aux_d_loss", "aux_g_loss")  # the findings term is off (aux_weight 0): null
+    aux_keys = ("aux_d_loss", "aux_g_loss", "findings_loss")  # the findings terms are off (weights 0): null
     assert all(row[key] is not None for row in gan_rows for key in METRIC_KEYS if key not in aux_keys)
     assert all(row[key] is None for row in rows for key in aux_keys)
     assert all(row["d_loss"] is None and row["rec_loss"] is not None for row in rows if row["phase"] == "pretrain")
