@@ -350,16 +350,11 @@ def pretrain_step(
     fake = model.generate(model.encode(batch).c, phase.stage)
     rec_loss = sum(F.mse_loss(fake[view], target[view]) for view in target)
     g_loss = config.rec_weight * rec_loss
-    losses = {"g_loss": g_loss, "rec_loss": rec_loss}
+    losses = {"rec_loss": rec_loss}
     if reward is not None:
         losses["findings_loss"] = reward.loss(fake, batch["labels"].to(device))
         g_loss = g_loss + config.findings_weight * losses["findings_loss"]
-        losses["g_loss"] = g_loss
-    require_finite(losses, "generator loss")
-    optimizers.generator.zero_grad(set_to_none=True)
-    g_loss.backward()
-    optimizers.generator.step()
-    return {key: float(value.detach()) for key, value in losses.items()}
+    return generator_update(optimizers.generator, losses, g_loss)
 
 
 def judge(
