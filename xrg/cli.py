@@ -39,6 +39,7 @@ holder's PID.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import shlex
@@ -247,7 +248,10 @@ def _run_directory(args: argparse.Namespace, attribute: str = "out"):
     """The run directory, checked writable, locked for this command and claimed (a run's, or new)."""
     from xrg.data.manifest import read_manifest
     from xrg.locks import own_output_dir
+    from xrg.train.distributed import is_main
 
+    if not is_main():  # under torchrun rank 0 checks, locks and claims the directory; the others train
+        return contextlib.nullcontext(Path(getattr(args, attribute)))
     if getattr(args, "data", None):
         read_manifest(args.data)  # a bad --data fails before --out is touched
     return own_output_dir(getattr(args, attribute), "run", force=args.force, what=f"--{attribute}")
@@ -888,6 +892,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "train_command", None):
+            _join_torchrun(args)
         status = args.func(args)
     except TrainingStopped as exc:
         # A VCN or evaluator training stopped by SIGINT/SIGTERM: the same command continues it.
@@ -908,7 +914,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xrg: error: {type(exc).__name__}: {_one_line(exc)[:500]} (XRG_DEBUG=1 shows where)", file=sys.stderr)
         return 2
+    finally:
+        if getattr(args, "train_command", None):
+            from xrg.train.distributed import shutdown
+
+            shutdown()
     return status or 0
+
+
+def _join_torchrun(args: argparse.Namespace) -> None:
+    """Under ``torchrun``: join its process group, take this rank's GPU, keep stdout to rank 0."""
+    from xrg.train.distributed import init_from_environment, local_device
+
+    world = init_from_environment(args.device)
+    if not world.distributed:
+        return
+    args.device = str(local_device(args.device))
+    if world.rank > 0:  # one copy of every printed line; errors still reach stderr from every rank
+        sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - for the rest of the process
 
 
 if __name__ == "__main__":

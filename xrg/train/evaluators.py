@@ -37,9 +37,10 @@ from xrg.eval.evaluators import (
     ensure_cohort,
     load_classifier,
 )
-from xrg.io import append_jsonl, read_json_mapping
+from xrg.io import read_json_mapping
 from xrg.models.classifier import FindingClassifier, FindingClassifierConfig, class_weights, weighted_bce
 from xrg.models.vcn import vcn_path
+from xrg.train import distributed
 from xrg.train.loop import EpochLoop, partial_path
 from xrg.train.vcn import TargetedVCNTrainConfig, ensure_vcns, training_data_key
 
@@ -110,10 +111,11 @@ def train_classifier(
     steps = loop.run(step, epoch_row)
     model.eval().requires_grad_(False)
     metrics = {"test_auroc": classifier_auroc(model, test_set), "num_train": len(train_set), "num_test": len(test_set)}
-    append_jsonl(out_dir / METRICS_NAME, {"kind": "classifier_test", **metrics})
-    model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
-               progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
-    loop.finish()
+    loop.complete(
+        {"kind": "classifier_test", **metrics},
+        lambda: model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
+                           progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True}),
+    )  # fmt: skip
     return model, metrics, path
 
 
@@ -126,6 +128,10 @@ def ensure_evaluators(
 ) -> Evaluators:
     """The evaluators of ``data_dir`` in ``out_dir``: loaded, or rendered and trained (module docstring)."""
     out_dir = Path(out_dir)
+    # Under torchrun rank 0 renders the cohort while the others wait, then they find it complete.
+    if distributed.is_main():
+        ensure_cohort(data_dir, config, out_dir / COHORT_DIR, progress)
+    distributed.barrier()
     cohort_dir = ensure_cohort(data_dir, config, out_dir / COHORT_DIR, progress)
     classifier_config = config.classifier_config()
     classifier_path = out_dir / CLASSIFIER_NAME

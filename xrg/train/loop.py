@@ -62,6 +62,7 @@ from xrg.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingS
 from xrg.io import append_jsonl, atomic_write_jsonl, remove_temporaries
 from xrg.locks import directory_lock
 from xrg.models.xraygan import to_image_range, to_model_range
+from xrg.train import distributed
 from xrg.train.runtime import StopRequests, epoch_batches, recalibrate_batchnorm, set_lr
 
 METRICS_NAME = "metrics.jsonl"
@@ -99,7 +100,10 @@ class NonFinite(Exception):
 
 
 def require_finite(losses: dict[str, torch.Tensor], where: str) -> None:
+    """Raise :class:`NonFinite` when a loss is not finite; under torchrun on every rank when one rank's is not."""
     bad = [name for name, value in losses.items() if not torch.isfinite(value).all()]
+    if distributed.any_rank(int(bool(bad))) and not bad:
+        raise NonFinite(f"a non-finite loss on another process in the {where}")
     if bad:
         shown = ", ".join(f"{name}={float(value.detach()):.4g}" for name, value in losses.items())
         raise NonFinite(f"non-finite {', '.join(bad)} in the {where} ({shown})")
@@ -304,8 +308,11 @@ class Step:
 
     def end_epoch(self, phase: Any, position: Position) -> dict[str, float | None]:
         """Work at the end of an epoch, before its checkpoint: BatchNorm statistics, the sample
-        grid, then the monitor, whose values go into the epoch's metrics row."""
+        grid, then the monitor, whose values go into the epoch's metrics row. Under torchrun every
+        rank recalibrates (on its shard of the batches); rank 0 alone writes the grid and monitors."""
         self.recalibrate(phase, position)
+        if not distributed.is_main():
+            return {}
         self.write_samples(phase)
         return self.monitor(phase)
 
@@ -370,6 +377,7 @@ def recalibrate_generators(
     the generators on one batch at ``phase``'s image size. The batches come from their own
     generator seeded by the run seed, the phase and the epoch of ``position``, and any noise
     from another (``noise_source``), so the global RNG (and so a resumed run) is untouched.
+    Under torchrun each rank runs its shard of every batch and the statistics are averaged.
     """
     count = step.config.bn_recalibration_batches
     if count == 0:
@@ -381,10 +389,12 @@ def recalibrate_generators(
 
     def forward_passes() -> Iterator[None]:
         for indices in order:
-            forward(collate_pairs([train_set[i] for i in indices]), noise_source)
+            forward(collate_pairs([train_set[i] for i in distributed.shard(indices)]), noise_source)
             yield None
 
-    return recalibrate_batchnorm(module, forward_passes)
+    layers = recalibrate_batchnorm(module, forward_passes)
+    distributed.average_buffers(module)
+    return layers
 
 
 def real_images(batch: dict[str, Any], views: tuple[str, ...], device: torch.device) -> dict[str, torch.Tensor]:
@@ -599,7 +609,7 @@ class RunFiles:
                 f"{run_dir} already holds a run ({files.checkpoint_path}); pass --resume (resume=True) "
                 "to continue it, or choose another output directory"
             )
-        if not run_dir.is_dir():
+        if not run_dir.is_dir() or not distributed.is_main():
             return files
         # A process killed while writing leaves ``.NAME.*.tmp`` files (never a partial NAME); only
         # the directory's one writer may remove them.
@@ -609,6 +619,18 @@ class RunFiles:
                 if removed:
                     files.notes.append(f"removed {len(removed)} partial file(s) a killed run left in {directory}")
         return files
+
+
+#: How a stop request travels between ranks (the largest wins).
+_STOP_CODES = {None: 0, "max_steps": 1, "SIGINT": 2, "SIGTERM": 3}
+
+
+def stop_requested(stop: StopRequests, world: distributed.World) -> str | None:
+    """The signal that asks this loop to stop, seen by this rank or (under torchrun) by any rank; None."""
+    if not world.distributed:
+        return stop.requested
+    code = distributed.any_rank(_STOP_CODES.get(stop.requested, 3))
+    return {value: name for name, value in _STOP_CODES.items()}[code]
 
 
 class PhasedTrainer:
@@ -623,8 +645,11 @@ class PhasedTrainer:
     def __init__(
         self, family: Step, files: RunFiles, *, seed: int, device: torch.device, progress: bool, resume: bool
     ) -> None:
-        self.family, self.files, self.device, self.progress = family, files, device, progress
+        self.family, self.files, self.device = family, files, device
+        self.world = distributed.world()
+        self.progress = progress and self.world.is_main
         self.state = RunState(seed, device, phased=True)
+        self.gradients = distributed.GradientSync()
         family.run_state = self.state
         self.optimizers: Optimizers | None = None
         self._last_saved_step = 0
@@ -632,6 +657,13 @@ class PhasedTrainer:
         self._checkpoint_is_ours = resume
         if resume:
             self._load(files.checkpoint_path)
+        # Under torchrun: every rank has checked the directory before rank 0 writes into it, starts
+        # from rank 0's weights and draws noise of its own.
+        distributed.barrier()
+        distributed.broadcast_module(self.model)
+        distributed.reseed_rank(seed, self.position.step)
+        if self.world.rank > 0:  # a resumed epoch's totals so far are rank 0's, counted once
+            self.state.totals = {name: 0.0 for name in self.state.totals}
 
     kind = property(lambda self: self.family.kind)
     config = property(lambda self: self.family.config)
@@ -654,7 +686,12 @@ class PhasedTrainer:
     # ---- checkpoints ------------------------------------------------------------------
 
     def save(self) -> Path:
-        """Write ``RUN/checkpoint.pt`` for the current position."""
+        """Write ``RUN/checkpoint.pt`` for the current position (rank 0; the other ranks wait for it)."""
+        self._last_saved_step = self.position.step
+        self._checkpoint_is_ours = True
+        if not self.world.is_main:
+            distributed.barrier()
+            return self.checkpoint_path
         optimizers = None
         if self.optimizers is not None and self.optimizers.phase_index == self.position.phase:
             optimizers = self.state.optimizer_state(self.optimizers)
@@ -668,8 +705,7 @@ class PhasedTrainer:
             epoch_totals=dict(self.state.totals),
             **self.family.checkpoint_extras(),
         )
-        self._last_saved_step = self.position.step
-        self._checkpoint_is_ours = True
+        distributed.barrier()
         return self.checkpoint_path
 
     def _load(self, path: Path) -> None:
@@ -689,11 +725,18 @@ class PhasedTrainer:
         def later(row: dict[str, Any]) -> bool:  # a row of an epoch the checkpoint does not include
             return row.get("kind") == self.kind and (index[(row["phase"], row["stage"])], int(row["epoch"])) >= done
 
-        trim_metrics(self.metrics_path, later, self.notes, after="the checkpoint")
+        if self.world.is_main:
+            trim_metrics(self.metrics_path, later, self.notes, after="the checkpoint")
         stored = payload["optimizers"]
         if stored is not None and stored["phase"] == self.position.phase and not self.finished:
-            self.optimizers = self.family.optimizers(self.phases[self.position.phase], self.position.phase)
+            self._set_optimizers(self.family.optimizers(self.phases[self.position.phase], self.position.phase))
             self.state.restore_optimizers(self.optimizers, stored)
+
+    def _set_optimizers(self, optimizers: Optimizers) -> None:
+        """The phase's optimizers; under torchrun each all-reduces its gradients before it steps."""
+        self.gradients.detach()
+        self.optimizers = optimizers
+        self.gradients.attach(optimizers.all())
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -702,7 +745,8 @@ class PhasedTrainer:
 
         A stopped run writes a checkpoint first; ``resume=True`` continues it exactly.
         """
-        with directory_lock(self.run_dir, "run directory"):
+        lock = directory_lock(self.run_dir, "run directory") if self.world.is_main else contextlib.nullcontext()
+        with lock:
             if self.checkpoint_path.is_file() and not self._checkpoint_is_ours:
                 raise CheckpointError(
                     f"{self.checkpoint_path} was written by another run after this one was set up; "
@@ -726,7 +770,7 @@ class PhasedTrainer:
         """Train the remaining epochs of ``phase``; the reason it stopped early, or None."""
         family, state, position = self.family, self.state, self.position
         if self.optimizers is None:
-            self.optimizers = family.optimizers(phase, position.phase)
+            self._set_optimizers(family.optimizers(phase, position.phase))
         train_set = family.train_set(phase)
         batch_size = family.batch_size(phase)
         per_epoch = len(epoch_batches(len(train_set), batch_size, torch.Generator().manual_seed(0)))
@@ -747,16 +791,19 @@ class PhasedTrainer:
                 family.train_mode(phase)
                 for indices in batches[position.batch :]:
                     started = time.perf_counter()
-                    batch = collate_pairs([train_set[i] for i in indices])
+                    local = distributed.shard(indices, self.world)
+                    self.gradients.share = len(local) / len(indices)
+                    batch = collate_pairs([train_set[i] for i in local])
                     try:
                         losses = family.update(phase, batch, self.optimizers)
                     except NonFinite as error:
                         raise self._diverged(error, phase) from None
-                    state.count_step({**losses, "batches": 1, "images": family.images_per_case * len(indices)}, started)
+                    state.count_step({**losses, "batches": 1, "images": family.images_per_case * len(local)}, started)
                     bar.update()
                     bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items() if k in ("d_loss", "g_loss", "rec_loss")})
-                    if stop.requested:
-                        return stop.requested
+                    requested = stop_requested(stop, self.world)
+                    if requested:
+                        return requested
                     if max_steps is not None and position.step >= max_steps and position.batch < len(batches):
                         return "max_steps"
                 self._end_epoch(phase, lr)
@@ -766,7 +813,7 @@ class PhasedTrainer:
 
     def _end_epoch(self, phase: Any, lr: float) -> None:
         """The epoch's metrics row, the step's epoch-end work, then the checkpoint."""
-        totals, position = self.state.totals, self.position
+        totals, position = distributed.sum_totals(self.state.totals), self.position
         batches = max(totals.get("batches", 0), 1)
         seconds = totals.get("seconds", 0.0)
         row: dict[str, Any] = {key: None for key in self.family.metric_keys}
@@ -777,7 +824,8 @@ class PhasedTrainer:
         )  # fmt: skip
         row.update({name: totals[name] / batches for name in self.family.loss_keys if name in totals})
         row.update(self.family.end_epoch(phase, position))
-        append_jsonl(self.metrics_path, row)
+        if self.world.is_main:
+            append_jsonl(self.metrics_path, row)
         self.state.next_epoch()
         self.save()
 
@@ -840,8 +888,12 @@ class EpochLoop:
         self.scheduler = scheduler
         self.num_items, self.batch_size, self.num_epochs = num_items, batch_size, num_epochs
         self.metrics_path, self.metric_match, self.data_key = Path(metrics_path), dict(metric_match), data_key
-        self.resume_hint, self.progress = resume, progress
+        self.world = distributed.world()
+        self.resume_hint, self.progress = resume, progress and self.world.is_main
         self.state = RunState(seed, device, phased=False)
+        self.seed = seed
+        self.gradients = distributed.GradientSync()
+        self.gradients.attach([optimizer])
         self.notes: list[str] = []
         self.per_epoch = len(epoch_batches(num_items, batch_size, torch.Generator().manual_seed(0)))
         self._last_save = time.perf_counter()
@@ -854,12 +906,18 @@ class EpochLoop:
     # ---- the resumable state -------------------------------------------------------------
 
     def save(self) -> Path:
+        """Write the resumable state (rank 0; the other ranks wait for it)."""
+        if not self.world.is_main:
+            distributed.barrier()
+            self._last_save = time.perf_counter()
+            return self.path
         self.model.save(
             self.path, run_config=self.config, vocabulary=self.vocabulary,
             optimizer=self.optimizer.state_dict(), rng=self.state.rng(), epoch_totals=dict(self.state.totals),
             data=self.data_key, progress=self.state.progress(finished=False),
             **({} if self.scheduler is None else {"scheduler": self.scheduler.state_dict()}),
         )  # fmt: skip
+        distributed.barrier()
         self._last_save = time.perf_counter()
         return self.path
 
@@ -896,9 +954,19 @@ class EpochLoop:
 
         trim_metrics(self.metrics_path, later, self.notes, after="the saved state")
 
+    def complete(self, test_row: dict[str, Any], save: Callable[[], Any]) -> None:
+        """The end of the training: ``test_row`` into the metrics, the final model written by ``save()``,
+        then the resumable state removed (:meth:`finish`). Under torchrun rank 0 writes; all ranks wait."""
+        if self.world.is_main:
+            append_jsonl(self.metrics_path, test_row)
+            save()
+        self.finish()
+
     def finish(self) -> None:
-        """Remove the resumable state (call once the final checkpoint is written)."""
-        self.path.unlink(missing_ok=True)
+        """Remove the resumable state (call once the final checkpoint is written; rank 0's file)."""
+        if self.world.is_main:
+            self.path.unlink(missing_ok=True)
+        distributed.barrier()
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -913,10 +981,16 @@ class EpochLoop:
         and the amounts to add up over the epoch; ``epoch_row(epoch, step, totals)`` is the
         epoch's metrics row (``totals`` has ``seconds`` too).
         """
-        with directory_lock(self.path.parent, "run directory"):
+        lock = directory_lock(self.path.parent, "run directory") if self.world.is_main else contextlib.nullcontext()
+        with lock:
+            distributed.barrier()  # every rank sees the saved state, or none does
             if self.path.is_file():
                 self._load()
-            self._tidy()
+                if self.world.rank > 0:  # the resumed epoch's totals so far are rank 0's, counted once
+                    self.state.totals = {name: 0.0 for name in self.state.totals}
+            distributed.reseed_rank(self.seed, self.step)
+            if self.world.is_main:
+                self._tidy()
             state, position = self.state, self.state.position
             bar = tqdm(
                 total=self.num_epochs * self.per_epoch, initial=min(position.step, self.num_epochs * self.per_epoch),
@@ -925,18 +999,25 @@ class EpochLoop:
             try:
                 with StopRequests() as stop:
                     while position.epoch < self.num_epochs:
+                        if position.batch == 0:  # steps draw from the shuffle per rank: start the epoch as rank 0
+                            distributed.broadcast_generator(state.shuffle)
                         batches = state.epoch_batches(self.num_items, self.batch_size)
                         for indices in batches[position.batch :]:
                             started = time.perf_counter()
-                            loss, amounts = step(indices, state.shuffle)
+                            local = distributed.shard(indices, self.world)
+                            self.gradients.share = len(local) / len(indices)
+                            loss, amounts = step(local, state.shuffle)
                             state.count_step(amounts, started)
                             bar.update()
                             bar.set_postfix(loss=f"{loss:.3f}")
-                            if stop.requested:
-                                raise self._stopped(stop.requested)
-                        append_jsonl(self.metrics_path, epoch_row(position.epoch, position.step, dict(state.totals)))
+                            requested = stop_requested(stop, self.world)
+                            if requested:
+                                raise self._stopped(requested)
+                        row = epoch_row(position.epoch, position.step, distributed.sum_totals(state.totals))
+                        if self.world.is_main:
+                            append_jsonl(self.metrics_path, row)
                         state.next_epoch()
-                        if time.perf_counter() - self._last_save >= PARTIAL_SAVE_SECONDS:
+                        if distributed.any_rank(int(time.perf_counter() - self._last_save >= PARTIAL_SAVE_SECONDS)):
                             self.save()
             finally:
                 bar.close()

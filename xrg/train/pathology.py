@@ -41,7 +41,6 @@ from xrg.data.findings import FINDING_KINDS
 from xrg.data.manifest import VIEWS, read_manifest
 from xrg.errors import CheckpointError, ConfigError, TrainingDiverged
 from xrg.eval.judge import youden_thresholds
-from xrg.io import append_jsonl
 from xrg.latent.search import SearchClassifier
 from xrg.models.base import CheckpointedModel
 from xrg.models.classifier import FindingClassifier, FindingClassifierConfig, class_weights, weighted_bce
@@ -248,10 +247,11 @@ def train_pathology_classifier(
         metrics.update(
             test_auroc=per_class_auroc(predict_logits(model, test_images, size), test_labels), num_test=len(test_set)
         )
-    append_jsonl(out_dir / METRICS_NAME, {"kind": f"{model.kind}_test", **metrics})
-    model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
-               progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True})  # fmt: skip
-    loop.finish()
+    loop.complete(
+        {"kind": f"{model.kind}_test", **metrics},
+        lambda: model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
+                           progress={"epoch": config.num_epochs, "batch": 0, "step": steps, "finished": True}),
+    )  # fmt: skip
     return model, metrics, path
 
 

@@ -44,7 +44,6 @@ from xrg.config import config_from_mapping, merge_settings
 from xrg.data.datasets import XRayPairDataset, collate_pairs
 from xrg.data.reports import Vocabulary
 from xrg.errors import ConfigError
-from xrg.io import append_jsonl
 from xrg.models.vcn import VCN_DIR, VCNConfig, ViewConsistencyNet, freeze, negative_partners, vcn_path
 from xrg.models.xraygan import to_model_range
 from xrg.profiles import Profile
@@ -280,10 +279,11 @@ def train_vcn(
     freeze(model)
     if not isinstance(config, TargetedVCNTrainConfig):
         metrics = evaluate_vcn(model, test_set, seed=config.seed)
-    append_jsonl(metrics_path, {"kind": "vcn_test", **metrics})
-    model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
-               progress={"epoch": loop.epoch, "batch": 0, "step": steps, "finished": True})  # fmt: skip
-    loop.finish()
+    loop.complete(
+        {"kind": "vcn_test", **metrics},
+        lambda: model.save(path, run_config=config, vocabulary=train_set.vocab, metrics=metrics, step=steps,
+                           progress={"epoch": loop.epoch, "batch": 0, "step": steps, "finished": True}),
+    )  # fmt: skip
     return VCNResult(path=path, model=model, metrics=metrics)
 
 
