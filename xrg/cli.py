@@ -430,7 +430,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> None:
     from xrg.train.benchmarks import bench_train, bench_train_pggan
 
     bench = bench_train_pggan if args.family == "pggan" else bench_train
-    bench(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases)
+    bench(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases, jsonl=args.jsonl)
 
 
 def _cmd_bench_generate(args: argparse.Namespace) -> None:
@@ -607,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train split size for the epoch-time estimate (default 2700, the cpu dataset)",
     )
     bench_train.add_argument("--device", type=device_name, help="cpu | cuda (default cuda when available)")
+    bench_train.add_argument(
+        "--jsonl", help="append the rows (with FLOPs, fraction of peak, memory) to this JSON-lines file"
+    )
     bench_train.set_defaults(func=_cmd_bench_train)
     bench_generate = bench.add_parser("generate", help="report → frontal/lateral pair latency")
     bench_generate.add_argument(

@@ -16,11 +16,13 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from xrg import perf
 from xrg.data.reports import Vocabulary
 from xrg.models.vcn import VCNConfig, ViewConsistencyNet, freeze
 from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
@@ -73,13 +75,17 @@ def synthetic_batch(batch_size: int, image_size: int, vocab_size: int, generator
     }
 
 
+def _on(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+
+
 def _timed_steps(
     step: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]], warmup: int, device: torch.device
 ) -> float:
     """Median seconds of ``step`` over ``batches`` after the first ``warmup``."""
     durations = []
     for number, batch in enumerate(batches):
-        batch = {key: value.to(device) if torch.is_tensor(value) else value for key, value in batch.items()}
+        batch = _on(batch, device)
         _synchronize(device)
         start = time.perf_counter()
         step(batch)
@@ -87,6 +93,57 @@ def _timed_steps(
         if number >= warmup:
             durations.append(time.perf_counter() - start)
     return statistics.median(durations)
+
+
+def measure_steps(
+    step: Callable[[dict[str, Any]], Any],
+    batches: list[dict[str, Any]],
+    warmup: int,
+    device: torch.device,
+    images_per_step: int,
+    peak: perf.Peak,
+) -> dict[str, Any]:
+    """Seconds per step (:func:`_timed_steps`), then one more step counted by :func:`xrg.perf.count_flops`:
+    FLOPs per step and per image, the achieved FLOP/s, its fraction of ``peak``, and peak memory."""
+    perf.reset_peak_memory(device)
+    seconds = _timed_steps(step, batches, warmup, device)
+    last = _on(batches[-1], device)
+    flops = perf.count_flops(lambda: step(last))
+    memory, memory_basis = perf.peak_memory_bytes(device)
+    achieved = flops / seconds if seconds > 0 else None
+    return {
+        "seconds_per_step": seconds,
+        "images_per_s": images_per_step / seconds,
+        "flops_per_step": flops,
+        "flops_per_image": flops / images_per_step,
+        "achieved_flops_per_s": achieved,
+        "fraction_of_peak": achieved / peak.flops_per_s if achieved and peak.flops_per_s else None,
+        "peak_memory_bytes": memory,
+        "peak_memory_basis": memory_basis,
+    }
+
+
+def _row_text(row: dict[str, Any]) -> str:
+    """The FLOP and memory columns of a printed row."""
+    fraction = row.get("fraction_of_peak")
+    return (
+        f"{perf.flops_line(row['flops_per_image']) + 'FLOP':>12}{perf.flops_line(row['achieved_flops_per_s']) + 'FLOP/s':>14}"
+        f"{'-' if fraction is None else f'{100 * fraction:.1f} %':>8}{row['peak_memory_bytes'] / 2**20:>9.0f}"
+    )
+
+
+_FLOP_HEADER = f"{'FLOP/image':>12}{'achieved':>14}{'of peak':>8}{'peak MiB':>9}"
+
+
+def append_rows(path: str | os.PathLike, rows: list[dict[str, Any]], **common: Any) -> Path:
+    """Append ``rows`` (each with ``common`` and where it ran, :func:`xrg.perf.environment`) to the JSON-lines ``path``."""
+    from xrg.io import append_jsonl
+
+    path = Path(path)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for row in rows:
+        append_jsonl(path, {"time": stamp, **common, **perf.environment(), **row})
+    return path
 
 
 def bench_train(
@@ -97,32 +154,41 @@ def bench_train(
     train_cases: int | None = None,
     vocab_size: int = 1500,
     print_fn: Callable[[str], None] = print,
+    jsonl: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Time ``steps`` training steps (after ``warmup``) of every phase of ``profile``'s run.
 
     The rows cover the VCN of every stage size (phase ``vcn``) and every XRayGAN phase.
-    ``images_per_s`` counts both views. With ``train_cases`` (the train split size; the cpu
-    dataset has about 2,700) the rows also estimate seconds per epoch and per phase.
+    ``images_per_s`` counts both views. Each row also has the step's FLOPs (per step and per
+    image), the achieved FLOP/s and its fraction of the device's peak, and peak memory
+    (:func:`measure_steps`). With ``train_cases`` (the train split size; the cpu dataset has
+    about 2,700) the rows also estimate seconds per epoch and per phase. With ``jsonl`` the
+    rows are appended to that file.
     """
     profile = _profile(profile)
     device = _device(device)
     config = XRayGANTrainConfig.from_profile(profile)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
+    peak = perf.device_peak(device)
     print_fn(f"training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per phase")
-    header = f"{'phase':<9}{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}"
+    print_fn(f"peak: {perf.flops_line(peak.flops_per_s)}FLOP/s ({peak.device}: {peak.basis})")
+    print_fn("FLOPs: matrix products and convolutions, forward and backward; the BiLSTM cells are not counted")
+    header = f"{'phase':<9}{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}" + _FLOP_HEADER
     print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'phase s':>9}" if train_cases else ""))
     rows = []
 
     def report(
-        phase: str, stage: int | None, image_size: int, batch_size: int, num_epochs: int, seconds: float
+        phase: str, stage: int | None, image_size: int, batch_size: int, num_epochs: int, measured: dict[str, Any]
     ) -> None:
         row = {
-            "phase": phase, "stage": stage, "image_size": image_size, "batch_size": batch_size,
-            "seconds_per_step": seconds, "images_per_s": 2 * batch_size / seconds, "device": str(device),
+            "family": "xraygan", "phase": phase, "stage": stage, "image_size": image_size, "batch_size": batch_size,
+            **measured, "device": str(device),
         }  # fmt: skip
         stage_text = "-" if stage is None else str(stage)
+        seconds = row["seconds_per_step"]
         line = f"{phase:<9}{stage_text:>5}{image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
+        line += _row_text(row)
         if train_cases:
             row.update(epoch_seconds=(train_cases // batch_size) * seconds, num_epochs=num_epochs)
             row["phase_seconds"] = row["epoch_seconds"] * num_epochs
@@ -139,10 +205,9 @@ def bench_train(
         optimizer = make_vcn_optimizer(vcn, vcn_config)
         batch_size = batch_size_of(vcn_config.batch_size)
         batches = [synthetic_batch(batch_size, image_size, vocab_size, generator) for _ in range(warmup + steps)]
-        seconds = _timed_steps(
-            functools.partial(vcn_step, vcn, optimizer, generator=generator), batches, warmup, device
-        )
-        report("vcn", None, image_size, batch_size, vcn_config.num_epochs, seconds)
+        step = functools.partial(vcn_step, vcn, optimizer, generator=generator)
+        measured = measure_steps(step, batches, warmup, device, 2 * batch_size, peak)
+        report("vcn", None, image_size, batch_size, vcn_config.num_epochs, measured)
 
     model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device)
     frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
@@ -156,17 +221,15 @@ def bench_train(
             step = functools.partial(pretrain_step, model, **settings)
         else:
             step = functools.partial(gan_step, model, frozen_vcn, **settings)
-        report(
-            phase.name,
-            phase.stage,
-            phase.image_size,
-            batch_size,
-            phase.num_epochs,
-            _timed_steps(step, batches, warmup, device),
-        )
+        measured = measure_steps(step, batches, warmup, device, 2 * batch_size, peak)
+        report(phase.name, phase.stage, phase.image_size, batch_size, phase.num_epochs, measured)
     if train_cases:
         total = sum(row["phase_seconds"] for row in rows)
         print_fn(f"estimated training time for {train_cases} train cases, VCNs included: {total / 60:.1f} min")
+    if jsonl is not None:
+        print_fn(
+            f"appended {len(rows)} rows to {append_rows(jsonl, rows, bench='train', profile=profile.name, peak=peak.as_dict())}"
+        )
     return rows
 
 
@@ -183,13 +246,16 @@ def bench_train_pggan(
     device: str | torch.device | None = None,
     train_cases: int | None = None,
     print_fn: Callable[[str], None] = print,
+    jsonl: str | os.PathLike | None = None,
 ) -> list[dict[str, Any]]:
     """Time ``steps`` PGGAN training steps (after ``warmup``) of every stage of ``profile``'s ``pggan:`` run.
 
     Synthetic real images at the final size (the trainer area-averages them to each stage),
     α = ½ in every stage after the first (the fade-in path, the slower one). ``images_per_s``
-    counts real images per second. With ``train_cases`` the rows also estimate seconds per
-    epoch (over the stage's ``stage_cases`` where the profile caps them) and per stage, and the total.
+    counts real images per second; FLOPs, fraction of peak and memory as in :func:`bench_train`.
+    With ``train_cases`` the rows also estimate seconds per epoch (over the stage's
+    ``stage_cases`` where the profile caps them) and per stage, and the total; with ``jsonl``
+    they are appended to that file.
     """
     from xrg.models.pggan import PGGAN
     from xrg.train.pggan import PGGANTrainConfig, make_pggan_optimizers, training_phases as pggan_phases
@@ -201,10 +267,12 @@ def bench_train_pggan(
     torch.manual_seed(config.seed)
     model = PGGAN(config.model).to(device)
     final = config.model.final_size
+    peak = perf.device_peak(device)
     print_fn(
         f"PGGAN training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per stage"
     )
-    header = f"{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}"
+    print_fn(f"peak: {perf.flops_line(peak.flops_per_s)}FLOP/s ({peak.device}: {peak.basis})")
+    header = f"{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}" + _FLOP_HEADER
     print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'stage s':>9}" if train_cases else ""))
     rows = []
     for index, phase in enumerate(pggan_phases(config)):
@@ -217,12 +285,14 @@ def bench_train_pggan(
             {"images": torch.rand(batch_size, 1, final, final, generator=generator)} for _ in range(warmup + steps)
         ]
         step = functools.partial(_pggan_bench_step, model, config, phase, optimizers, alpha)
-        seconds = _timed_steps(step, batches, warmup, device)
+        measured = measure_steps(step, batches, warmup, device, batch_size, peak)
         row = {
             "family": "pggan", "stage": phase.stage, "image_size": phase.image_size, "batch_size": batch_size,
-            "seconds_per_step": seconds, "images_per_s": batch_size / seconds, "device": str(device),
+            **measured, "device": str(device),
         }  # fmt: skip
+        seconds = row["seconds_per_step"]
         line = f"{phase.stage:>5}{phase.image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
+        line += _row_text(row)
         if train_cases:
             cap = config.stage_cases[phase.stage] if config.stage_cases else 0
             cases = min(train_cases, cap) if cap else train_cases
@@ -234,6 +304,10 @@ def bench_train_pggan(
     if train_cases:
         total = sum(row["phase_seconds"] for row in rows)
         print_fn(f"estimated PGGAN training time for {train_cases} train cases: {total / 60:.1f} min")
+    if jsonl is not None:
+        print_fn(
+            f"appended {len(rows)} rows to {append_rows(jsonl, rows, bench='train', profile=profile.name, peak=peak.as_dict())}"
+        )
     return rows
 
 
