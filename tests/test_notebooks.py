@@ -53,6 +53,7 @@ SMOKE_TESTED = {
     "07_pggan_latent",
     "08_diffusevae_moco",
     "09_report_explorer",
+    "10_performance",
     "99_provenance",
 }
 
@@ -196,6 +197,16 @@ def test_08_diffusevae_moco_runs_with_tiny_parameters(tiny_book):
     # the sampler chosen on validation is one of the settings tried (tiny: speed_steps [2, 3], η 0 or 1)
     assert int(values["dv_eval_steps"]) in (2, 3) and float(values["dv_eval_eta"]) in (0.0, 1.0)
     assert 0.0 <= float(values["dv_rep_mean"]) <= 2.0 and 0.0 <= float(values["dv_rep_retrieval"]) <= 2.0
+
+
+@pytest.mark.slow
+def test_10_performance_measures_phases_batches_processes_and_operators(tiny_book):
+    values = glued(executed(tiny_book, "10_performance"))
+    assert float(values["perf_gan_images_per_s"]) > 0.0 and int(values["perf_gan_image_size"]) == 32
+    assert float(values["perf_gan_gflop_per_image"]) > 0.0
+    assert 0.0 < float(values["perf_best_percent_of_peak"]) < 100.0
+    assert float(values["perf_process_speedup"]) > 0.0 and int(values["perf_processes_max"]) == 2
+    assert 0.0 < float(values["perf_conv_percent"]) < 100.0
 
 
 @pytest.mark.slow

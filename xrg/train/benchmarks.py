@@ -361,3 +361,153 @@ def bench_generate(
             f"p90 {row['p90_ms']:.1f} ms over {n} reports"
         )
     return rows
+
+
+def _final_gan_phase(profile: Profile, vocab_size: int, device: torch.device) -> tuple[Any, Any, Any, Any]:
+    """The profile's XRayGAN config, model, last GAN phase and that phase's optimizers (untrained, seeded)."""
+    config = XRayGANTrainConfig.from_profile(profile)
+    torch.manual_seed(config.seed)
+    model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device).train()
+    phases = training_phases(config)
+    index, phase = next((i, p) for i, p in reversed(list(enumerate(phases))) if p.name == "gan")
+    return config, model, phase, make_optimizers(model, phase, index, config)
+
+
+def bench_batch_sizes(
+    profile: str | Profile = "cpu",
+    batch_sizes: tuple[int, ...] = (8, 16, 32),
+    steps: int = 3,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    vocab_size: int = 1500,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Images/s of the last GAN phase's step of ``profile`` at each of ``batch_sizes`` (synthetic batches, frozen VCN)."""
+    profile, device = _profile(profile), _device(device)
+    peak = perf.device_peak(device)
+    rows = []
+    for batch_size in batch_sizes:
+        config, model, phase, optimizers = _final_gan_phase(profile, vocab_size, device)
+        frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
+        generator = torch.Generator().manual_seed(config.seed)
+        batches = [synthetic_batch(batch_size, phase.image_size, vocab_size, generator) for _ in range(warmup + steps)]
+        step = functools.partial(gan_step, model, frozen_vcn, phase=phase, optimizers=optimizers, config=config)
+        row = {"image_size": phase.image_size, "batch_size": batch_size, "device": str(device)}
+        row.update(measure_steps(step, batches, warmup, device, 2 * batch_size, peak))
+        rows.append(row)
+        print_fn(f"GAN step {phase.image_size}px, batch {batch_size}: {row['images_per_s']:.1f} images/s")
+    return rows
+
+
+def profile_gan_step(
+    profile: str | Profile = "cpu",
+    steps: int = 2,
+    top: int = 12,
+    device: str | torch.device | None = None,
+    vocab_size: int = 1500,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Where a step of the last GAN phase of ``profile`` spends its time: ``torch.profiler``'s
+    operators by self time over ``steps`` steps (after one untimed), the ``top`` ones and the rest.
+
+    Returns the rows (``operator``, ``self_ms`` per step, ``share`` of all operators' self time,
+    ``calls`` per step) and a summary: the image size and batch, the operators' self time per
+    step and the share of it in convolutions (forward and backward, every operator named ``conv``).
+    """
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    profile, device = _profile(profile), _device(device)
+    config, model, phase, optimizers = _final_gan_phase(profile, vocab_size, device)
+    frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
+    generator = torch.Generator().manual_seed(config.seed)
+    batch_size = phase.batch_size
+    batches = [
+        _on(synthetic_batch(batch_size, phase.image_size, vocab_size, generator), device) for _ in range(steps + 1)
+    ]
+    step = functools.partial(gan_step, model, frozen_vcn, phase=phase, optimizers=optimizers, config=config)
+    step(batches[0])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for batch in batches[1:]:
+            step(batch)
+        _synchronize(device)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    rows = [
+        {"operator": e.key, "self_ms": e.self_cpu_time_total / 1e3 / steps, "share": e.self_cpu_time_total / total,
+         "calls": e.count / steps}
+        for e in events[:top]
+    ]  # fmt: skip
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key.lower())
+    summary = {"image_size": phase.image_size, "batch_size": batch_size, "step_ms": total / 1e3 / steps,
+               "convolution_share": conv / total, "device": str(device)}  # fmt: skip
+    rest = events[top:]
+    if rest:
+        rest_time = sum(e.self_cpu_time_total for e in rest)
+        rows.append({"operator": f"({len(rest)} other operators)", "self_ms": rest_time / 1e3 / steps,
+                     "share": rest_time / total, "calls": sum(e.count for e in rest) / steps})  # fmt: skip
+    return rows, summary
+
+
+#: Settings of the short runs :func:`bench_processes` times: no L2 pre-training, no VCN, no sample
+#: grids or BatchNorm re-estimation, so the epochs' seconds are the GAN steps'.
+SCALING_OVERRIDES = ("pretrain_epochs=0", "vc_weight=0", "num_samples=0", "bn_recalibration_batches=0")
+
+
+def bench_processes(
+    profile: str | Profile,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    processes: tuple[int, ...] = (1, 2),
+    train_cases: int = 128,
+    print_fn: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """XRayGAN training throughput on 1, 2, … processes: real runs of ``train_cases`` cases under torchrun.
+
+    Each run is ``torchrun --standalone --nproc_per_node N -m xrg train xraygan`` (one process
+    without torchrun) with :data:`SCALING_OVERRIDES`, the global batch of the profile, and the
+    machine's cores shared out (``OMP_NUM_THREADS`` = cores // N). A row per run and GAN stage:
+    images/s over its epochs (the loop's own count: every rank's images over the slowest rank's
+    seconds), and the run's wall time with start-up.
+    """
+    import subprocess
+    import sys
+
+    from xrg.notebook import read_metrics
+
+    profile = _profile(profile)
+    cores = os.cpu_count() or 1
+    rows = []
+    for count in processes:
+        run = Path(out_dir) / f"processes_{count}"
+        args = ["train", "xraygan", "--profile", str(profile.path or profile.name), "--data", str(data_dir),
+                "--out", str(run), "--quiet", "--set", f"train_cases={train_cases}"]  # fmt: skip
+        args += [word for item in SCALING_OVERRIDES for word in ("--set", item)]
+        launcher = [sys.executable, "-m", "xrg"] if count == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}", "-m", "xrg"]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // count))}
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            env.pop(name, None)
+        start = time.perf_counter()
+        result = subprocess.run([*launcher, *args], capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"the {count}-process run failed ({result.returncode}): {result.stderr[-2000:]}")
+        for stage_rows in _by_stage(read_metrics(run, kind="xraygan")):
+            images = sum(r["images_per_s"] * r["seconds"] for r in stage_rows)
+            seconds = sum(r["seconds"] for r in stage_rows)
+            row = {"processes": count, "threads_per_process": max(1, cores // count), "stage": stage_rows[0]["stage"],
+                   "image_size": stage_rows[0]["image_size"], "images_per_s": images / seconds, "wall_seconds": wall}  # fmt: skip
+            rows.append(row)
+            print_fn(
+                f"{count} process(es): stage {row['stage']} ({row['image_size']}px) {row['images_per_s']:.1f} images/s"
+            )
+    return rows
+
+
+def _by_stage(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    stages: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("phase") == "gan":
+            stages.setdefault(int(row["stage"]), []).append(row)
+    return [stages[key] for key in sorted(stages)]
