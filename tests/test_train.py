@@ -588,6 +588,25 @@ def test_the_critics_findings_head_reads_the_image_only_and_shares_the_score_pas
         PatchDiscriminator(16, cond_dim=8, channels=8).classify(torch.zeros(1, 8, 8, 8))
 
 
+def test_one_critic_pass_over_real_and_fake_scores_each_image_as_alone():
+    """The critics normalise per sample, so batching the real and the fake images changes no score."""
+    from xrg.models.xraygan import PatchDiscriminator
+    from xrg.train.xraygan import judge_real_and_fake
+
+    torch.manual_seed(0)
+    critic = PatchDiscriminator(16, cond_dim=8, channels=8, cond_channels=4, max_channels=32, num_classes=5)
+    real, fake = torch.rand(3, 1, 16, 16) * 2 - 1, (torch.rand(3, 1, 16, 16) * 2 - 1).requires_grad_()
+    c, labels = torch.randn(3, 8), torch.randint(0, 2, (3, 5)).float()
+    real_score, fake_score, bce = judge_real_and_fake(critic, real, fake, c, labels)
+    torch.testing.assert_close(real_score, critic(real, c), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fake_score, critic(fake.detach(), c), rtol=1e-5, atol=1e-6)
+    _, logits = critic.score_and_classify(real, c)
+    torch.testing.assert_close(bce, torch.nn.functional.binary_cross_entropy_with_logits(logits, labels))
+    fake_score.sum().backward()
+    assert fake.grad is None  # the fake images are detached: the critic's loss trains the critic only
+    assert judge_real_and_fake(critic, real, fake, c, None)[2] == 0
+
+
 def test_the_findings_term_needs_a_findings_head_with_the_datas_label_count():
     from xrg.data.findings import FINDING_KINDS
 

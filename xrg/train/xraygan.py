@@ -368,6 +368,26 @@ def judge(
     return score, F.binary_cross_entropy_with_logits(logits, labels)
 
 
+def judge_real_and_fake(
+    critic: torch.nn.Module, real: torch.Tensor, fake: torch.Tensor, c: torch.Tensor, labels: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``critic``'s patch scores of the ``real`` and the (detached) ``fake`` images in one call on
+    both, and the findings head's BCE on the real ones (0 without ``labels``).
+
+    The critics normalise per sample (InstanceNorm, no BatchNorm), so one batch of 2B gives each
+    image the score it gets alone, with one pass through the critic instead of two.
+    """
+    images = torch.cat([real, fake.detach()])
+    both = torch.cat([c, c])
+    if labels is None:
+        scores = critic(images, both)
+        bce = torch.zeros((), device=real.device)
+    else:
+        scores, logits = critic.score_and_classify(images, both)
+        bce = F.binary_cross_entropy_with_logits(logits[: real.shape[0]], labels)
+    return scores[: real.shape[0]], scores[real.shape[0] :], bce
+
+
 def gan_step(
     model: XRayGAN,
     vcn: ViewConsistencyNet | None,
@@ -401,9 +421,9 @@ def gan_step(
         aux_d_loss = torch.zeros((), device=c.device)
         for view, critic in critics.items():
             gp = gradient_penalty(critic, real[view], fake[view], condition)
-            real_score, real_bce = judge(critic, real[view], condition, labels)
+            real_score, fake_score, real_bce = judge_real_and_fake(critic, real[view], fake[view], condition, labels)
             aux_d_loss = aux_d_loss + real_bce
-            wasserstein = critic(fake[view].detach(), condition).mean() - real_score.mean()
+            wasserstein = fake_score.mean() - real_score.mean()
             d_loss = d_loss + wasserstein + config.gp_weight * gp
             gp_total = gp_total + gp.detach()
         d_loss = d_loss + config.aux_weight * aux_d_loss
