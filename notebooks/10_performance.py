@@ -179,3 +179,7 @@ glue("perf_profiled_step_ms", summary["step_ms"], display=False)
 # ({glue:text}`perf_profiled_step_ms:.0f` ms of operator time), convolutions forward and backward
 # take {glue:text}`perf_conv_percent:.0f` % of the self time; the rest is the recurrent report
 # encoder, element-wise work, the optimizers and the framework's overhead.
+
+# %% tags=["remove-input"]
+# Provenance: wall time of this notebook, recorded for the book's run table.
+run.finish()
