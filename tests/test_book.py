@@ -165,7 +165,7 @@ def test_parallel_notebooks_wait_for_what_they_need_and_a_failure_stops_the_rest
     todo = {name: ({}, f"stamp-{name}") for name in names}
     finished = {}
     with pytest.raises(book.NotebookFailed, match="notebook 04_xraygan failed .*04_xraygan.failed.ipynb"):
-        book._execute_in_parallel(todo, tmp_path, 2, 1, lambda n, s, stamp: finished.setdefault(n, stamp))
+        book._execute_in_parallel(todo, tmp_path, 2, 1, lambda n, s, stamp: finished.setdefault(n, stamp), 0.0)
     events = log.read_text().split("\n")[:-1]
     for name, needs in book.NOTEBOOK_NEEDS.items():
         if f"start {name}" in events:
@@ -185,5 +185,18 @@ def test_a_changed_profile_marks_the_executed_notebooks_stale(tmp_path):
         (tmp_path / path.name).write_bytes(path.read_bytes())
     assert library_fingerprint(tmp_path) == library_fingerprint()  # the project's profiles by default
     cpu = tmp_path / "cpu.yaml"
-    cpu.write_text(cpu.read_text().replace("num_epochs: 32", "num_epochs: 31", 1))
+    cpu.write_text(cpu.read_text().replace("lr: 0.0005", "lr: 0.0004", 1))
     assert library_fingerprint(tmp_path) != library_fingerprint()
+
+
+def test_notebooks_side_by_side_start_a_gap_apart(tmp_path, monkeypatch):
+    # Two notebooks that need nothing: the second starts start_gap seconds after the first.
+    log = tmp_path / "log"
+    monkeypatch.setattr(book, "_CHILD", (
+        "import sys, time\n"
+        f"open({str(log)!r}, 'a').write(sys.argv[1] + ' ' + repr(time.time()) + '\\n')\n"
+    ))  # fmt: skip
+    todo = {name: ({}, name) for name in ("01_data", "02_encoder")}
+    book._execute_in_parallel(todo, tmp_path, 2, 1, lambda n, s, stamp: None, 1.0)
+    starts = sorted(float(line.split()[1]) for line in log.read_text().splitlines())
+    assert len(starts) == 2 and starts[1] - starts[0] >= 0.9

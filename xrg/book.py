@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -375,18 +376,22 @@ NOTEBOOK_NEEDS: dict[str, tuple[str, ...]] = {
     "02_encoder": (),  # trains the profile's XRayGAN run (ensure_xraygan_run) when it is missing
     "03_vcn": ("02_encoder",),
     "04_xraygan": ("02_encoder", "06_baselines_ablations"),  # 06 trains the canonical-target row 04 shows
-    # 05 and 06 both train the evaluators under experiment_dir when they are missing, so they
-    # must not run at once; 06, the longest, goes first, beside 02, and 05 then finds them.
-    "05_evaluation": ("02_encoder", "06_baselines_ablations"),
-    "06_baselines_ablations": (),  # its own runs under experiment_dir
-    # 07 trains its own PGGAN and search classifiers, and the evaluators under experiment_dir
-    # when they are missing: after 05 and 06, which make them.
-    "07_pggan_latent": ("05_evaluation", "06_baselines_ablations"),
-    # 08 trains its own DiffuseVAE runs; it reads the evaluators under experiment_dir (made by 05/06)
-    # and the XRayGAN run (made by 02) for the side-by-side comparison.
-    "08_diffusevae_moco": ("02_encoder", "05_evaluation", "06_baselines_ablations"),
+    # 05 trains the evaluators and scores the controls under experiment_dir; 06, 07 and 08 would
+    # each make them when missing, so they wait for 05 and then only read them.
+    "05_evaluation": ("02_encoder",),
+    # its own runs under experiment_dir; the XRayGAN row's first seed is 02's run, reused
+    "06_baselines_ablations": ("02_encoder", "05_evaluation"),
+    # 07 trains its own PGGAN and search classifiers; it reads the evaluators (05)
+    "07_pggan_latent": ("05_evaluation",),
+    # 08 trains its own DiffuseVAE runs; it reads the evaluators (05) and the XRayGAN run (02)
+    # for the side-by-side comparison.
+    "08_diffusevae_moco": ("02_encoder", "05_evaluation"),
     "09_report_explorer": ("02_encoder",),
 }
+
+#: Seconds between two notebook starts when they run side by side: a CI run with two kernels
+#: starting at once lost one ("Kernel died before replying to kernel_info").
+KERNEL_START_GAP = 5.0
 
 _CHILD = """
 import json, sys
@@ -407,6 +412,7 @@ def _execute_in_parallel(
     workers: int,
     threads: int | None,
     executed: Any,
+    start_gap: float = KERNEL_START_GAP,
 ) -> None:
     """Execute the notebooks of ``todo`` (name: (params, stamp)), up to ``workers`` at a time.
 
@@ -416,7 +422,8 @@ def _execute_in_parallel(
     wait for go first. ``executed(name, seconds, stamp)`` is called here, in this thread, as
     each one succeeds. After a failure nothing new starts, the running ones finish, and the
     first failure is raised; when this thread is interrupted (Ctrl-C, a test timeout) the
-    running notebooks are interrupted too, so no kernel is left behind.
+    running notebooks are interrupted too, so no kernel is left behind. Two notebooks never
+    start within ``start_gap`` seconds of each other (kernels starting at once can fail).
     """
     import signal
     import threading
@@ -432,11 +439,14 @@ def _execute_in_parallel(
     processes: dict[str, subprocess.Popen] = {}
     lock = threading.Lock()
     stopping = threading.Event()
+    last_start = [-math.inf]
 
     def run(notebook: str) -> float:
         start = time.perf_counter()
         params, _ = todo[notebook]
         with lock:
+            time.sleep(max(0.0, last_start[0] + start_gap - time.perf_counter()))
+            last_start[0] = time.perf_counter()
             if stopping.is_set():
                 raise RuntimeError(f"notebook {notebook} not started: the book run was interrupted")
             process = subprocess.Popen(

@@ -84,6 +84,52 @@ def path_inside(root: str | os.PathLike, relative: object, what: str) -> Path:
     return path
 
 
+class PathsInside:
+    """:func:`path_inside` for many paths below one ``root``, each directory resolved once.
+
+    A manifest names thousands of images in a few directories; resolving every path from
+    the file system's root costs an ``lstat`` per component per path. Here ``root`` and
+    each parent directory are resolved once (kept for this object's life), and each file
+    costs one ``lstat``: a file that is a symbolic link is resolved in full. The refusals
+    are those of :func:`path_inside`.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        try:
+            self._base: Path | None = self.root.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            self._base = None
+        self._directories: dict[PurePosixPath, Path | None] = {}
+
+    def _inside(self, resolved: Path) -> bool:
+        return self._base is not None and (resolved == self._base or self._base in resolved.parents)
+
+    def _directory(self, relative: PurePosixPath) -> Path | None:
+        if relative not in self._directories:
+            try:
+                resolved: Path | None = (self.root / relative).resolve()
+            except (OSError, RuntimeError):
+                resolved = None
+            self._directories[relative] = resolved if resolved is not None and self._inside(resolved) else None
+        return self._directories[relative]
+
+    def __call__(self, relative: object, what: str) -> Path:
+        posix = check_relative(relative, what, f"{self.root}")
+        directory = self._directory(posix.parent)
+        inside = False
+        if directory is not None:
+            candidate = directory / posix.name
+            try:
+                resolved = candidate.resolve() if candidate.is_symlink() else candidate
+                inside = self._inside(resolved)
+            except (OSError, RuntimeError):
+                inside = False
+        if not inside:
+            raise DataDirError(f"{what} {relative!r} leads outside {self.root} through a symbolic link; refused")
+        return self.root / posix
+
+
 def check_relative(relative: object, what: str, root: str = "its directory") -> PurePosixPath:
     """``relative`` as a relative POSIX path without ``..``, NUL or backslash (not looked up on disk)."""
     if not isinstance(relative, str) or not relative or "\x00" in relative or "\\" in relative:

@@ -39,7 +39,16 @@ from xrg.data.manifest import Case, read_manifest, write_manifest
 from xrg.data.reports import Vocabulary, load_openi_reports, parse_report_xml
 from xrg.errors import ArchiveError, DataDirError, DiskFullError, ReportError
 from xrg.locks import LOCK_NAME, DirectoryBusyError, directory_lock
-from xrg.paths import MARKER_NAME, MAX_INPUT_ID, SAFE_ID, check_relative, claim_output_dir, is_safe_id, path_inside
+from xrg.paths import (
+    MARKER_NAME,
+    MAX_INPUT_ID,
+    SAFE_ID,
+    PathsInside,
+    check_relative,
+    claim_output_dir,
+    is_safe_id,
+    path_inside,
+)
 
 from ._helpers import TINY, random_checkpoint, real_openi_xml, tree, write_synthetic_data
 
@@ -837,3 +846,40 @@ def test_profile_and_parameter_files_in_any_encoding_load_or_are_named(tmp_path_
             read(path)
         except ConfigError as error:
             assert str(path) in str(error)
+
+
+def test_paths_inside_one_root_give_the_verdicts_of_path_inside(tmp_path):
+    # PathsInside resolves each directory once; it must refuse and accept exactly what path_inside does.
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "images").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"x")
+    (root / "images" / "a.png").write_bytes(b"x")
+    (root / "images" / "out.png").symlink_to(outside / "secret.png")
+    (root / "images" / "in.png").symlink_to(root / "images" / "a.png")
+    (root / "linked-out").symlink_to(outside, target_is_directory=True)
+    (root / "linked-in").symlink_to(root / "images", target_is_directory=True)
+    (root / "loop").symlink_to(root / "loop")
+    relatives = ["images/a.png", "images/out.png", "images/in.png", "images/missing.png", "linked-out/secret.png",
+                 "linked-in/a.png", "linked-in/out.png", "loop", "loop/x.png", "../outside/secret.png", "/etc/passwd",
+                 "a\\b", ".", "images"]  # fmt: skip
+    inside = PathsInside(root)
+    for _ in range(2):  # the second pass answers from the cached directories
+        for relative in relatives:
+            try:
+                expected = path_inside(root, relative, "image")
+            except DataDirError as refusal:
+                with pytest.raises(DataDirError) as ours:
+                    inside(relative, "image")
+                assert str(ours.value) == str(refusal), relative
+            else:
+                assert inside(relative, "image") == expected, relative
+    accepted = {r for r in relatives if r in ("images/a.png", "images/in.png", "images/missing.png", "linked-in/a.png",
+                                                ".", "images")}  # fmt: skip
+    for relative in relatives:
+        try:
+            inside(relative, "image")
+        except DataDirError:
+            assert relative not in accepted, relative
+        else:
+            assert relative in accepted, relative

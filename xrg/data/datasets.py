@@ -40,7 +40,7 @@ from xrg.data.reports import (
     report_text,
 )
 from xrg.errors import ConfigError, DataDirError
-from xrg.paths import path_inside
+from xrg.paths import PathsInside, path_inside
 
 
 def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -101,6 +101,7 @@ class XRayPairDataset(Dataset):
         self.max_sentences = max_sentences
         self.max_words = max_words
         self._images: dict[tuple[int, str], torch.Tensor] = {}
+        self._inside = PathsInside(self.data_dir)
         self._sections: dict[int, tuple[EncodedSection, EncodedSection]] = {}
 
     def __len__(self) -> int:
@@ -111,7 +112,7 @@ class XRayPairDataset(Dataset):
         if key not in self._images:
             case = self.cases[index]
             relative = case.canonical[view] if canonical else getattr(case, view)
-            path = path_inside(self.data_dir, relative, f"{self.data_dir}: {key[1]} image")
+            path = self._inside(relative, f"{self.data_dir}: {key[1]} image")
             array = load_grayscale(path)
             self._images[key] = torch.from_numpy(np.round(array * 255).astype(np.uint8))
         image = self._images[key].float().div_(255.0).unsqueeze(0)

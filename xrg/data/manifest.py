@@ -20,7 +20,7 @@ import numpy as np
 from xrg.data.findings import Finding, findings_from_json, findings_to_json
 from xrg.errors import DataDirError, FindingError
 from xrg.io import atomic_write_jsonl
-from xrg.paths import check_relative, path_inside, safe_id
+from xrg.paths import PathsInside, check_relative, path_inside, safe_id
 
 MANIFEST_NAME = "manifest.jsonl"
 VOCAB_NAME = "vocab.json"
@@ -128,9 +128,10 @@ def read_manifest(directory: str | os.PathLike, check_images: bool = False) -> l
     ids = [case.id for case in cases]
     if len(set(ids)) != len(ids):
         raise DataDirError(f"{path} lists duplicate case ids")
+    inside = PathsInside(directory)
     for case in cases:  # no image path may lead out of the directory, through a link either
         for view in (case.frontal, case.lateral, *case.canonical.values()):
-            image = path_inside(directory, view, f"{path}: case {case.id!r}: image")
+            image = inside(view, f"{path}: case {case.id!r}: image")
             if check_images and not image.is_file():
                 raise DataDirError(f"{path}: case {case.id!r} points to missing image {view}")
     return cases

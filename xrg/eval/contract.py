@@ -472,12 +472,20 @@ def _fid_metric(ctx: EvalContext) -> dict[str, Estimate]:
 
 @metric("fid_floor")
 def _fid_floor(ctx: EvalContext) -> dict[str, Estimate]:
-    """FID between real test renders and real cohort renders, same n: the FID real images score."""
-    test, cohort = ctx.cohort_floor_features()
-    both = lambda table: torch.cat([table[view] for view in VIEWS])  # noqa: E731
-    result = {view: _fid(test[view], cohort[view], ctx, paired=False) for view in VIEWS}
-    result["both"] = _fid(both(test), both(cohort), ctx, paired=False)
-    return result
+    """FID between real test renders and real cohort renders, same n: the FID real images score.
+
+    It does not depend on the scored generator, only on its resolution, so it is computed
+    once per process for every generator scored (the evaluators' cache).
+    """
+    key = ("fid-floor", str(ctx.evaluators.cohort_dir), str(ctx.data_dir), ctx.generator.image_size, ctx.count,
+           ctx.config.seed, ctx.fid_splits)  # fmt: skip
+    if key not in ctx.cache:
+        test, cohort = ctx.cohort_floor_features()
+        both = lambda table: torch.cat([table[view] for view in VIEWS])  # noqa: E731
+        result = {view: _fid(test[view], cohort[view], ctx, paired=False) for view in VIEWS}
+        result["both"] = _fid(both(test), both(cohort), ctx, paired=False)
+        ctx.cache[key] = result
+    return dict(ctx.cache[key])
 
 
 @metric("kid")
