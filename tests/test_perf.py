@@ -58,3 +58,15 @@ def test_bench_train_rows_carry_flops_a_fraction_of_peak_and_go_to_jsonl(tmp_pat
     assert [w["phase"] for w in written] == [row["phase"] for row in rows]
     assert all(w["torch"] == torch.__version__ and "peak" in w for w in written)
     assert "of peak" in capsys.readouterr().out
+
+
+def test_bench_speedup_times_the_library_step_against_the_plain_reference_step():
+    from xrg.train.benchmarks import bench_speedup
+
+    lines = []
+    rows = bench_speedup("tiny", steps=1, warmup=0, device="cpu", vocab_size=50, print_fn=lines.append)
+    assert [row["image_size"] for row in rows] == [16, 32]  # every GAN phase of the tiny profile
+    for row in rows:
+        assert row["reference_seconds"] > 0 and row["library_seconds"] > 0
+        assert row["speedup"] == pytest.approx(row["reference_seconds"] / row["library_seconds"])
+    assert any("speed-up" in line for line in lines)

@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from xrg import perf
 from xrg.data.reports import Vocabulary
 from xrg.models.vcn import VCNConfig, ViewConsistencyNet, freeze
-from xrg.models.xraygan import XRayGAN, XRayGANModelConfig
+from xrg.models.xraygan import XRayGAN, XRayGANModelConfig, gradient_penalty
 from xrg.profiles import Profile, load_profile
 from xrg.train.vcn import VCNTrainConfig, make_vcn_optimizer, vcn_step
 from xrg.train.xraygan import XRayGANTrainConfig, gan_step, make_optimizers, pretrain_step, training_phases
@@ -447,6 +448,130 @@ def profile_gan_step(
         rows.append({"operator": f"({len(rest)} other operators)", "self_ms": rest_time / 1e3 / steps,
                      "share": rest_time / total, "calls": sum(e.count for e in rest) / steps})  # fmt: skip
     return rows, summary
+
+
+def reference_gan_step(
+    model: XRayGAN,
+    vcn: ViewConsistencyNet | None,
+    batch: dict[str, Any],
+    phase: Any,
+    optimizers: Any,
+    config: XRayGANTrainConfig,
+) -> dict[str, float]:
+    """The speed benchmark's reference: XRayGAN's adversarial step written plainly, in eager float32.
+
+    The same modules, losses and optimizers as :func:`~xrg.train.xraygan.gan_step`, coded the
+    straightforward way (and the way the official code does it): every critic is called three
+    times per update (the interpolates of the gradient penalty, the real images, the generated
+    ones), the report is encoded again for each view's critic, and every loss is read back to
+    the host (``.item()``) as it is made, to check it and to log it. :func:`bench_speedup`
+    times it against the library's step on the same batches.
+    """
+    stage = str(phase.stage)
+    critics = {view: model.discriminators[view][stage] for view in model.discriminators}
+    device = next(model.parameters()).device
+    real = {view: batch[view].to(device) for view in critics}
+    fake = model.generate(model.encode(batch).c, phase.stage)
+    logged: dict[str, float] = {}
+    for _ in range(config.n_critic):
+        d_loss = torch.zeros((), device=device)
+        for view, critic in critics.items():
+            with torch.no_grad():
+                condition = model.encode(batch).c
+            gp = gradient_penalty(critic, real[view], fake[view], condition)
+            real_score = critic(real[view], condition).mean()
+            fake_score = critic(fake[view].detach(), condition).mean()
+            view_loss = fake_score - real_score + config.gp_weight * gp
+            for name, value in (("gp", gp), ("d_real", real_score), ("d_fake", fake_score)):
+                logged[f"{name}_{view}"] = value.item()
+                if not np.isfinite(logged[f"{name}_{view}"]):
+                    raise FloatingPointError(f"non-finite {name} of the {view} critic")
+            d_loss = d_loss + view_loss
+        optimizers.discriminator.zero_grad(set_to_none=True)
+        d_loss.backward()
+        optimizers.discriminator.step()
+        logged["d_loss"] = d_loss.item()
+    c = model.encode(batch).c
+    g_loss = torch.zeros((), device=device)
+    for view, critic in critics.items():
+        for parameter in critic.parameters():
+            parameter.requires_grad_(False)
+        adv = -critic(fake[view], c).mean()
+        rec = F.mse_loss(fake[view], real[view])
+        logged[f"adv_{view}"], logged[f"rec_{view}"] = adv.item(), rec.item()
+        g_loss = g_loss + config.adv_weight * adv + config.rec_weight * rec
+    if vcn is not None:
+        vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
+        logged["vc_prob"] = vc_prob.item()
+        g_loss = g_loss - config.vc_weight * vc_prob
+    logged["g_loss"] = g_loss.item()
+    if not np.isfinite(logged["g_loss"]):
+        raise FloatingPointError("non-finite generator loss")
+    optimizers.generator.zero_grad(set_to_none=True)
+    g_loss.backward()
+    optimizers.generator.step()
+    for critic in critics.values():
+        for parameter in critic.parameters():
+            parameter.requires_grad_(True)
+    return logged
+
+
+def bench_speedup(
+    profile: str | Profile = "cpu",
+    steps: int = 5,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    vocab_size: int = 1500,
+    print_fn: Callable[[str], None] = print,
+    jsonl: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Images/s of the library's GAN step against :func:`reference_gan_step`, every GAN phase of ``profile``.
+
+    One model, critics, optimizers and frozen VCN per phase serve both steps (each step is an
+    optimizer step, so the two see the same kind of weights); the steps alternate, reference
+    then library, over the same ``warmup + steps`` synthetic batches, and each row has both
+    medians and their ratio (> 1: the library's step is faster). The library's step runs as
+    the profile trains it (its ``precision`` and ``channels_last``).
+    """
+    profile, device = _profile(profile), _device(device)
+    config = XRayGANTrainConfig.from_profile(profile)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    print_fn(f"GAN step against the plain eager float32 reference, profile {profile.name}, device {device}, "
+             f"{torch.get_num_threads()} thread(s), median of {steps} alternating steps")  # fmt: skip
+    print_fn(f"{'stage':>5}{'size':>6}{'batch':>6}{'reference s':>13}{'library s':>11}{'speed-up':>10}")
+    model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device).train()
+    frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
+    rows = []
+    for index, phase in enumerate(training_phases(config)):
+        if phase.name != "gan":
+            continue
+        optimizers = make_optimizers(model, phase, index, config)
+        batches = [
+            _on(synthetic_batch(phase.batch_size, phase.image_size, vocab_size, generator), device)
+            for _ in range(warmup + steps)
+        ]
+        timings: dict[str, list[float]] = {"reference": [], "library": []}
+        for number, batch in enumerate(batches):
+            for name, step in (("reference", reference_gan_step), ("library", gan_step)):
+                _synchronize(device)
+                start = time.perf_counter()
+                step(model, frozen_vcn, batch, phase, optimizers, config)
+                _synchronize(device)
+                if number >= warmup:
+                    timings[name].append(time.perf_counter() - start)
+        reference, library = (statistics.median(timings[k]) for k in ("reference", "library"))
+        row = {"family": "xraygan", "stage": phase.stage, "image_size": phase.image_size,
+               "batch_size": phase.batch_size, "reference_seconds": reference, "library_seconds": library,
+               "reference_images_per_s": 2 * phase.batch_size / reference,
+               "library_images_per_s": 2 * phase.batch_size / library, "speedup": reference / library,
+               "threads": torch.get_num_threads(), "device": str(device)}  # fmt: skip
+        rows.append(row)
+        print_fn(f"{phase.stage:>5}{phase.image_size:>6}{phase.batch_size:>6}{reference:>13.3f}{library:>11.3f}"
+                 f"{row['speedup']:>9.2f}x")  # fmt: skip
+    if jsonl is not None:
+        print_fn(f"appended {len(rows)} rows to {append_rows(jsonl, rows, bench='speedup', profile=profile.name)}")
+    return rows
 
 
 #: Settings of the short runs :func:`bench_processes` times: no L2 pre-training, no VCN, no sample
