@@ -97,9 +97,11 @@ def test_build_html_refuses_missing_notebooks(tmp_path):
         book.build_html(executed_dir=tmp_path / "executed", build_dir=tmp_path / "_build")
 
 
-def test_the_tiny_profile_runs_its_kernels_on_one_thread():
+def test_the_tiny_and_cpu_profiles_run_their_kernels_on_one_thread():
     assert book.book_settings("tiny")["kernel_threads"] == 1
-    assert book.book_settings("cpu")["kernel_threads"] is None  # the default: torch's own choice
+    cpu = book.book_settings("cpu")  # two one-thread kernels side by side on a 2-core machine
+    assert (cpu["kernel_threads"], cpu["parallel_notebooks"]) == (1, 2)
+    assert book.book_settings("paper")["kernel_threads"] is None  # the default: torch's own choice
 
 
 @pytest.mark.parametrize(
