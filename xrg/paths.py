@@ -78,10 +78,7 @@ def path_inside(root: str | os.PathLike, relative: object, what: str) -> Path:
     Refuses absolute paths, ``..`` components, backslashes, NUL bytes, and a path that a
     symbolic link takes outside ``root``.
     """
-    path = Path(root) / check_relative(relative, what, f"{root}")
-    if not resolves_inside(path, root):
-        raise DataDirError(f"{what} {relative!r} leads outside {root} through a symbolic link; refused")
-    return path
+    return PathsInside(root)(relative, what)
 
 
 class PathsInside:
@@ -96,6 +93,7 @@ class PathsInside:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
+        self._shown = f"{root}"  # as the caller wrote it, in messages
         try:
             self._base: Path | None = self.root.resolve()
         except (OSError, RuntimeError):  # a link loop
@@ -115,7 +113,7 @@ class PathsInside:
         return self._directories[relative]
 
     def __call__(self, relative: object, what: str) -> Path:
-        posix = check_relative(relative, what, f"{self.root}")
+        posix = check_relative(relative, what, self._shown)
         directory = self._directory(posix.parent)
         inside = False
         if directory is not None:
@@ -126,7 +124,7 @@ class PathsInside:
             except (OSError, RuntimeError):
                 inside = False
         if not inside:
-            raise DataDirError(f"{what} {relative!r} leads outside {self.root} through a symbolic link; refused")
+            raise DataDirError(f"{what} {relative!r} leads outside {self._shown} through a symbolic link; refused")
         return self.root / posix
 
 

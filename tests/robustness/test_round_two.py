@@ -849,7 +849,7 @@ def test_profile_and_parameter_files_in_any_encoding_load_or_are_named(tmp_path_
 
 
 def test_paths_inside_one_root_give_the_verdicts_of_path_inside(tmp_path):
-    # PathsInside resolves each directory once; it must refuse and accept exactly what path_inside does.
+    # One PathsInside keeps its resolved directories; its answers must stay those of a fresh one (path_inside).
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "images").mkdir(parents=True)
     outside.mkdir()

@@ -28,6 +28,7 @@ from xrg.data.reports import Vocabulary
 from xrg.models.vcn import VCNConfig, ViewConsistencyNet, freeze
 from xrg.models.xraygan import XRayGAN, XRayGANModelConfig, gradient_penalty
 from xrg.profiles import Profile, load_profile
+from xrg.train.loop import frozen, real_images
 from xrg.train.vcn import VCNTrainConfig, make_vcn_optimizer, vcn_step
 from xrg.train.xraygan import XRayGANTrainConfig, gan_step, make_optimizers, pretrain_step, training_phases
 
@@ -470,7 +471,7 @@ def reference_gan_step(
     stage = str(phase.stage)
     critics = {view: model.discriminators[view][stage] for view in model.discriminators}
     device = next(model.parameters()).device
-    real = {view: batch[view].to(device) for view in critics}
+    real = real_images(batch, tuple(critics), device)
     fake = model.generate(model.encode(batch).c, phase.stage)
     logged: dict[str, float] = {}
     for _ in range(config.n_critic):
@@ -493,26 +494,22 @@ def reference_gan_step(
         logged["d_loss"] = d_loss.item()
     c = model.encode(batch).c
     g_loss = torch.zeros((), device=device)
-    for view, critic in critics.items():
-        for parameter in critic.parameters():
-            parameter.requires_grad_(False)
-        adv = -critic(fake[view], c).mean()
-        rec = F.mse_loss(fake[view], real[view])
-        logged[f"adv_{view}"], logged[f"rec_{view}"] = adv.item(), rec.item()
-        g_loss = g_loss + config.adv_weight * adv + config.rec_weight * rec
-    if vcn is not None:
-        vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
-        logged["vc_prob"] = vc_prob.item()
-        g_loss = g_loss - config.vc_weight * vc_prob
-    logged["g_loss"] = g_loss.item()
-    if not np.isfinite(logged["g_loss"]):
-        raise FloatingPointError("non-finite generator loss")
-    optimizers.generator.zero_grad(set_to_none=True)
-    g_loss.backward()
-    optimizers.generator.step()
-    for critic in critics.values():
-        for parameter in critic.parameters():
-            parameter.requires_grad_(True)
+    with frozen(critics.values()):
+        for view, critic in critics.items():
+            adv = -critic(fake[view], c).mean()
+            rec = F.mse_loss(fake[view], real[view])
+            logged[f"adv_{view}"], logged[f"rec_{view}"] = adv.item(), rec.item()
+            g_loss = g_loss + config.adv_weight * adv + config.rec_weight * rec
+        if vcn is not None:
+            vc_prob = vcn.prob(fake["frontal"], fake["lateral"]).mean()
+            logged["vc_prob"] = vc_prob.item()
+            g_loss = g_loss - config.vc_weight * vc_prob
+        logged["g_loss"] = g_loss.item()
+        if not np.isfinite(logged["g_loss"]):
+            raise FloatingPointError("non-finite generator loss")
+        optimizers.generator.zero_grad(set_to_none=True)
+        g_loss.backward()
+        optimizers.generator.step()
     return logged
 
 
@@ -527,11 +524,10 @@ def bench_speedup(
 ) -> list[dict[str, Any]]:
     """Images/s of the library's GAN step against :func:`reference_gan_step`, every GAN phase of ``profile``.
 
-    One model, critics, optimizers and frozen VCN per phase serve both steps (each step is an
-    optimizer step, so the two see the same kind of weights); the steps alternate, reference
-    then library, over the same ``warmup + steps`` synthetic batches, and each row has both
-    medians and their ratio (> 1: the library's step is faster). The library's step runs as
-    the profile trains it (its ``precision`` and ``channels_last``).
+    One model, its critics, the frozen VCN and each phase's optimizers serve both steps (each
+    step is an optimizer step, so the two see the same kind of weights); the steps alternate,
+    reference then library, over the same ``warmup + steps`` synthetic batches, and each row
+    has both medians and their ratio (> 1: the library's step is faster). Both run in float32.
     """
     profile, device = _profile(profile), _device(device)
     config = XRayGANTrainConfig.from_profile(profile)
