@@ -210,6 +210,20 @@ def test_10_performance_measures_phases_batches_processes_and_operators(tiny_boo
 
 
 @pytest.mark.slow
+def test_the_evaluators_are_made_before_any_notebook_reads_them(tiny_book):
+    # run_book makes them first; 05-08 then only load them (none of them trains a classifier).
+    from datetime import datetime
+
+    assert tiny_book["timings"]["evaluators"] > 0.0
+    classifier = Path(tiny_book["runs"]) / "experiments" / "evaluators" / "classifier.pt"
+    made = classifier.stat().st_mtime
+    for name in ("05_evaluation", "06_baselines_ablations", "07_pggan_latent", "08_diffusevae_moco"):
+        metadata = nbformat.read(executed(tiny_book, name), as_version=4).metadata
+        started = datetime.fromisoformat(metadata["papermill"]["start_time"]).timestamp()
+        assert made < started, f"{name} started before the evaluators were made"
+
+
+@pytest.mark.slow
 def test_99_provenance_tabulates_the_run(tiny_book):
     values = glued(executed(tiny_book, "99_provenance"))
     assert int(values["run_num_notebooks"]) == len(notebook_names()) - 1
@@ -224,7 +238,7 @@ def test_rerunning_the_book_with_nothing_changed_executes_nothing(tiny_book):
 
     paths = Path(tiny_book["executed"]), Path(tiny_book["data"]).parent, Path(tiny_book["runs"]).parent
     timings = run_book("tiny", executed_dir=paths[0], data_root=paths[1], runs_root=paths[2], progress=False)
-    assert {name: seconds for name, seconds in timings.items() if name != "data"} == dict.fromkeys(
+    assert {name: seconds for name, seconds in timings.items() if name not in ("data", "evaluators")} == dict.fromkeys(
         notebook_names(), 0.0
     )
     # A changed chapter makes the provenance page stale, and only it is executed again.

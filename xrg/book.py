@@ -20,7 +20,8 @@ The data, run and output folders default to the checkout's ``data/``, ``runs/``,
 A profile's ``book`` section sets how the notebooks run (:func:`book_settings`):
 ``kernel_threads`` caps the BLAS/OpenMP threads of every notebook kernel (and of the data
 build in this process), ``parallel_notebooks`` executes notebooks that do not need each
-other's results side by side, each in its own process (:data:`NOTEBOOK_NEEDS`).
+other's results side by side, each in its own process (:data:`NOTEBOOK_NEEDS`). What several
+notebooks read (the data, the evaluators) is made before any kernel starts.
 """
 
 from __future__ import annotations
@@ -287,7 +288,8 @@ def run_book(
     runs_root: str | os.PathLike = RUNS_ROOT,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Build the profile's data, then execute the (selected) notebooks; returns seconds per step.
+    """Build the profile's data and the evaluators the notebooks to execute read
+    (:func:`prepare_evaluators`), then execute the (selected) notebooks; returns seconds per step.
 
     ``only`` selects notebooks; the provenance notebook is brought up to date as well
     whenever it is stale, so the intro page always describes the notebooks it links to.
@@ -350,6 +352,13 @@ def run_book(
             timings[notebook] = 0.0
         else:
             todo[notebook] = job
+    readers = [todo[n][0] for n in todo if n in EVALUATOR_NOTEBOOKS]
+    if readers:  # before any kernel, on the cores the kernels will share (none of them then makes them)
+        start = time.perf_counter()
+        with thread_limit(threads * parallel if threads is not None else None):
+            prepare_evaluators(readers, progress=progress)
+        timings["evaluators"] = time.perf_counter() - start
+        print(f">> evaluators: {timings['evaluators']:.0f} s", flush=True)
     if parallel > 1 and len(todo) > 1:
         _execute_in_parallel(todo, executed_dir, parallel, threads, executed)
     else:
@@ -365,7 +374,43 @@ def run_book(
             start = time.perf_counter()
             execute_notebook(PROVENANCE_NOTEBOOK, job[0], executed_dir, progress=progress, threads=threads)
             executed(PROVENANCE_NOTEBOOK, time.perf_counter() - start, job[1])
-    return {name: timings[name] for name in ("data", *selected)}  # reading order
+    steps = ("data", "evaluators", *selected) if "evaluators" in timings else ("data", *selected)
+    return {name: timings[name] for name in steps}  # reading order
+
+
+#: The notebooks that read the evaluators (the finding classifier, the evaluation VCN and their
+#: cohort, :func:`xrg.train.evaluators.ensure_evaluators`). :func:`run_book` makes them first,
+#: with every core the kernels share, whenever one of these is executed: made inside 05 they
+#: kept one kernel busy for 9 minutes while the chapters after it could only wait.
+EVALUATOR_NOTEBOOKS = ("05_evaluation", "06_baselines_ablations", "07_pggan_latent", "08_diffusevae_moco")
+
+
+def prepare_evaluators(notebook_params: Sequence[dict[str, Any]], progress: bool = True) -> list[Path]:
+    """Load or make the evaluators that notebooks with these parameters will read; their directories.
+
+    Each distinct (profile, ``data_dir``, ``experiment_dir``/evaluators) is prepared once, with the
+    paths read as the notebooks read them (relative to the notebooks directory). The notebooks'
+    own ``ensure_evaluators`` calls then only load what is there.
+    """
+    from xrg.eval.evaluators import EvaluatorConfig
+    from xrg.train.evaluators import ensure_evaluators
+
+    prepared: list[Path] = []
+    seen: set[tuple[str, Path, Path]] = set()
+    for params in notebook_params:
+        missing = sorted({"profile", "data_dir", "experiment_dir"} - set(params))
+        if missing:
+            raise ConfigError(f"evaluator notebook parameters lack {missing}: {sorted(params)}")
+        data_dir = NOTEBOOKS_DIR / params["data_dir"]
+        out_dir = NOTEBOOKS_DIR / params["experiment_dir"] / "evaluators"
+        key = (str(params["profile"]), data_dir.resolve(), out_dir.resolve())
+        if key in seen:
+            continue
+        seen.add(key)
+        print(f">> evaluators: {out_dir}", flush=True)
+        ensure_evaluators(EvaluatorConfig.from_profile(load_profile(key[0])), data_dir, out_dir, progress=progress)
+        prepared.append(out_dir)
+    return prepared
 
 
 #: What each notebook reads that another notebook makes, by the notebooks that make it. With
@@ -376,16 +421,16 @@ NOTEBOOK_NEEDS: dict[str, tuple[str, ...]] = {
     "02_encoder": (),  # trains the profile's XRayGAN run (ensure_xraygan_run) when it is missing
     "03_vcn": ("02_encoder",),
     "04_xraygan": ("02_encoder", "06_baselines_ablations"),  # 06 trains the canonical-target row 04 shows
-    # 05 trains the evaluators and scores the controls under experiment_dir; 06, 07 and 08 would
-    # each make them when missing, so they wait for 05 and then only read them.
+    # The evaluators that 05-08 read are made before any notebook starts (EVALUATOR_NOTEBOOKS).
+    # 05 scores 02's run and the controls under experiment_dir; 06 would score the same controls
+    # when missing, so it waits for 05 and then only reads them.
     "05_evaluation": ("02_encoder",),
     # its own runs under experiment_dir; the XRayGAN row's first seed is 02's run, reused
     "06_baselines_ablations": ("02_encoder", "05_evaluation"),
-    # 07 trains its own PGGAN and search classifiers; it reads the evaluators (05)
-    "07_pggan_latent": ("05_evaluation",),
-    # 08 trains its own DiffuseVAE runs; it reads the evaluators (05) and the XRayGAN run (02)
-    # for the side-by-side comparison.
-    "08_diffusevae_moco": ("02_encoder", "05_evaluation"),
+    # 07 trains its own PGGAN and search classifiers and reads only the evaluators
+    "07_pggan_latent": (),
+    # 08 trains its own DiffuseVAE runs; it reads the XRayGAN run (02) for the side-by-side comparison
+    "08_diffusevae_moco": ("02_encoder",),
     "09_report_explorer": ("02_encoder",),
 }
 
