@@ -70,3 +70,7 @@ def test_bench_speedup_times_the_library_step_against_the_plain_reference_step()
         assert row["reference_seconds"] > 0 and row["library_seconds"] > 0
         assert row["speedup"] == pytest.approx(row["reference_seconds"] / row["library_seconds"])
     assert any("speed-up" in line for line in lines)
+    fast = bench_speedup("tiny", steps=1, warmup=0, device="cpu", vocab_size=50, print_fn=lines.append,
+                         precision="bfloat16", channels_last=True)  # fmt: skip
+    assert [(row["precision"], row["channels_last"]) for row in fast] == [("bfloat16", True)] * 2
+    assert "library step: bfloat16, channels_last" in lines[-4]

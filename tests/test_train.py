@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -267,6 +268,40 @@ def test_a_checkpoint_of_xrg_1_is_refused_with_how_to_retrain_it(tmp_path, check
         XRayGANPipeline.from_checkpoint(tmp_path / "v1-xraygan.pt")
 
 
+def test_a_setting_added_after_a_checkpoint_was_written_reads_as_its_default(tmp_path, checkpoint_file):
+    # A checkpoint written before `precision` and `channels_last` existed was trained in plain
+    # float32 NCHW: it matches a config at those defaults and no other.
+    config = dataclasses.replace(TINY, vc_weight=0.0)
+    payload = torch.load(checkpoint_file, weights_only=True)
+    for name in ("precision", "channels_last"):
+        del payload["config"][name]
+    older = tmp_path / "older.pt"
+    torch.save(resealed(payload), older)
+    assert load_checkpoint(older, "xraygan", config=config)["progress"]["step"] == 2
+    with pytest.raises(CheckpointError, match=r"precision: \(absent\) → 'bfloat16'"):
+        load_checkpoint(older, "xraygan", config=dataclasses.replace(config, precision="bfloat16"))
+    with pytest.raises(CheckpointError, match="rec_weight: 100.0 → 50.0"):  # other fields still count
+        load_checkpoint(older, "xraygan", config=dataclasses.replace(config, rec_weight=50.0))
+
+
+def test_bfloat16_channels_last_training_learns_with_float32_weights(tmp_path, data_dir, vcn_run):
+    run = new_run(tmp_path, vcn_run)
+    config = dataclasses.replace(TINY, num_epochs=(4, 1), lr=(5e-3, 5e-3), precision="bfloat16", channels_last=True)
+    run_trainer = trainer(config, data_dir, run)
+    convolutions = [p for p in run_trainer.model.parameters() if p.dim() == 4]
+    assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+    assert all(p.dtype == torch.float32 for p in run_trainer.model.parameters())  # autocast leaves weights alone
+    result = run_trainer.train()
+    assert result.finished
+    stage0 = [row["rec_loss"] for row in metric_rows(run) if row["stage"] == 0]
+    assert all(map(math.isfinite, stage0)) and stage0[-1] < 0.65 * stage0[0], stage0
+    pipeline = XRayGANPipeline.from_checkpoint(run)  # generation reads it as any float32 checkpoint
+    output = pipeline("Heart size is normal. No effusion.")
+    assert all(
+        image.dtype == torch.float32 and torch.isfinite(image).all() for image in (output.frontal, output.lateral)
+    )
+
+
 def test_checkpoint_errors_say_what_is_wrong(tmp_path, checkpoint_file, data_dir, vcn_run):
     config = dataclasses.replace(TINY, vc_weight=0.0)
     data = checkpoint_file.read_bytes()
@@ -328,6 +363,10 @@ def test_configs_refuse_unknown_or_inconsistent_settings():
         XRayGANTrainConfig(model=XRayGANModelConfig(generator_kind="stacked"))
     with pytest.raises(ConfigError, match="leaves vocab_size unset"):
         XRayGANTrainConfig(model=XRayGANModelConfig(vocab_size=40))
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        XRayGANTrainConfig(precision="float16")
+    with pytest.raises(ConfigError, match="channels_last must be true or false"):
+        XRayGANTrainConfig(channels_last="yes")
     with pytest.raises(ConfigError, match="batch_size must be int, got 4.5"):
         config_from_mapping(XRayGANTrainConfig, {"batch_size": [4.5, 4, 4, 4]})
     overrides = parse_overrides(

@@ -209,7 +209,7 @@ def load_checkpoint(
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"checkpoint {path} has no {key} (damaged or written by something else)")
     if config is not None:
-        differences = config_differences(payload["config"], config_to_dict(config))
+        differences = config_differences(payload["config"], config_to_dict(config), defaults=_defaults(config))
         if differences:
             raise CheckpointError(
                 f"checkpoint {path} was written with another {type(config).__name__}; differing fields "
@@ -223,6 +223,14 @@ def load_checkpoint(
                 f"the data's is {vocabulary.fingerprint[:12]}); use the dataset it was trained on"
             )
     return payload
+
+
+def _defaults(config: Any) -> dict[str, Any] | None:
+    """The default values of ``config``'s class as a dict, or None when it has no default instance."""
+    try:
+        return config_to_dict(type(config)())
+    except (TypeError, ValueError):  # a required field, or defaults its checks refuse
+        return None
 
 
 def payload_digest(payload: Mapping[str, Any]) -> str:

@@ -18,6 +18,7 @@
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
     xrg bench train --profile cpu [--family pggan]      # training images/s per stage
+    xrg bench train --profile cpu --reference [--precision bfloat16 --channels-last]   # speed-up over plain float32
     xrg bench generate --profile cpu [--checkpoint runs/cpu]
     xrg bench diffusion --profile cpu [--checkpoint runs/cpu/diffusevae/findings] [--steps 5 10 25 50]
     xrg bench explorer --run-dir runs/cpu/xraygan [--data-dir data/cpu]   # report explorer response times
@@ -48,7 +49,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from xrg.errors import DiskFullError, TrainingStopped, XrgError
+from xrg.errors import ConfigError, DiskFullError, TrainingStopped, XrgError
 
 SEED_MAX = 2**32 - 1
 
@@ -427,10 +428,20 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
-    from xrg.train.benchmarks import bench_train, bench_train_pggan
+    from xrg.train.benchmarks import bench_speedup, bench_train, bench_train_pggan
 
-    bench = bench_train_pggan if args.family == "pggan" else bench_train
-    bench(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases, jsonl=args.jsonl)
+    if args.family == "pggan":
+        if args.reference or args.precision or args.channels_last:
+            raise ConfigError("--reference, --precision and --channels-last time XRayGAN steps; drop --family pggan")
+        bench_train_pggan(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases,
+                          jsonl=args.jsonl)  # fmt: skip
+        return
+    arithmetic = dict(precision=args.precision, channels_last=True if args.channels_last else None)
+    if args.reference:
+        bench_speedup(args.profile, steps=args.steps, device=args.device, jsonl=args.jsonl, **arithmetic)
+        return
+    bench_train(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases, jsonl=args.jsonl,
+                **arithmetic)  # fmt: skip
 
 
 def _cmd_bench_generate(args: argparse.Namespace) -> None:
@@ -607,6 +618,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="train split size for the epoch-time estimate (default 2700, the cpu dataset)",
     )
     bench_train.add_argument("--device", type=device_name, help="cpu | cuda (default cuda when available)")
+    bench_train.add_argument(
+        "--precision", choices=("float32", "bfloat16"), help="arithmetic of the XRayGAN steps (default: the profile's)"
+    )
+    bench_train.add_argument(
+        "--channels-last", action="store_true", help="XRayGAN steps with NHWC weights (default: the profile's)"
+    )
+    bench_train.add_argument(
+        "--reference",
+        action="store_true",
+        help="time each GAN step against a plain eager float32 reference step and print the speed-up",
+    )
     bench_train.add_argument(
         "--jsonl", help="append the rows (with FLOPs, fraction of peak, memory) to this JSON-lines file"
     )

@@ -154,17 +154,28 @@ def _show(value: Any) -> str:
     return "(absent)" if value is _ABSENT else repr(value)
 
 
-def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+def config_differences(
+    stored: Mapping[str, Any],
+    current: Mapping[str, Any],
+    prefix: str = "",
+    defaults: Mapping[str, Any] | None = None,
+) -> list[str]:
     """``"name: stored → current"`` for every field whose value differs (or exists in one only).
 
     Nested configs are compared field by field and named by their dotted keys (``model.hidden``).
+    With ``defaults`` (the config class's default values, as a dict), a field the stored config
+    lacks is no difference while the current value is its default: such a field was added
+    later, and its default is the behaviour the stored config was written with.
     """
     lines = []
     for name in sorted(set(stored) | set(current)):
         old, new = stored.get(name, _ABSENT), current.get(name, _ABSENT)
+        default = defaults.get(name, _ABSENT) if isinstance(defaults, Mapping) else _ABSENT
         key = _dotted(prefix, str(name))
         if isinstance(old, Mapping) and isinstance(new, Mapping):
-            lines += config_differences(old, new, key)
+            lines += config_differences(old, new, key, default if isinstance(default, Mapping) else None)
+        elif old is _ABSENT and default is not _ABSENT and new == default:
+            continue
         elif old != new:
             lines.append(f"{key}: {_show(old)} → {_show(new)}")
     return lines

@@ -11,6 +11,8 @@ initialised model of a profile, on CPU and, when there is one, on CUDA.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
 import os
 import statistics
@@ -30,7 +32,15 @@ from xrg.models.xraygan import XRayGAN, XRayGANModelConfig, gradient_penalty
 from xrg.profiles import Profile, load_profile
 from xrg.train.loop import frozen, real_images
 from xrg.train.vcn import VCNTrainConfig, make_vcn_optimizer, vcn_step
-from xrg.train.xraygan import XRayGANTrainConfig, gan_step, make_optimizers, pretrain_step, training_phases
+from xrg.train.xraygan import (
+    XRayGANTrainConfig,
+    gan_step,
+    make_optimizers,
+    pretrain_step,
+    step_precision,
+    training_phases,
+    use_channels_last,
+)
 
 #: Reports in the style of Open-i, written for the benchmarks (lengths near the Open-i median).
 BENCH_REPORTS: tuple[str, ...] = (
@@ -157,6 +167,8 @@ def bench_train(
     vocab_size: int = 1500,
     print_fn: Callable[[str], None] = print,
     jsonl: str | os.PathLike | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Time ``steps`` training steps (after ``warmup``) of every phase of ``profile``'s run.
 
@@ -165,15 +177,17 @@ def bench_train(
     image), the achieved FLOP/s and its fraction of the device's peak, and peak memory
     (:func:`measure_steps`). With ``train_cases`` (the train split size; the cpu dataset has
     about 2,700) the rows also estimate seconds per epoch and per phase. With ``jsonl`` the
-    rows are appended to that file.
+    rows are appended to that file. ``precision`` and ``channels_last`` replace the profile's
+    settings of the XRayGAN steps (``XRayGANTrainConfig``).
     """
     profile = _profile(profile)
     device = _device(device)
-    config = XRayGANTrainConfig.from_profile(profile)
+    config = _with_arithmetic(XRayGANTrainConfig.from_profile(profile), precision, channels_last)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     peak = perf.device_peak(device)
-    print_fn(f"training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per phase")
+    print_fn(f"training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per phase; "
+             f"XRayGAN steps in {config.precision}{', channels_last' if config.channels_last else ''}")  # fmt: skip
     print_fn(f"peak: {perf.flops_line(peak.flops_per_s)}FLOP/s ({peak.device}: {peak.basis})")
     print_fn("FLOPs: matrix products and convolutions, forward and backward; the BiLSTM cells are not counted")
     header = f"{'phase':<9}{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}" + _FLOP_HEADER
@@ -213,6 +227,15 @@ def bench_train(
 
     model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device)
     frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
+    use_channels_last(config, model, frozen_vcn)
+
+    def in_precision(inner: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        def step(batch: Any) -> Any:
+            with step_precision(config, device):
+                return inner(batch)
+
+        return step
+
     for index, phase in enumerate(training_phases(config)):
         optimizers = make_optimizers(model, phase, index, config)
         model.train()
@@ -223,6 +246,7 @@ def bench_train(
             step = functools.partial(pretrain_step, model, **settings)
         else:
             step = functools.partial(gan_step, model, frozen_vcn, **settings)
+        step = in_precision(step)
         measured = measure_steps(step, batches, warmup, device, 2 * batch_size, peak)
         report(phase.name, phase.stage, phase.image_size, batch_size, phase.num_epochs, measured)
     if train_cases:
@@ -513,6 +537,14 @@ def reference_gan_step(
     return logged
 
 
+def _with_arithmetic(
+    config: XRayGANTrainConfig, precision: str | None, channels_last: bool | None
+) -> XRayGANTrainConfig:
+    """``config`` with ``precision`` and ``channels_last`` where they are given (checked as a config's)."""
+    settings = {k: v for k, v in (("precision", precision), ("channels_last", channels_last)) if v is not None}
+    return dataclasses.replace(config, **settings)
+
+
 def bench_speedup(
     profile: str | Profile = "cpu",
     steps: int = 5,
@@ -521,38 +553,54 @@ def bench_speedup(
     vocab_size: int = 1500,
     print_fn: Callable[[str], None] = print,
     jsonl: str | os.PathLike | None = None,
+    precision: str | None = None,
+    channels_last: bool | None = None,
 ) -> list[dict[str, Any]]:
     """Images/s of the library's GAN step against :func:`reference_gan_step`, every GAN phase of ``profile``.
 
-    One model, its critics, the frozen VCN and each phase's optimizers serve both steps (each
-    step is an optimizer step, so the two see the same kind of weights); the steps alternate,
-    reference then library, over the same ``warmup + steps`` synthetic batches, and each row
-    has both medians and their ratio (> 1: the library's step is faster). Both run in float32.
+    The library's step runs with the profile's ``precision`` and ``channels_last`` (or these
+    arguments'), the reference always in plain float32 NCHW. Both start from the same weights
+    (the library's own copy when its memory format differs), with their own optimizers; the
+    steps alternate, reference then library, over the same ``warmup + steps`` synthetic
+    batches, and each row has both medians and their ratio (> 1: the library's step is faster).
     """
     profile, device = _profile(profile), _device(device)
-    config = XRayGANTrainConfig.from_profile(profile)
+    config = _with_arithmetic(XRayGANTrainConfig.from_profile(profile), precision, channels_last)
+    plain = dataclasses.replace(config, precision="float32", channels_last=False)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)
     print_fn(f"GAN step against the plain eager float32 reference, profile {profile.name}, device {device}, "
-             f"{torch.get_num_threads()} thread(s), median of {steps} alternating steps")  # fmt: skip
+             f"{torch.get_num_threads()} thread(s), median of {steps} alternating steps; library step: "
+             f"{config.precision}{', channels_last' if config.channels_last else ''}")  # fmt: skip
     print_fn(f"{'stage':>5}{'size':>6}{'batch':>6}{'reference s':>13}{'library s':>11}{'speed-up':>10}")
     model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device).train()
     frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
+    fast_model, fast_vcn = model, frozen_vcn
+    if config.channels_last:
+        fast_model, fast_vcn = copy.deepcopy(model), copy.deepcopy(frozen_vcn)
+        use_channels_last(config, fast_model, fast_vcn)
     rows = []
     for index, phase in enumerate(training_phases(config)):
         if phase.name != "gan":
             continue
         optimizers = make_optimizers(model, phase, index, config)
+        fast_optimizers = optimizers if fast_model is model else make_optimizers(fast_model, phase, index, config)
         batches = [
             _on(synthetic_batch(phase.batch_size, phase.image_size, vocab_size, generator), device)
             for _ in range(warmup + steps)
         ]
         timings: dict[str, list[float]] = {"reference": [], "library": []}
+
+        plain_step = functools.partial(reference_gan_step, model, frozen_vcn, phase=phase, optimizers=optimizers,
+                                       config=plain)  # fmt: skip
+        library_step = functools.partial(gan_step, fast_model, fast_vcn, phase=phase, optimizers=fast_optimizers,
+                                         config=config)  # fmt: skip
         for number, batch in enumerate(batches):
-            for name, step in (("reference", reference_gan_step), ("library", gan_step)):
+            for name, step in (("reference", plain_step), ("library", library_step)):
                 _synchronize(device)
                 start = time.perf_counter()
-                step(model, frozen_vcn, batch, phase, optimizers, config)
+                with step_precision(config if name == "library" else plain, device):
+                    step(batch)
                 _synchronize(device)
                 if number >= warmup:
                     timings[name].append(time.perf_counter() - start)
@@ -561,7 +609,8 @@ def bench_speedup(
                "batch_size": phase.batch_size, "reference_seconds": reference, "library_seconds": library,
                "reference_images_per_s": 2 * phase.batch_size / reference,
                "library_images_per_s": 2 * phase.batch_size / library, "speedup": reference / library,
-               "threads": torch.get_num_threads(), "device": str(device)}  # fmt: skip
+               "threads": torch.get_num_threads(), "device": str(device), "precision": config.precision,
+               "channels_last": config.channels_last}  # fmt: skip
         rows.append(row)
         print_fn(f"{phase.stage:>5}{phase.image_size:>6}{phase.batch_size:>6}{reference:>13.3f}{library:>11.3f}"
                  f"{row['speedup']:>9.2f}x")  # fmt: skip

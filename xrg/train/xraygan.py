@@ -60,6 +60,7 @@ the checkpoints itself (:meth:`~xrg.models.base.CheckpointedModel.save`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -68,6 +69,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from xrg.checkpoint import read_checkpoint
 from xrg.config import config_from_mapping, merge_settings
@@ -162,8 +164,18 @@ class XRayGANTrainConfig:
     # train cases the run sees: a subset of the train split drawn with the run's seed, the same at
     # every stage and for every run with that seed (xrg.train.loop.train_subset); 0: all of them
     train_cases: int = 0
+    # arithmetic of the training steps (not in the paper; the defaults are the plain way):
+    # "bfloat16" runs them under torch.autocast (convolutions and matrix products in bfloat16,
+    # weights, losses and optimizer state in float32; bfloat16 needs no loss scaling), and
+    # channels_last stores the generators', critics' and VCNs' activations and weights NHWC
+    precision: str = "float32"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not isinstance(self.channels_last, bool):
+            raise ConfigError(f"channels_last must be true or false, got {self.channels_last!r}")
         if not isinstance(self.model, XRayGANModelConfig):
             raise ConfigError(f"model must be an XRayGANModelConfig, got {self.model!r}")
         if self.model.vocab_size:
@@ -388,6 +400,23 @@ def judge_real_and_fake(
     return scores[: real.shape[0]], scores[real.shape[0] :], bce
 
 
+#: The arithmetic a run's training steps may use (``XRayGANTrainConfig.precision``).
+PRECISIONS = ("float32", "bfloat16")
+
+
+def step_precision(config: XRayGANTrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context of ``config.precision`` on ``device`` (float32: no autocast)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16")
+
+
+def use_channels_last(config: XRayGANTrainConfig, *modules: nn.Module | None) -> None:
+    """Store ``modules``' weights (and so their convolutions' outputs) NHWC when ``config.channels_last``."""
+    if config.channels_last:
+        for module in modules:
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+
+
 def gan_step(
     model: XRayGAN,
     vcn: ViewConsistencyNet | None,
@@ -495,10 +524,11 @@ class XRayGANStep(Step):
         return phase.batch_size
 
     def update(self, phase: Phase, batch: dict[str, Any], optimizers: Optimizers) -> dict[str, float]:
-        if phase.name == "pretrain":
-            return pretrain_step(self.model, batch, phase, optimizers, self.config, self.reward)
-        vcn = self.vcns[phase.image_size].model if self.config.vc_weight > 0 else None
-        return gan_step(self.model, vcn, batch, phase, optimizers, self.config, self.reward)
+        with step_precision(self.config, self.device):
+            if phase.name == "pretrain":
+                return pretrain_step(self.model, batch, phase, optimizers, self.config, self.reward)
+            vcn = self.vcns[phase.image_size].model if self.config.vc_weight > 0 else None
+            return gan_step(self.model, vcn, batch, phase, optimizers, self.config, self.reward)
 
     def recalibrate(self, phase: Phase, position: Position) -> int:
         """Re-estimate the generators' BatchNorm statistics on train batches at ``phase``'s stage."""
@@ -589,6 +619,7 @@ class XRayGANTrainer(PhasedTrainer):
         reward = FindingsReward.load(config.findings_reward, device) if config.findings_weight > 0 else None
         torch.manual_seed(config.seed)
         model = XRayGAN(XRayGANModelConfig.from_run_config(config, len(data.vocabulary))).to(device)
+        use_channels_last(config, model, *(result.model for result in vcns.values()))
         step = XRayGANStep(config, phases, data, model, vcns, device, files.run_dir, reward)
         super().__init__(step, files, seed=config.seed, device=device, progress=progress, resume=resume)
 
