@@ -207,6 +207,8 @@ def test_10_performance_measures_phases_batches_processes_and_operators(tiny_boo
     assert 0.0 < float(values["perf_best_percent_of_peak"]) < 100.0
     assert float(values["perf_process_speedup"]) > 0.0 and int(values["perf_processes_max"]) == 2
     assert 0.0 < float(values["perf_conv_percent"]) < 100.0
+    assert int(values["perf_speedup_size"]) == 32
+    assert float(values["perf_speedup_float32"]) > 0.0 and float(values["perf_speedup_fast"]) > 0.0
 
 
 @pytest.mark.slow
