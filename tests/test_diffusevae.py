@@ -520,3 +520,18 @@ def test_case_quality_scores_images_faithful_to_their_cases_above_images_that_ig
     assert case_kinds(labels[:2]) == [("pleural_effusion",), ()]
     with pytest.raises(ConfigError, match="at least 2 images"):
         case_quality(draw(torch.ones(1)), labels[:1], judge, real)
+
+
+def test_the_training_benchmark_times_every_stage_with_the_stages_own_steps(tmp_path, capsys):
+    from xrg.train.benchmarks import bench_train_diffusevae
+
+    lines: list[str] = []
+    rows = bench_train_diffusevae("tiny", steps=1, warmup=0, device="cpu", train_cases=40, vocab_size=50,
+                                  print_fn=lines.append, jsonl=tmp_path / "bench.jsonl")  # fmt: skip
+    assert [row["stage"] for row in rows] == ["vae", "moco", "ddpm", "finetune"]
+    assert all(row["images_per_s"] > 0 and row["phase_seconds"] > 0 and row["flops_per_image"] > 0 for row in rows)
+    assert "estimated training time of the four stages for 40 train cases" in lines[-2]
+    assert len((tmp_path / "bench.jsonl").read_text().splitlines()) == 4
+    capsys.readouterr()
+    assert main(["bench", "train", "--family", "diffusevae", "--profile", "tiny", "--steps", "1", "--reference"]) != 0
+    assert "time XRayGAN steps; drop --family diffusevae" in capsys.readouterr().err

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from xrg import perf
+from xrg.data.findings import FINDING_KINDS
 from xrg.data.reports import Vocabulary
 from xrg.models.vcn import VCNConfig, ViewConsistencyNet, freeze
 from xrg.models.xraygan import XRayGAN, XRayGANModelConfig, gradient_penalty
@@ -68,7 +69,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def synthetic_batch(batch_size: int, image_size: int, vocab_size: int, generator: torch.Generator) -> dict[str, Any]:
-    """A :func:`collate_pairs`-shaped batch: 6 findings and 2 impression sentences of 12 words, random images."""
+    """A :func:`collate_pairs`-shaped batch: 6 findings and 2 impression sentences of 12 words, random
+    images and multi-hot findings labels (each finding present with probability 0.2)."""
 
     def section(num_sentences: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.randint(2, vocab_size, (batch_size, num_sentences, 12), generator=generator)
@@ -84,6 +86,7 @@ def synthetic_batch(batch_size: int, image_size: int, vocab_size: int, generator
         "frontal": torch.rand(batch_size, 1, image_size, image_size, generator=generator),
         "lateral": torch.rand(batch_size, 1, image_size, image_size, generator=generator),
         "patient_id": [f"synthetic{i}" for i in range(batch_size)],
+        "labels": (torch.rand(batch_size, len(FINDING_KINDS), generator=generator) < 0.2).float(),  # multi-hot
     }
 
 
@@ -535,6 +538,98 @@ def reference_gan_step(
         g_loss.backward()
         optimizers.generator.step()
     return logged
+
+
+def bench_train_diffusevae(
+    profile: str | Profile = "cpu",
+    steps: int = 3,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    train_cases: int | None = None,
+    vocab_size: int = 1500,
+    print_fn: Callable[[str], None] = print,
+    jsonl: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Time ``steps`` training steps (after ``warmup``) of each DiffuseVAE stage of ``profile``'s ``diffusevae:`` run.
+
+    The stages' own steps (:mod:`xrg.train.diffusevae`: the VAE, MoCo, the DDPM and the
+    representation-guided fine-tuning) on synthetic batches of the stage's batch size, with
+    freshly initialised networks (the speed of a step does not depend on what its networks
+    learnt). ``images_per_s`` counts images of the run's one view; FLOPs, fraction of peak and
+    memory as in :func:`bench_train`; with ``train_cases`` the rows estimate seconds per epoch
+    and per stage; with ``jsonl`` they are appended to that file.
+    """
+    import tempfile
+
+    from xrg.models.diffusevae import VAE, DiffuseVAE
+    from xrg.models.moco import MoCo
+    from xrg.train.diffusevae import (
+        STAGES,
+        DDPMStep,
+        DiffuseVAETrainConfig,
+        FinetuneStep,
+        MoCoStep,
+        VAEStep,
+        stage_phase,
+    )
+
+    profile, device = _profile(profile), _device(device)
+    config = DiffuseVAETrainConfig.from_profile(profile)
+    model_config = config.model_config(vocab_size)
+    generator = torch.Generator().manual_seed(config.seed)
+    peak = perf.device_peak(device)
+    print_fn(f"DiffuseVAE training throughput, profile {profile.name}, device {device}, view {config.view}, "
+             f"median of {steps} timed steps per stage")  # fmt: skip
+    print_fn(f"peak: {perf.flops_line(peak.flops_per_s)}FLOP/s ({peak.device}: {peak.basis})")
+    header = f"{'stage':<9}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}" + _FLOP_HEADER
+    print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'stage s':>9}" if train_cases else ""))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="xrg-bench-") as scratch:
+        for stage in STAGES:
+            phase = stage_phase(config, stage)
+            torch.manual_seed(config.seed)
+            extra: dict[str, Any] = {}
+            if stage == "vae":
+                model: Any = VAE(model_config.vae)
+            elif stage == "moco":
+                model = MoCo(config.moco.model)
+            else:
+                model = DiffuseVAE(model_config)
+            if stage == "finetune":
+                extra["moco"] = MoCo(config.moco.model)
+            step_class = {"vae": VAEStep, "moco": MoCoStep, "ddpm": DDPMStep, "finetune": FinetuneStep}[stage]
+            # the steps read only their batches, so no data directory is needed (data=None)
+            family = step_class(config, None, model.to(device), device=device, run_dir=Path(scratch), **extra)
+            optimizers = family.optimizers(phase, 0)
+            family.train_mode(phase)
+            batch_size = phase.batch_size if train_cases is None else min(phase.batch_size, train_cases)
+            batches = [
+                synthetic_batch(batch_size, config.image_size, vocab_size, generator) for _ in range(warmup + steps)
+            ]
+            update = functools.partial(_stage_bench_step, family, phase, optimizers)
+            measured = measure_steps(update, batches, warmup, device, batch_size, peak)
+            row = {"family": "diffusevae", "stage": stage, "image_size": config.image_size, "batch_size": batch_size,
+                   **measured, "device": str(device)}  # fmt: skip
+            seconds = row["seconds_per_step"]
+            line = f"{stage:<9}{config.image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
+            line += _row_text(row)
+            if train_cases:
+                row.update(epoch_seconds=max(1, train_cases // batch_size) * seconds, num_epochs=phase.num_epochs)
+                row["phase_seconds"] = row["epoch_seconds"] * phase.num_epochs
+                line += f"{row['epoch_seconds']:>9.0f}{phase.num_epochs:>7}{row['phase_seconds']:>9.0f}"
+            rows.append(row)
+            print_fn(line)
+    if train_cases:
+        total = sum(row["phase_seconds"] for row in rows)
+        print_fn(f"estimated training time of the four stages for {train_cases} train cases: {total / 60:.1f} min")
+    if jsonl is not None:
+        path = append_rows(jsonl, rows, bench="train", profile=profile.name, peak=peak.as_dict())
+        print_fn(f"appended {len(rows)} rows to {path}")
+    return rows
+
+
+def _stage_bench_step(family: Any, phase: Any, optimizers: Any, batch: dict[str, Any]) -> dict[str, float]:
+    return family.update(phase, batch, optimizers)
 
 
 def _with_arithmetic(
