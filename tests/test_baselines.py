@@ -278,3 +278,16 @@ def test_profiles_give_per_method_settings():
     for name in PROFILE_NAMES:
         for method in BASELINE_METHODS:
             assert baseline_config(load_profile(name), method).method == method
+
+
+def test_the_training_benchmark_times_every_phase_of_every_baseline():
+    from xrg.train.benchmarks import bench_train_baselines
+
+    lines: list[str] = []
+    rows = bench_train_baselines("tiny", steps=1, warmup=0, device="cpu", train_cases=40, vocab_size=50,
+                                 print_fn=lines.append)  # fmt: skip
+    assert [(row["method"], row["phase"]) for row in rows] == [
+        ("gan_int_cls", "gan"), ("stackgan", "stage1"), ("stackgan", "stage2"), ("attngan", "joint"),
+    ]  # fmt: skip
+    assert all(row["images_per_s"] > 0 and row["phase_seconds"] > 0 and row["flops_per_image"] > 0 for row in rows)
+    assert "estimated attngan training time for 40 train cases" in lines[-1]

@@ -17,7 +17,7 @@
     xrg eval --run runs/cpu/xraygan --data data/cpu --profile cpu   # KID, FID, SSIM, VC, detection ... → eval.json
     xrg experiment table1 --profile cpu --data data/cpu --out runs/cpu/experiments
     xrg generate --checkpoint runs/cpu --report "Mild cardiomegaly." --out out/
-    xrg bench train --profile cpu [--family pggan|diffusevae]   # training images/s per stage
+    xrg bench train --profile cpu [--family baselines|pggan|diffusevae]   # training images/s per stage
     xrg bench train --profile cpu --reference [--precision bfloat16 --channels-last]   # speed-up over plain float32
     xrg bench generate --profile cpu [--checkpoint runs/cpu]
     xrg bench diffusion --profile cpu [--checkpoint runs/cpu/diffusevae/findings] [--steps 5 10 25 50]
@@ -428,14 +428,22 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> None:
-    from xrg.train.benchmarks import bench_speedup, bench_train, bench_train_diffusevae, bench_train_pggan
+    from xrg.train.benchmarks import (
+        bench_speedup,
+        bench_train,
+        bench_train_baselines,
+        bench_train_diffusevae,
+        bench_train_pggan,
+    )
 
     if args.family != "xraygan":
         if args.reference or args.precision or args.channels_last:
             raise ConfigError(
                 f"--reference, --precision and --channels-last time XRayGAN steps; drop --family {args.family}"
             )
-        bench = bench_train_pggan if args.family == "pggan" else bench_train_diffusevae
+        bench = {"pggan": bench_train_pggan, "diffusevae": bench_train_diffusevae, "baselines": bench_train_baselines}[
+            args.family
+        ]
         bench(args.profile, steps=args.steps, device=args.device, train_cases=args.train_cases, jsonl=args.jsonl)
         return
     arithmetic = dict(precision=args.precision, channels_last=True if args.channels_last else None)
@@ -606,12 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_variety.set_defaults(func=_cmd_bench_variety)
     bench_train = bench.add_parser(
-        "train", help="training images/s per stage: XRayGAN, PGGAN or DiffuseVAE (synthetic batches)"
+        "train", help="training images/s per stage: XRayGAN, the baselines, PGGAN or DiffuseVAE (synthetic batches)"
     )
     bench_train.add_argument("--profile", default="cpu", help="tiny | cpu | paper | profile YAML (default cpu)")
     bench_train.add_argument(
         "--family",
-        choices=("xraygan", "pggan", "diffusevae"),
+        choices=("xraygan", "baselines", "pggan", "diffusevae"),
         default="xraygan",
         help="the model family timed (default xraygan)",
     )

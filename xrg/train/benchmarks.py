@@ -628,6 +628,73 @@ def bench_train_diffusevae(
     return rows
 
 
+def bench_train_baselines(
+    profile: str | Profile = "cpu",
+    steps: int = 3,
+    warmup: int = 1,
+    device: str | torch.device | None = None,
+    train_cases: int | None = None,
+    vocab_size: int = 1500,
+    print_fn: Callable[[str], None] = print,
+    jsonl: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Time ``steps`` training steps (after ``warmup``) of every phase of each baseline of ``profile``.
+
+    GAN-INT-CLS, StackGAN and AttnGAN with the profile's ``baselines:`` settings, through their
+    own step (:func:`xrg.train.baselines.train_step`, one discriminator then one generator
+    update) on synthetic batches; ``images_per_s`` counts both views; FLOPs, fraction of peak and
+    memory as in :func:`bench_train`; with ``train_cases`` the rows estimate seconds per epoch
+    and per phase; with ``jsonl`` they are appended to that file.
+    """
+    from xrg.models.baselines import BASELINE_METHODS, BaselineModel, BaselineModelConfig
+    from xrg.train.baselines import BaselineStep, BaselineTrainConfig, training_phases as baseline_phases
+
+    profile, device = _profile(profile), _device(device)
+    peak = perf.device_peak(device)
+    print_fn(f"baseline training throughput, profile {profile.name}, device {device}, median of {steps} timed steps "
+             "per phase")  # fmt: skip
+    print_fn(f"peak: {perf.flops_line(peak.flops_per_s)}FLOP/s ({peak.device}: {peak.basis})")
+    header = f"{'method':<12}{'phase':<8}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}" + _FLOP_HEADER
+    print_fn(header + (f"{'s/epoch':>9}{'epochs':>7}{'phase s':>9}" if train_cases else ""))
+    rows = []
+    for method in BASELINE_METHODS:
+        config = BaselineTrainConfig.from_profile(profile, method)
+        generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        model = BaselineModel(BaselineModelConfig.from_run_config(config, vocab_size)).to(device)
+        phases = baseline_phases(config)
+        # the step reads only its batches, so no data directory is needed (data=None)
+        family = BaselineStep(config, phases, None, model, device, Path("."))
+        for index, phase in enumerate(phases):
+            optimizers = family.optimizers(phase, index)
+            family.train_mode(phase)
+            batch_size = config.batch_size if train_cases is None else min(config.batch_size, train_cases)
+            batches = [
+                synthetic_batch(batch_size, phase.image_size, vocab_size, generator) for _ in range(warmup + steps)
+            ]
+            update = functools.partial(_stage_bench_step, family, phase, optimizers)
+            measured = measure_steps(update, batches, warmup, device, 2 * batch_size, peak)
+            row = {"family": "baselines", "method": method, "phase": phase.name, "stage": phase.stage,
+                   "image_size": phase.image_size, "batch_size": batch_size, **measured, "device": str(device)}  # fmt: skip
+            seconds = row["seconds_per_step"]
+            line = (f"{method:<12}{phase.name:<8}{phase.image_size:>6}{batch_size:>6}{seconds:>9.3f}"
+                    f"{row['images_per_s']:>10.1f}" + _row_text(row))  # fmt: skip
+            if train_cases:
+                row.update(epoch_seconds=max(1, train_cases // batch_size) * seconds, num_epochs=phase.num_epochs)
+                row["phase_seconds"] = row["epoch_seconds"] * phase.num_epochs
+                line += f"{row['epoch_seconds']:>9.0f}{phase.num_epochs:>7}{row['phase_seconds']:>9.0f}"
+            rows.append(row)
+            print_fn(line)
+    if train_cases:
+        for method in BASELINE_METHODS:
+            total = sum(row["phase_seconds"] for row in rows if row["method"] == method)
+            print_fn(f"estimated {method} training time for {train_cases} train cases: {total / 60:.1f} min")
+    if jsonl is not None:
+        path = append_rows(jsonl, rows, bench="train", profile=profile.name, peak=peak.as_dict())
+        print_fn(f"appended {len(rows)} rows to {path}")
+    return rows
+
+
 def _stage_bench_step(family: Any, phase: Any, optimizers: Any, batch: dict[str, Any]) -> dict[str, float]:
     return family.update(phase, batch, optimizers)
 
