@@ -209,9 +209,7 @@ def bench_train(
         line = f"{phase:<9}{stage_text:>5}{image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
         line += _row_text(row)
         if train_cases:
-            row.update(epoch_seconds=(train_cases // batch_size) * seconds, num_epochs=num_epochs)
-            row["phase_seconds"] = row["epoch_seconds"] * num_epochs
-            line += f"{row['epoch_seconds']:>9.0f}{num_epochs:>7}{row['phase_seconds']:>9.0f}"
+            line += _epoch_estimate(row, train_cases, num_epochs)
         rows.append(row)
         print_fn(line)
 
@@ -255,11 +253,7 @@ def bench_train(
     if train_cases:
         total = sum(row["phase_seconds"] for row in rows)
         print_fn(f"estimated training time for {train_cases} train cases, VCNs included: {total / 60:.1f} min")
-    if jsonl is not None:
-        print_fn(
-            f"appended {len(rows)} rows to {append_rows(jsonl, rows, bench='train', profile=profile.name, peak=peak.as_dict())}"
-        )
-    return rows
+    return _train_rows_out(rows, jsonl, print_fn, profile, peak)
 
 
 def _pggan_bench_step(model: Any, config: Any, phase: Any, optimizers: Any, alpha: float, batch: dict) -> Any:
@@ -325,19 +319,13 @@ def bench_train_pggan(
         if train_cases:
             cap = config.stage_cases[phase.stage] if config.stage_cases else 0
             cases = min(train_cases, cap) if cap else train_cases
-            row.update(epoch_seconds=max(1, cases // batch_size) * seconds, num_epochs=phase.num_epochs)
-            row["phase_seconds"] = row["epoch_seconds"] * phase.num_epochs
-            line += f"{row['epoch_seconds']:>9.0f}{phase.num_epochs:>7}{row['phase_seconds']:>9.0f}"
+            line += _epoch_estimate(row, cases, phase.num_epochs)
         rows.append(row)
         print_fn(line)
     if train_cases:
         total = sum(row["phase_seconds"] for row in rows)
         print_fn(f"estimated PGGAN training time for {train_cases} train cases: {total / 60:.1f} min")
-    if jsonl is not None:
-        print_fn(
-            f"appended {len(rows)} rows to {append_rows(jsonl, rows, bench='train', profile=profile.name, peak=peak.as_dict())}"
-        )
-    return rows
+    return _train_rows_out(rows, jsonl, print_fn, profile, peak)
 
 
 def _latencies(pipe: Any, n: int, warmup: int) -> list[float]:
@@ -561,21 +549,11 @@ def bench_train_diffusevae(
     """
     import tempfile
 
-    from xrg.models.diffusevae import VAE, DiffuseVAE
     from xrg.models.moco import MoCo
-    from xrg.train.diffusevae import (
-        STAGES,
-        DDPMStep,
-        DiffuseVAETrainConfig,
-        FinetuneStep,
-        MoCoStep,
-        VAEStep,
-        stage_phase,
-    )
+    from xrg.train.diffusevae import STAGE_STEPS, STAGES, DiffuseVAETrainConfig, stage_network, stage_phase
 
     profile, device = _profile(profile), _device(device)
     config = DiffuseVAETrainConfig.from_profile(profile)
-    model_config = config.model_config(vocab_size)
     generator = torch.Generator().manual_seed(config.seed)
     peak = perf.device_peak(device)
     print_fn(f"DiffuseVAE training throughput, profile {profile.name}, device {device}, view {config.view}, "
@@ -588,18 +566,10 @@ def bench_train_diffusevae(
         for stage in STAGES:
             phase = stage_phase(config, stage)
             torch.manual_seed(config.seed)
-            extra: dict[str, Any] = {}
-            if stage == "vae":
-                model: Any = VAE(model_config.vae)
-            elif stage == "moco":
-                model = MoCo(config.moco.model)
-            else:
-                model = DiffuseVAE(model_config)
-            if stage == "finetune":
-                extra["moco"] = MoCo(config.moco.model)
-            step_class = {"vae": VAEStep, "moco": MoCoStep, "ddpm": DDPMStep, "finetune": FinetuneStep}[stage]
+            model = stage_network(config, stage, vocab_size).to(device)
+            extra = {"moco": MoCo(config.moco.model)} if stage == "finetune" else {}
             # the steps read only their batches, so no data directory is needed (data=None)
-            family = step_class(config, None, model.to(device), device=device, run_dir=Path(scratch), **extra)
+            family = STAGE_STEPS[stage](config, None, model, device=device, run_dir=Path(scratch), **extra)
             optimizers = family.optimizers(phase, 0)
             family.train_mode(phase)
             batch_size = phase.batch_size if train_cases is None else min(phase.batch_size, train_cases)
@@ -614,18 +584,13 @@ def bench_train_diffusevae(
             line = f"{stage:<9}{config.image_size:>6}{batch_size:>6}{seconds:>9.3f}{row['images_per_s']:>10.1f}"
             line += _row_text(row)
             if train_cases:
-                row.update(epoch_seconds=max(1, train_cases // batch_size) * seconds, num_epochs=phase.num_epochs)
-                row["phase_seconds"] = row["epoch_seconds"] * phase.num_epochs
-                line += f"{row['epoch_seconds']:>9.0f}{phase.num_epochs:>7}{row['phase_seconds']:>9.0f}"
+                line += _epoch_estimate(row, train_cases, phase.num_epochs)
             rows.append(row)
             print_fn(line)
     if train_cases:
         total = sum(row["phase_seconds"] for row in rows)
         print_fn(f"estimated training time of the four stages for {train_cases} train cases: {total / 60:.1f} min")
-    if jsonl is not None:
-        path = append_rows(jsonl, rows, bench="train", profile=profile.name, peak=peak.as_dict())
-        print_fn(f"appended {len(rows)} rows to {path}")
-    return rows
+    return _train_rows_out(rows, jsonl, print_fn, profile, peak)
 
 
 def bench_train_baselines(
@@ -680,19 +645,35 @@ def bench_train_baselines(
             line = (f"{method:<12}{phase.name:<8}{phase.image_size:>6}{batch_size:>6}{seconds:>9.3f}"
                     f"{row['images_per_s']:>10.1f}" + _row_text(row))  # fmt: skip
             if train_cases:
-                row.update(epoch_seconds=max(1, train_cases // batch_size) * seconds, num_epochs=phase.num_epochs)
-                row["phase_seconds"] = row["epoch_seconds"] * phase.num_epochs
-                line += f"{row['epoch_seconds']:>9.0f}{phase.num_epochs:>7}{row['phase_seconds']:>9.0f}"
+                line += _epoch_estimate(row, train_cases, phase.num_epochs)
             rows.append(row)
             print_fn(line)
     if train_cases:
         for method in BASELINE_METHODS:
             total = sum(row["phase_seconds"] for row in rows if row["method"] == method)
             print_fn(f"estimated {method} training time for {train_cases} train cases: {total / 60:.1f} min")
+    return _train_rows_out(rows, jsonl, print_fn, profile, peak)
+
+
+def _train_rows_out(
+    rows: list[dict[str, Any]],
+    jsonl: str | os.PathLike | None,
+    print_fn: Callable[[str], None],
+    profile: Profile,
+    peak: perf.Peak,
+) -> list[dict[str, Any]]:
+    """``rows``, appended to ``jsonl`` first (when given) as a training benchmark's, saying so."""
     if jsonl is not None:
         path = append_rows(jsonl, rows, bench="train", profile=profile.name, peak=peak.as_dict())
         print_fn(f"appended {len(rows)} rows to {path}")
     return rows
+
+
+def _epoch_estimate(row: dict[str, Any], cases: int, num_epochs: int) -> str:
+    """Add the seconds per epoch of ``cases`` train cases and per phase of ``num_epochs`` to ``row``; their columns."""
+    row.update(epoch_seconds=max(1, cases // row["batch_size"]) * row["seconds_per_step"], num_epochs=num_epochs)
+    row["phase_seconds"] = row["epoch_seconds"] * num_epochs
+    return f"{row['epoch_seconds']:>9.0f}{num_epochs:>7}{row['phase_seconds']:>9.0f}"
 
 
 def _stage_bench_step(family: Any, phase: Any, optimizers: Any, batch: dict[str, Any]) -> dict[str, float]:

@@ -383,6 +383,20 @@ class MoCoStep(StageStep):
 # --------------------------------------------------------------------------------------
 
 
+#: The step of each stage.
+STAGE_STEPS: dict[str, type[StageStep]] = {"vae": VAEStep, "moco": MoCoStep, "ddpm": DDPMStep, "finetune": FinetuneStep}
+
+
+def stage_network(config: DiffuseVAETrainConfig, stage: str, vocab_size: int) -> Any:
+    """The freshly initialised network ``stage`` trains (from torch's current seed): the VAE, MoCo, or
+    the whole DiffuseVAE (its UNet trained, its VAE frozen) for the DDPM and the fine-tuning."""
+    if stage == "vae":
+        return VAE(config.model_config(vocab_size).vae)
+    if stage == "moco":
+        return MoCo(config.moco.model)
+    return DiffuseVAE(config.model_config(vocab_size))
+
+
 def stage_checkpoint(run_root: str | os.PathLike, stage: str) -> Path:
     return Path(run_root) / stage / CHECKPOINT_NAME
 
@@ -449,15 +463,10 @@ class DiffuseVAETrainer(PhasedTrainer):
                          max_words=condition.max_words, train_cases=config.train_cases, subset_seed=config.seed)  # fmt: skip
         vocab_size = len(data.vocabulary)
         model_config = config.model_config(vocab_size)
-        step_class = {"vae": VAEStep, "moco": MoCoStep, "ddpm": DDPMStep, "finetune": FinetuneStep}[stage]
+        step_class = STAGE_STEPS[stage]
         files = RunFiles.check(run_root / stage, step_class.kind, resume, tidy=(SAMPLES_DIR,))
         torch.manual_seed(config.seed)
-        if stage == "vae":
-            model: Any = VAE(model_config.vae)
-        elif stage == "moco":
-            model = MoCo(config.moco.model)
-        else:
-            model = DiffuseVAE(model_config)
+        model = stage_network(config, stage, vocab_size)
         extra: dict[str, Any] = {}
         if config.init_from and stage in ("vae", "ddpm") and not resume:
             source_path = stage_file(config.init_from, stage)
