@@ -162,3 +162,28 @@ def test_a_two_process_run_stopped_midway_finishes_on_one_process(tmp_path: Path
     assert [r["step"] for r in _rows(run)] == [r["step"] for r in _rows(reference)]
     final = torch.load(run / "checkpoint.pt", weights_only=True, map_location="cpu")
     assert final["progress"]["finished"] and final["progress"]["step"] == _rows(reference)[-1]["step"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["pggan"], ["diffusevae", "--stage", "vae"]], ids=["pggan", "diffusevae-vae"])
+def test_the_pggan_and_diffusevae_trainers_run_on_two_processes_and_only_rank_0_writes(
+    tmp_path: Path, data_dir: Path, command: list[str]
+) -> None:
+    # The same loop as XRayGAN's (xrg.train.loop.PhasedTrainer): the global batch sharded over
+    # the ranks, gradients averaged, one set of files.
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"run{processes}"
+        args = ["train", *command, "--profile", "tiny", "--data", str(data_dir), "--out", str(out), "--quiet"]
+        result = _xrg(args, processes, tmp_path)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+        assert result.stdout.count("finished after") == 1  # rank 1's stdout is silent
+        runs[processes] = out if (out / "metrics.jsonl").is_file() else out / command[-1]
+    assert _files(runs[2]) == _files(runs[1])
+    one, two = _rows(runs[1]), _rows(runs[2])
+    assert [(r.get("stage"), r["epoch"], r["step"]) for r in two] == [
+        (r.get("stage"), r["epoch"], r["step"]) for r in one
+    ]
+    assert [r["images_per_s"] * r["seconds"] for r in two] == pytest.approx(
+        [r["images_per_s"] * r["seconds"] for r in one]
+    )  # both ranks trained: an epoch counts the global batch's images
