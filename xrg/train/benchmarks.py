@@ -190,7 +190,7 @@ def bench_train(
     torch.manual_seed(config.seed)
     peak = perf.device_peak(device)
     print_fn(f"training throughput, profile {profile.name}, device {device}, median of {steps} timed steps per phase; "
-             f"XRayGAN steps in {config.precision}{', channels_last' if config.channels_last else ''}")  # fmt: skip
+             f"XRayGAN steps in {_arithmetic_text(config)}")  # fmt: skip
     print_fn(f"peak: {perf.flops_line(peak.flops_per_s)}FLOP/s ({peak.device}: {peak.basis})")
     print_fn("FLOPs: matrix products and convolutions, forward and backward; the BiLSTM cells are not counted")
     header = f"{'phase':<9}{'stage':>5}{'size':>6}{'batch':>6}{'s/step':>9}{'images/s':>10}" + _FLOP_HEADER
@@ -680,6 +680,11 @@ def _stage_bench_step(family: Any, phase: Any, optimizers: Any, batch: dict[str,
     return family.update(phase, batch, optimizers)
 
 
+def _arithmetic_text(config: XRayGANTrainConfig) -> str:
+    """``config``'s step arithmetic in words: ``float32``, ``bfloat16, channels_last``, ..."""
+    return config.precision + (", channels_last" if config.channels_last else "")
+
+
 def _with_arithmetic(
     config: XRayGANTrainConfig, precision: str | None, channels_last: bool | None
 ) -> XRayGANTrainConfig:
@@ -702,9 +707,9 @@ def bench_speedup(
     """Images/s of the library's GAN step against :func:`reference_gan_step`, every GAN phase of ``profile``.
 
     The library's step runs with the profile's ``precision`` and ``channels_last`` (or these
-    arguments'), the reference always in plain float32 NCHW. Both start from the same weights
-    (the library's own copy when its memory format differs), with their own optimizers; the
-    steps alternate, reference then library, over the same ``warmup + steps`` synthetic
+    arguments'), the reference always in plain float32 NCHW. One model and its optimizers serve
+    both steps, except that with channels_last the library's step trains its own copy (same
+    starting weights, its own optimizers); the steps alternate, reference then library, over the same ``warmup + steps`` synthetic
     batches, and each row has both medians and their ratio (> 1: the library's step is faster).
     """
     profile, device = _profile(profile), _device(device)
@@ -714,7 +719,7 @@ def bench_speedup(
     torch.manual_seed(config.seed)
     print_fn(f"GAN step against the plain eager float32 reference, profile {profile.name}, device {device}, "
              f"{torch.get_num_threads()} thread(s), median of {steps} alternating steps; library step: "
-             f"{config.precision}{', channels_last' if config.channels_last else ''}")  # fmt: skip
+             f"{_arithmetic_text(config)}")  # fmt: skip
     print_fn(f"{'stage':>5}{'size':>6}{'batch':>6}{'reference s':>13}{'library s':>11}{'speed-up':>10}")
     model = XRayGAN(XRayGANModelConfig.from_run_config(config, vocab_size)).to(device).train()
     frozen_vcn = freeze(ViewConsistencyNet().to(device)) if config.vc_weight > 0 else None
